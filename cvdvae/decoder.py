@@ -37,10 +37,12 @@ class DecBlock(nn.Module):
     def block_input(self, xs: dict[int, torch.Tensor], batch_like: torch.Tensor) -> torch.Tensor:
         """The state at this resolution (zeros if none yet) plus the upsampled mixin."""
         x = xs.get(self.res)
-        if x is None:
-            x = batch_like.new_zeros((batch_like.shape[0], self.width, self.res, self.res))
         if self.mixin is not None:
-            x = x + upsample_nearest(xs[self.mixin][:, : self.width], self.res // self.mixin)
+            up = upsample_nearest(xs[self.mixin][:, : self.width], self.res // self.mixin)
+            return up if x is None else x + up  # skip adding to zeros: one full-size tensor less
+        if x is None:
+            x = batch_like.new_zeros((batch_like.shape[0], self.width, self.res, self.res),
+                                     dtype=self.z_proj.weight.dtype)
         return x
 
     def prior_split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,13 +60,15 @@ class DecBlock(nn.Module):
         """
         x = self.block_input(xs, eps)
         pm, pv, xpp = self.prior_split(x)
+        # The draw is float32 whatever the weights' precision: exp of a log-std overflows
+        # float16 long before the network does. (.float() is a no-op in a float32 model.)
         if cond is not None:
-            qm, qv = self.enc_y(torch.cat([x, cond], dim=1)).chunk(2, dim=1)
+            qm, qv = self.enc_y(torch.cat([x, cond], dim=1)).float().chunk(2, dim=1)
             z = torch.exp(qv) * eps + qm
         else:
-            z = torch.exp(pv + log_t) * eps + pm
+            z = torch.exp(pv.float() + log_t) * eps + pm.float()
         x = x + xpp
-        x = x + self.z_proj(z)
+        x = x + self.z_proj(z.to(x.dtype))
         return self.resnet(x)
 
 
@@ -93,9 +97,9 @@ class Decoder(nn.Module):
 
     def sample(self, eps: list[torch.Tensor], log_t: torch.Tensor,
                acts_y: dict[int, torch.Tensor] | None) -> torch.Tensor:
-        """Run every block from explicit latent noise; returns the DMOL parameters."""
+        """Run every block from explicit latent noise; returns float32 DMOL parameters."""
         xs = self.initial_states(eps[0].shape[0])
         for i, block in enumerate(self.dec_blocks):
             cond = acts_y[block.res] if i < self.ky and acts_y is not None else None
             xs[block.res] = block.sample(xs, eps[i], log_t, cond)
-        return self.out_net(xs[self.image_size] * self.gain + self.bias)
+        return self.out_net(xs[self.image_size] * self.gain + self.bias).float()

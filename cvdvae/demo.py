@@ -9,15 +9,14 @@ the exact LR-consistency projection, which makes each one downscale to the LR in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .cli import add_common_options, run_command
 from .degradation import bicubic_degradation
 from .errors import CVDVAEError
@@ -53,17 +52,10 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
-    """Atomic write: the file appears complete or not at all."""
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -37,6 +37,13 @@ class DmolNet(nn.Module):
         return self.out_conv(x)
 
 
+def mixture_choice(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
+    """Gumbel-max choice of a mixture per pixel, ``[N, 1, H, W]`` int64."""
+    m = num_mixtures
+    gumbel = -torch.log(-torch.log(normal_to_uniform(pixel_noise[:, :m])))
+    return torch.argmax(params[:, :m] + gumbel, dim=1, keepdim=True)
+
+
 def sample_dmol(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
     """One RGB sample in [-1, 1] per pixel, ``[N, 3, H, W]``.
 
@@ -47,11 +54,8 @@ def sample_dmol(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: i
     """
     n, _, h, w = params.shape
     m = num_mixtures
-    u = normal_to_uniform(pixel_noise)
-    gumbel_u, logistic_u = u[:, :m], u[:, m:]
-
-    logits = params[:, :m]
-    choice = torch.argmax(logits - torch.log(-torch.log(gumbel_u)), dim=1, keepdim=True)
+    choice = mixture_choice(params, pixel_noise, m)
+    logistic_u = normal_to_uniform(pixel_noise[:, m:])
     # Gathering the chosen mixture equals the official one-hot multiply-sum for finite values.
     per_colour = params[:, m:].reshape(n, 3, 3 * m, h, w)
     index = choice[:, None].expand(-1, 3, -1, -1, -1)

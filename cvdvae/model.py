@@ -46,9 +46,25 @@ class CVDVAE(nn.Module):
             self.register_buffer("downscale_matrix", torch.tensor(degradation.A, dtype=torch.float32), False)
             self.register_buffer("lift_matrix", torch.tensor(degradation.P_A, dtype=torch.float32), False)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The precision of the weights and of the network's activations."""
+        return self.decoder.gain.dtype
+
+    def cast_weights(self, dtype: torch.dtype) -> "CVDVAE":
+        """Run the network in ``dtype`` (float16, bfloat16) with float32 islands.
+
+        Only parameters are cast. Inputs, outputs, the normaliser, the latent draws
+        (exp of log-stds), the DMOL pixel head (where 1 - 1e-5 must not round to 1) and the
+        consistency projection stay float32.
+        """
+        for param in self.parameters():
+            param.data = param.data.to(dtype)
+        return self
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """RGB 0..255 -> the encoders' input scale, ``(pixel + shift) * scale``."""
-        return (pixels + self.shift) * self.scale
+        return ((pixels + self.shift) * self.scale).to(self.compute_dtype)
 
     def encode_lr(self, lr: torch.Tensor, n: int) -> dict[int, torch.Tensor]:
         """LR activations per resolution, computed once per image and shared by its n samples."""

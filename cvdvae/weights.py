@@ -16,15 +16,14 @@ checked against the full model before the inference subset is taken.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_path
 from .config import FIELD_NAMES, CVDVAEConfig, config_from_mapping, preset_values, read_config_mapping
 from .errors import CVDVAEError, WeightsError
 from .model import CVDVAE
@@ -222,13 +221,6 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
     """Write our format atomically: a crash never leaves a partial file at ``path``."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(payload, tmp, metadata={CONFIG_METADATA_KEY: config.to_json(), "format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(payload, str(tmp), metadata={CONFIG_METADATA_KEY: config.to_json(), "format": "pt"})

@@ -45,12 +45,18 @@ def make_inputs(cfg: CVDVAEConfig, batch: int, n: int, seed: int = 0, t: float =
     return lr, noise, temperature
 
 
+def require_shared(*paths: Path) -> None:
+    """Skip without the shared oracle files; in CI (where they must be) fail instead."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        message = f"shared oracle files not found ({', '.join(missing)}); set CVDVAE_SHARED"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def official_case():
     """The official CVDVAE sampler's outputs for recorded noise (shared/fixtures)."""
     paths = [FIXTURES / n for n in ("public.ckpt", "public.yaml", "public_case.npz")]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"official fixture not found ({', '.join(missing)}); set CVDVAE_SHARED")
+    require_shared(*paths)
     case = dict(np.load(paths[2]))
     return paths[0], paths[1], case

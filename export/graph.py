@@ -1,0 +1,104 @@
+"""Tracing the sampler into one ONNX graph (contracts.md section 3).
+
+Inputs ``lr`` [B, 3, h, w], ``noise`` [B, n, D], ``temperature`` [B, n]; output ``sr``
+[B, n, 3, H, W]; B and n dynamic, everything float32 at the boundary. We use the
+``torch.export`` (dynamo) exporter, the maintained one, which records the dynamic
+dimensions symbolically (the legacy tracer would bake in the example batch), at opset 18
+(22 for bfloat16, the first where Conv takes it): GELU stays an exact Erf decomposition,
+which every TensorRT 10.x and 11.x parses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from cvdvae.model import CVDVAE
+
+INPUT_NAMES = ("lr", "noise", "temperature")
+OUTPUT_NAME = "sr"
+DEFAULT_OPSET = 18
+MIN_OPSET = {"bf16": 22}  # ONNX Conv accepts bfloat16 from opset 22
+
+
+def default_opset(precision: str) -> int:
+    return max(DEFAULT_OPSET, MIN_OPSET.get(precision, 0))
+MAX_DIM = 4096  # upper bound the exporter may assume for B and n
+
+
+class SamplerGraph(nn.Module):
+    """The traced function: positional (lr, noise, temperature) -> sr, options frozen."""
+
+    def __init__(self, model: CVDVAE, consistent: bool = False):
+        super().__init__()
+        self.model = model
+        self.consistent = consistent
+
+    def forward(self, lr: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return self.model(lr, noise, temperature, consistent=self.consistent)
+
+
+def example_inputs(model: CVDVAE, batch: int = 2, n: int = 3) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs. B, n >= 2 so that no size-1 broadcast gets specialised into the graph."""
+    cfg = model.config
+    size = cfg.image_size_y
+    gen = torch.Generator().manual_seed(0)
+    lr = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float()
+    noise = torch.randn(batch, n, model.noise_layout.dim, generator=gen)
+    return lr, noise, torch.full((batch, n), 0.8)
+
+
+def trace_to_onnx(model: CVDVAE, *, consistent: bool = False, opset: int = DEFAULT_OPSET,
+                  verbose: bool = False) -> onnx.ModelProto:
+    """The raw exported graph (weights inline), before cleanup."""
+    if not model.config.has_lr_encoder:
+        raise ValueError("only models with an LR encoder export: the graph's first input is the LR image")
+    graph = SamplerGraph(model.eval(), consistent).eval()
+    batch, n = torch.export.Dim("B", min=1, max=MAX_DIM), torch.export.Dim("n", min=1, max=MAX_DIM)
+    dynamic = {"lr": {0: batch}, "noise": {0: batch, 1: n}, "temperature": {0: batch, 1: n}}
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet, warnings.catch_warnings(), _quiet_logger("torch.onnx", verbose), torch.no_grad():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph, example_inputs(model), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
+            verbose=verbose,
+        )
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, verbose: bool):
+    """The exporter logs harmless warnings (e.g. torchvision ops it skips) unless verbose."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def io_signature(proto: onnx.ModelProto) -> dict[str, tuple[str, list]]:
+    """name -> (dtype name, dims with symbolic names) of every graph input and output."""
+    out = {}
+    for value in [*proto.graph.input, *proto.graph.output]:
+        t = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        out[value.name] = (onnx.TensorProto.DataType.Name(t.elem_type), dims)
+    return out
+
+
+def random_ops(proto: onnx.ModelProto) -> list[str]:
+    """Any random-number operator: the graph must have none (all randomness is ``noise``)."""
+    return sorted({node.op_type for node in proto.graph.node if node.op_type.startswith("Random")
+                   or node.op_type in ("Multinomial", "Bernoulli")})

@@ -1,0 +1,79 @@
+"""What an exported graph says about itself: ``metadata_props`` in the ONNX and ``meta.json``.
+
+Both hold the config, ``D``, the per-block noise offsets, scale, precision and package
+version. A file cannot contain its own hash, so the ONNX carries ``graph_sha256`` (of its
+graph before metadata is added) while ``meta.json`` also carries ``onnx_sha256``, the hash
+of the file on disk, which the runtime checks before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+import cvdvae
+from cvdvae.atomic import atomic_path
+from cvdvae.model import CVDVAE
+
+META_FORMAT = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256: str) -> dict[str, Any]:
+    cfg, layout = model.config, model.noise_layout
+    return {
+        "format": META_FORMAT,
+        "cvdvae_version": cvdvae.__version__,
+        "config": cfg.to_dict(),
+        "scale": cfg.scale_factor,
+        "lr_size": cfg.image_size_y,
+        "hr_size": cfg.image_size,
+        "noise_dim": layout.dim,
+        "noise_offsets": layout.block_offsets(),
+        "ky": cfg.ky,
+        "precision": precision,
+        "consistent": consistent,
+        "inputs": {"lr": ["B", 3, cfg.image_size_y, cfg.image_size_y], "noise": ["B", "n", layout.dim],
+                   "temperature": ["B", "n"]},
+        "outputs": {"sr": ["B", "n", 3, cfg.image_size, cfg.image_size]},
+        "graph_sha256": graph_sha256,
+    }
+
+
+def stamp(proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into ``metadata_props`` (strings; structures as JSON)."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+
+
+def read_stamp(proto: onnx.ModelProto) -> dict[str, Any]:
+    out = {}
+    for entry in proto.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+def graph_sha256(proto: onnx.ModelProto) -> str:
+    return hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
