@@ -14,11 +14,13 @@ LR-consistency projection ``x + P (y - A x B^T) P^T`` with the pseudo-inverse
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from . import bicubic
+from .bicubic import check_sizes, cubic_kernel, resize_matrix, right_pseudo_inverse
 
 __all__ = [
     "BicubicDegradation",
@@ -27,75 +29,6 @@ __all__ = [
     "project_separable",
     "resize_matrix",
 ]
-
-
-def cubic_kernel(t: np.ndarray) -> np.ndarray:
-    """Keys cubic with a = -0.5, the kernel MATLAB's 'bicubic' uses."""
-    at = np.abs(t)
-    at2 = at * at
-    at3 = at2 * at
-    near = (1.5 * at3 - 2.5 * at2 + 1.0) * (at <= 1.0)
-    far = (-0.5 * at3 + 2.5 * at2 - 4.0 * at + 2.0) * ((at > 1.0) & (at <= 2.0))
-    return near + far
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    # bool is an int subclass; a factor of True is certainly a bug upstream.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_sizes(in_size: object, factor: object) -> tuple[int, int]:
-    in_size = _check_positive_int("in_size", in_size)
-    factor = _check_positive_int("factor", factor)
-    if in_size % factor:
-        raise ValueError(
-            f"in_size={in_size} is not divisible by factor={factor}; MATLAB would "
-            "round the output size up and the operator would no longer be a "
-            "clean integer downscale"
-        )
-    return in_size, factor
-
-
-def _mirror_indices(idx: np.ndarray, n: int) -> np.ndarray:
-    """MATLAB's symmetric padding that repeats the edge sample; 1-based in, 0-based out."""
-    aux = np.concatenate([np.arange(n), np.arange(n - 1, -1, -1)])
-    return aux[np.mod(idx - 1, 2 * n)]
-
-
-def resize_matrix(in_size: int, factor: int) -> np.ndarray:
-    """Float64 matrix R, shape (in_size // factor, in_size), with imresize(v, 1/factor) == R @ v.
-
-    Follows MATLAB's ``contributions`` step by step (stretched kernel, tap
-    window, row normalisation, mirrored borders with accumulation) so that the
-    border rows match MATLAB rather than a renormalised-kernel approximation.
-    """
-    in_size, factor = _check_sizes(in_size, factor)
-    if factor == 1:
-        return np.eye(in_size)
-    scale = 1.0 / factor
-    width = 4.0 / scale
-    out_size = in_size // factor
-    j = np.arange(1, out_size + 1, dtype=np.float64)
-    centre = j / scale + 0.5 * (1.0 - 1.0 / scale)
-    left = np.floor(centre - width / 2.0)
-    taps = math.ceil(width) + 2
-    idx = left[:, None] + np.arange(taps)[None, :]  # 1-based source indices
-    weights = scale * cubic_kernel(scale * (centre[:, None] - idx))
-    weights /= weights.sum(axis=1, keepdims=True)
-    rows = np.broadcast_to(np.arange(out_size)[:, None], idx.shape)
-    cols = _mirror_indices(idx.astype(np.int64), in_size)
-    matrix = np.zeros((out_size, in_size))
-    np.add.at(matrix, (rows, cols), weights)
-    return matrix
-
-
-def _right_pseudo_inverse(a: np.ndarray) -> np.ndarray:
-    """A^T (A A^T)^-1 via a symmetric solve, avoiding an explicit inverse."""
-    return np.linalg.solve(a @ a.T, a).T
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -130,9 +63,9 @@ class BicubicDegradation:
     _tensors: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        hr_size, factor = _check_sizes(self.hr_size, self.factor)
+        hr_size, factor = check_sizes(self.hr_size, self.factor)
         a = _frozen(resize_matrix(hr_size, factor))
-        p = _frozen(_right_pseudo_inverse(a))
+        p = _frozen(right_pseudo_inverse(a))
         for name, value in (("hr_size", hr_size), ("factor", factor),
                             ("A", a), ("B", a), ("P_A", p), ("P_B", p)):
             object.__setattr__(self, name, value)
@@ -176,8 +109,8 @@ class BicubicDegradation:
         The stored LR images were quantised after each 1-D pass (rows, then
         columns): clip to [0, 255] and round half-to-even. Exact reproduction
         needs that intermediate rounding, so this is not ``round(downscale(x))``
-        (they can differ by 1). Computed in float64 so ties round the same way
-        on every device. ``x`` is uint8, or a float tensor already holding
+        (they can differ by 1). Computed in float64 on the CPU (one implementation,
+        shared with the torch-free runtime), so ties round the same way everywhere. ``x`` is uint8, or a float tensor already holding
         integers in [0, 255]. Returns a float tensor with integer values in
         [0, 255]: x's dtype for float input, float32 for uint8 input, since the
         model consumes floats.
@@ -189,10 +122,8 @@ class BicubicDegradation:
         else:
             raise TypeError(f"downscale_uint8 expects uint8 or float, got {x.dtype}")
         self._check_shape(x, self.hr_size, "x")
-        x64 = x.to(torch.float64)
-        rows = torch.round((self._matrix("A", x64) @ x64).clamp(0.0, 255.0))
-        cols = rows @ self._matrix("B", x64).transpose(-1, -2)
-        return torch.round(cols.clamp(0.0, 255.0)).to(out_dtype)
+        lr = bicubic.downscale_uint8(x.detach().cpu().numpy(), self.factor)
+        return torch.from_numpy(lr).to(device=x.device, dtype=out_dtype)
 
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Closest image to x (in Frobenius norm) whose downscale is exactly y.

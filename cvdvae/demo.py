@@ -1,9 +1,12 @@
-"""The demo: several plausible 4x super-resolutions of one low-resolution image.
+"""The demo: the whole pipeline on the built-in untrained ``tiny-x4`` model (8 -> 32).
 
-Runs the built-in untrained ``tiny-x4`` model (8 -> 32), so the samples are textures,
-not faces: it shows the pipeline (MATLAB bicubic degradation, one network pass per
-sample, seeded noise) on any machine. The grid's second row is the same samples after
-the exact LR-consistency projection, which makes each one downscale to the LR input.
+1. ``cvdvae-export --demo`` traces the model into ``outputs/demo/engine/`` (once);
+2. a synthetic 32x32 face is written as the HR input;
+3. ``cvdvae-run --from-hr`` degrades it with the MATLAB bicubic kernel and draws 8 seeded
+   samples with ONNX Runtime (TensorRT where an engine was built).
+
+The weights are random, so the samples are textures, not faces; with real weights the
+same two commands give faces (README.md). Re-running regenerates ``outputs/demo/``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .atomic import atomic_path
-from .cli import add_common_options, run_command
-from .degradation import bicubic_degradation
-from .errors import CVDVAEError
-from .random_weights import demo_model
-from .seeding import noise_torch
+from .cli import EXIT_OK, add_common_options, run_command
+from .fileio import atomic_path
 
 
 def synthetic_face(size: int) -> torch.Tensor:
@@ -33,66 +32,39 @@ def synthetic_face(size: int) -> torch.Tensor:
     skin, background = torch.tensor([224.0, 172.0, 140.0]), torch.tensor([60.0, 90.0, 140.0])
     img = background[:, None, None] * (1 - face) + skin[:, None, None] * face
     img = img * (1 - 0.7 * eyes) * (1 - 0.5 * mouth)
-    return img.clamp(0, 255)
+    return img.clamp(0, 255).round()
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """``[3, H, W]`` in [0, 1] -> HWC uint8, rounding half to even as the official sampler."""
-    return torch.round(img.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    h, w = rows[0][0].shape[:2]
-    cols = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) - pad, cols * (w + pad) - pad, 3), 255, np.uint8)
-    for r, images in enumerate(rows):
-        for c, img in enumerate(images):
-            out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
-    return out
-
-
-def save_png(path: Path, pixels: np.ndarray) -> None:
+def write_face(path: Path, size: int) -> None:
     from PIL import Image
 
+    pixels = synthetic_face(size).permute(1, 2, 0).numpy().astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.n < 1:
-        raise CVDVAEError("--n must be at least 1")
+    from export.cli import main as export_main
+    from runtime.cli import main as run_main
+
     out: Path = args.out
-    grid_path = out / f"demo_s{args.seed}_grid.png"
-    if grid_path.exists() and not args.overwrite:
-        raise CVDVAEError(f"{grid_path} exists; pass --overwrite to replace it")
-    model = demo_model()
-    cfg = model.config
-    hr = synthetic_face(cfg.image_size)
-    lr = bicubic_degradation(cfg.image_size, cfg.scale_factor).downscale_uint8(hr)[None]
-    noise = noise_torch(args.seed, args.n, model.noise_layout.dim)[None]
-    temperature = torch.full((1, args.n), args.temperature)
-    with torch.inference_mode():
-        rows = [model(lr, noise, temperature, consistent=c)[0] for c in (False, True)]
-    lr_big = lr[0].repeat_interleave(cfg.scale_factor, 1).repeat_interleave(cfg.scale_factor, 2) / 255
-
-    def tile(img: torch.Tensor) -> np.ndarray:
-        return to_uint8(img).repeat(args.zoom, 0).repeat(args.zoom, 1)
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_png(grid_path, grid([[tile(t) for t in (lr_big, *samples, hr / 255)] for samples in rows]))
-    print(f"wrote {grid_path}: LR (nearest) | {args.n} samples (seed {args.seed}, t={args.temperature}) | HR; "
-          f"second row LR-consistent; untrained demo model {cfg.image_size_y}->{cfg.image_size}")
-    return 0
+    engine = out / "engine"
+    if not (engine / "meta.json").is_file():
+        code = export_main(["--demo", "--out", str(engine), "--overwrite", "--quiet"])
+        if code != EXIT_OK:
+            return code
+    face = out / "face.png"
+    write_face(face, 32)
+    return run_main([str(engine), "--input", str(face), "--from-hr", "--n", str(args.n), "--seed", str(args.seed),
+                     "--temperature", str(args.temperature), "--out", str(out), "--overwrite"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cvdvae.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    p.add_argument("--n", type=int, default=4, help="samples")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="demo folder (default outputs/demo)")
+    p.add_argument("--n", type=int, default=8, help="samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--zoom", type=int, default=4, help="nearest-neighbour zoom of the grid, for viewing")
-    p.add_argument("--overwrite", action="store_true")
     add_common_options(p)
     return p
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .atomic import atomic_path
+from .fileio import atomic_path
 from .config import FIELD_NAMES, CVDVAEConfig, config_from_mapping, preset_values, read_config_mapping
 from .errors import CVDVAEError, WeightsError
 from .model import CVDVAE

@@ -11,15 +11,16 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cvdvae.atomic import atomic_folder
 from cvdvae.cli import add_common_options, run_command
 from cvdvae.config import PRESETS
 from cvdvae.errors import CVDVAEError
+from cvdvae.fileio import atomic_folder, sha256_file
+from runtime.gpu import tensorrt_unavailable_reason as unavailable_reason
 
 from . import cleanup, graph, metadata
 from .precision import DTYPES, FP32_ISLANDS
 from .sources import model_source
-from .tensorrt import Profile, build_engine, unavailable_reason
+from .tensorrt import Profile, build_engine
 
 ONNX_NAME, META_NAME, PLAN_NAME = "model.onnx", "meta.json", "engine.plan"
 
@@ -122,7 +123,7 @@ def export(args: argparse.Namespace) -> int:
         del proto
         cleanup.check(onnx_path)
         log(f"wrote {ONNX_NAME} ({sum(f.stat().st_size for f in written) / 2**20:.1f} MiB), onnx.checker passed")
-        meta["onnx_sha256"] = metadata.sha256_file(onnx_path)
+        meta["onnx_sha256"] = sha256_file(onnx_path)
         meta["source"] = source.description
         if args.precision != "fp32":
             meta["fp32_islands"] = FP32_ISLANDS
@@ -173,7 +174,7 @@ def engine_only(args: argparse.Namespace) -> int:
     if reason:
         raise CVDVAEError(f"no TensorRT engine can be built here: {reason}")
     meta = json.loads(meta_path.read_text())
-    if metadata.sha256_file(folder / ONNX_NAME) != meta.get("onnx_sha256"):
+    if sha256_file(folder / ONNX_NAME) != meta.get("onnx_sha256"):
         raise CVDVAEError(f"{folder / ONNX_NAME} does not match its meta.json (sha256); re-run the export")
     meta["engine"] = engine_step(args, folder, meta, profile_from(args), Log(args.quiet))
     metadata.write_json(meta_path, meta)

@@ -16,18 +16,10 @@ from typing import Any
 import onnx
 
 import cvdvae
-from cvdvae.atomic import atomic_path
+from cvdvae.fileio import atomic_path
 from cvdvae.model import CVDVAE
 
 META_FORMAT = 1
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cvdvae.atomic import write_bytes
+from cvdvae.fileio import write_bytes
+from runtime.gpu import gpu_info
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,6 @@ class Profile:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def unavailable_reason() -> str | None:
-    """Why no engine can be built here, or None when TensorRT and a CUDA GPU are present."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - a broken install raises more than ImportError
-        return f"TensorRT is not installed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible"
-    except ImportError:
-        return "PyTorch is needed to query the GPU"
-    return None
-
-
-def gpu_info() -> dict[str, Any]:
-    import torch
-
-    index = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
 
 
 def _progress_monitor(trt: Any) -> Any:

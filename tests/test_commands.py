@@ -93,13 +93,15 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
-def test_demo_writes_one_grid(tmp_path, capsys):
-    assert demo_main(["--out", str(tmp_path), "--n", "2"]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["demo_s0_grid.png"]
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    assert demo_main(["--out", str(out), "--n", "3"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["engine", "face.png", "face_s0_00.png", "face_s0_01.png", "face_s0_02.png", "face_s0_grid.png"]
+    assert sorted(p.name for p in (out / "engine").iterdir()) == ["meta.json", "model.onnx"]
     from PIL import Image
 
-    first = (tmp_path / "demo_s0_grid.png").read_bytes()
-    assert Image.open(tmp_path / "demo_s0_grid.png").size == (4 * 4 * 32 + 3 * 2, 2 * 4 * 32 + 2)
-    assert demo_main(["--out", str(tmp_path), "--n", "2"]) == 2  # refuses to overwrite
-    assert demo_main(["--out", str(tmp_path), "--n", "2", "--overwrite"]) == 0
-    assert (tmp_path / "demo_s0_grid.png").read_bytes() == first  # same seed, same pixels
+    first = (out / "face_s0_01.png").read_bytes()
+    assert Image.open(out / "face_s0_grid.png").size == (5 * 32 + 4 * 4, 32)  # LR | HR | 3 samples
+    assert demo_main(["--out", str(out), "--n", "3"]) == 0  # runs again, same pixels
+    assert (out / "face_s0_01.png").read_bytes() == first

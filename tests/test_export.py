@@ -17,8 +17,9 @@ from cvdvae.weights import load_model, save_safetensors
 from export import cleanup
 from export.cli import main as export_main
 from export.graph import io_signature, random_ops
-from export.metadata import read_stamp, sha256_file
-from export.tensorrt import unavailable_reason
+from cvdvae.fileio import sha256_file
+from export.metadata import read_stamp
+from runtime.gpu import tensorrt_unavailable_reason as unavailable_reason
 from export.validate import onnxruntime_session, torch_reference, validation_inputs
 from conftest import REPO, custom_config
 
