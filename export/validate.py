@@ -24,10 +24,9 @@ from cvdvae.seeding import noise_torch
 
 from . import cleanup
 from .graph import SamplerGraph
-from .precision import Agreement, compare
+from .precision import MIN_PSNR_DB, Agreement, compare
 
 FP32_TOLERANCE = 1e-4
-MIN_PSNR_DB = {"fp16": 30.0, "bf16": 25.0}  # reduced precision vs FP32, mixture flips included
 TEMPERATURES = (0.8, 0.0, 1.2, 0.5, 1.0)
 
 

@@ -1,0 +1,29 @@
+"""Smoke test of benchmarks/latency.py on the tiny model: it runs and its JSON has every field."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_latency_benchmark_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "1,2",
+                        "--warmup", "0", "--iters", "1", "--backends", "torch,onnxruntime", "--json", str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(out.read_text())
+    env = results["environment"]
+    assert {"cpu", "cpu_count", "threads", "torch", "onnxruntime", "tensorrt", "python"} <= env.keys()
+    assert results["matmul_peak"]["cpu_fp32_gflops"] > 0
+    rows = results["results"]
+    assert [(r["backend"], r["n"]) for r in rows] == [("torch", 1), ("torch", 2), ("onnxruntime", 1),
+                                                      ("onnxruntime", 2)]
+    for row in rows:
+        assert {"median_ms", "p90_ms", "p99_ms", "samples_per_s", "speedup", "gflops", "peak_fraction", "noise_ms",
+                "load_s", "peak_rss_mib", "psnr_db", "max_abs", "flagged"} <= row.keys()
+        assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["calls"] == 1
+        assert not row["flagged"]
+    assert rows[2]["max_abs"] <= 1e-4  # ONNX Runtime and PyTorch agree on the same noise
+    assert "backend" in r.stdout and "matmul peak" in r.stdout
