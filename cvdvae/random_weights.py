@@ -7,6 +7,7 @@ tensor (including the ones the official init zeroes) is random but reproducible.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
@@ -19,8 +20,10 @@ DEMO_PRESET = "tiny-x4"
 @torch.no_grad()
 def randomize_(model: CVDVAE, seed: int = 0) -> CVDVAE:
     """Overwrite every parameter in place from ``seed``; buffers (shift, scale) are kept."""
-    gen = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
+        # Each tensor's values depend on (seed, name) only, so a model with and one without
+        # the training-only parts get the same weights for the parts they share.
+        gen = torch.Generator().manual_seed(seed * 0x9E3779B1 + zlib.crc32(name.encode()))
         noise = torch.randn(param.shape, generator=gen)
         if name == "decoder.gain":
             param.copy_(1.0 + 0.1 * noise)

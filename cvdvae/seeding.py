@@ -274,13 +274,17 @@ def _chunk_counter(g: Word, blocks_per_sample: int, first_sample: int) -> Counte
 # ---------------------------------------------------------------------------
 
 
+def _box_muller(ua: Any, ub: Any, xp: Any) -> Tuple[Any, Any]:
+    """Two float64 normals from two float64 uniforms (module spec, step 5); ``xp`` is numpy
+    or torch, whose sqrt/log/cos/sin share names."""
+    r = xp.sqrt(-2.0 * xp.log(ua))
+    theta = _TWO_PI * ub
+    return r * xp.cos(theta), r * xp.sin(theta)
+
+
 def _box_muller_numpy(xa: np.ndarray, xb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Two float64 normals from two uint64 words (see module spec, steps 4-5)."""
-    ua = (xa.astype(np.float64) + 0.5) * _TWO_POW_M32
-    ub = (xb.astype(np.float64) + 0.5) * _TWO_POW_M32
-    r = np.sqrt(-2.0 * np.log(ua))
-    theta = _TWO_PI * ub
-    return r * np.cos(theta), r * np.sin(theta)
+    return _box_muller((xa.astype(np.float64) + 0.5) * _TWO_POW_M32, (xb.astype(np.float64) + 0.5) * _TWO_POW_M32, np)
 
 
 def noise_numpy(seed: int, n: int, dim: int, first_sample: int = 0) -> np.ndarray:
@@ -326,11 +330,8 @@ def noise_torch(seed: int, n: int, dim: int, first_sample: int = 0, device: Any 
     step = _CHUNK_BLOCKS if out.device.type == "cpu" else _CHUNK_BLOCKS_ACCELERATOR
 
     def box_muller(xa: torch.Tensor, xb: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        ua = (xa.to(torch.float64) + 0.5) * _TWO_POW_M32
-        ub = (xb.to(torch.float64) + 0.5) * _TWO_POW_M32
-        r = torch.sqrt(-2.0 * torch.log(ua))
-        theta = _TWO_PI * ub
-        return r * torch.cos(theta), r * torch.sin(theta)
+        return _box_muller((xa.to(torch.float64) + 0.5) * _TWO_POW_M32, (xb.to(torch.float64) + 0.5) * _TWO_POW_M32,
+                           torch)
 
     for g0 in range(0, total, step):
         g1 = min(g0 + step, total)

@@ -224,3 +224,23 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
     payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(payload, str(tmp), metadata={CONFIG_METADATA_KEY: config.to_json(), "format": "pt"})
+
+
+def is_lr_encoder_key(name: str) -> bool:
+    """Tensors the LR encoder owns (trained by cvdvae-train); the rest is the VD-VAE prior."""
+    return name.startswith("encoder_y.") or ".enc_y." in name
+
+
+def load_prior_into(model: CVDVAE, path: str | Path) -> None:
+    """Load a VD-VAE (or full CVDVAE) file's prior tensors into ``model``, strictly.
+
+    Every prior tensor of the full model must be in the file with its shape; the file's LR
+    encoder tensors, if any, are ignored (a new LR encoder keeps its initialisation).
+    """
+    weights = read_weight_file(path)
+    prior = {k: s for k, s in expected_shapes(model.config).items()
+             if not is_lr_encoder_key(k) and k not in ("shift", "scale")}
+    tensors = {k: v for k, v in weights.tensors.items() if not is_lr_encoder_key(k) and k not in ("shift", "scale")}
+    check_tensors(prior, tensors, str(path))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert not unexpected and all(is_lr_encoder_key(k) or k in ("shift", "scale") for k in missing)

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cvdvae.config import preset_for_scale
 from cvdvae.errors import CVDVAEError
+from cvdvae.fileio import cvdvae_home
 from cvdvae.model import CVDVAE
 from cvdvae.random_weights import DEMO_PRESET, demo_model
 from cvdvae.weights import ResolvedWeights, model_from_weights, resolve_weights
 
 VDVAE_FILE = "ffhq256-iter-1700000-model-ema.th"
-
-
-def cvdvae_home() -> Path:
-    return Path(os.environ.get("CVDVAE_HOME", Path.home() / ".cache" / "cvdvae")).expanduser()
 
 
 def home_candidates(scale: int) -> list[Path]:

@@ -77,7 +77,7 @@ class Run:
     start: float = field(default_factory=time.perf_counter)
     converted_note_shown: bool = False
 
-    def fail(self, path: Path | str, message: str, quiet: bool) -> None:
+    def fail(self, path: Path | str, message: str) -> None:
         self.failed.append({"input": str(path), "error": message})
         print(f"cvdvae-run: error: {message}", file=sys.stderr)
 
@@ -103,8 +103,8 @@ def main_run(args: argparse.Namespace) -> int:
     run = Run(files, backend, len(temperatures), args.seed)
     paths, problems = expand_inputs(args.input)
     for problem in problems:
-        run.fail(problem.split(":")[0], problem, quiet)
-    paths = accepted_paths(paths, args, run, quiet)
+        run.fail(problem.split(":")[0], problem)
+    paths = accepted_paths(paths, args, run)
     run.inputs = len(paths) + len(run.failed)
     args.out.mkdir(parents=True, exist_ok=True)
     progress = progress_bar(len(paths), quiet)
@@ -122,18 +122,18 @@ def main_run(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if run.failed else EXIT_OK
 
 
-def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run, quiet: bool) -> list[Path]:
+def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> list[Path]:
     """Drop inputs whose outputs exist (without --overwrite) or whose names collide."""
     seen: dict[str, Path] = {}
     keep = []
     for path in paths:
         if path.stem in seen:
-            run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one", quiet)
+            run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
             continue
         seen[path.stem] = path
         existing = [p for p in outputs.planned(args.out, path.stem, args.seed, run.n, args.grid) if p.exists()]
         if existing and not args.overwrite:
-            run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite", quiet)
+            run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite")
             continue
         keep.append(path)
     return keep
@@ -146,7 +146,7 @@ def load_group(paths: list[Path], files: ModelFiles, args: argparse.Namespace, r
         try:
             image = load_image(path, files.lr_size, files.hr_size, args.from_hr)
         except InputError as err:
-            run.fail(path, str(err), quiet)
+            run.fail(path, str(err))
             continue
         if image.converted_from and not run.converted_note_shown and not quiet:
             print(f"note: {path} is {image.converted_from}; inputs that are not 8-bit RGB are converted to RGB "

@@ -214,3 +214,10 @@ def test_torch_saved_custom_object_is_refused_with_its_name(tmp_path):
     torch.save({"decoder.gain": Custom()}, tmp_path / "m.pt")
     with pytest.raises(WeightsError, match="refused.*Custom"):
         read_weight_file(tmp_path / "m.pt")
+
+
+def test_random_weights_do_not_depend_on_the_training_parts():
+    cfg = custom_config()
+    inference, full = random_model(cfg, seed=4).state_dict(), random_model(cfg, seed=4, with_posterior=True).state_dict()
+    assert all(torch.equal(v, full[k]) for k, v in inference.items())
+    assert not torch.equal(random_model(cfg, seed=5).state_dict()["decoder.gain"], inference["decoder.gain"])

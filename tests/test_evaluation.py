@@ -1,0 +1,102 @@
+"""cvdvae-eval: each score against an independent computation, and the command end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cvdvae.evaluation.scores import score
+from conftest import REPO
+from test_train import faces
+
+
+def oracle_scores(samples, lr, hr, scale):
+    """Straight numpy from the definitions, with bicubic-pytorch as the MATLAB downscale."""
+    core = pytest.importorskip("bicubic_pytorch.core")
+    s = samples.double().numpy()
+    lr_psnr = []
+    for k in range(len(s)):
+        down = core.imresize(torch.from_numpy(s[k] * 255)[None], scale=1 / scale)[0].numpy()
+        lr_psnr.append(10 * np.log10(255**2 / np.mean((down - lr.numpy()) ** 2)))
+    pairs = [np.mean((s[i] - s[j]) ** 2) for i in range(len(s)) for j in range(i + 1, len(s))]
+    truth = hr.numpy() / 255
+    psnrs = [10 * np.log10(1 / np.mean((x - truth) ** 2)) for x in s]
+    return np.mean(lr_psnr), np.mean(pairs), np.mean(psnrs)
+
+
+def test_scores_equal_an_independent_computation():
+    gen = torch.Generator().manual_seed(0)
+    hr = torch.randint(0, 256, (3, 32, 32), generator=gen).double()
+    samples = torch.round(torch.rand(4, 3, 32, 32, generator=gen, dtype=torch.float64) * 255) / 255
+    lr = torch.round(torch.rand(3, 8, 8, generator=gen, dtype=torch.float64) * 255)
+    got = score(samples, lr, hr, 4, lpips=None)
+    lr_psnr, apd, fidelity = oracle_scores(samples, lr, hr, 4)
+    assert got.lr_psnr == pytest.approx(lr_psnr, abs=1e-3)  # the oracle matches MATLAB to ~5e-5 levels
+    assert got.apd_mse == pytest.approx(apd, rel=1e-9)
+    assert got.psnr == pytest.approx(fidelity, rel=1e-9)
+    assert got.apd_lpips is None and got.lpips is None
+
+
+def test_identical_samples_have_no_diversity():
+    hr = torch.full((3, 32, 32), 100.0)
+    sample = (hr / 255).expand(3, -1, -1, -1)
+    got = score(sample, torch.full((3, 8, 8), 100.0), hr, 4, lpips=None)
+    assert got.apd_mse == 0 and got.ssim == pytest.approx(1.0) and got.lr_psnr > 100
+
+
+def eval_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cvdvae.evaluation.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from cvdvae.config import preset
+    from cvdvae.random_weights import random_model
+    from cvdvae.weights import save_safetensors
+
+    root = tmp_path_factory.mktemp("eval")
+    cfg = preset("tiny-x4")
+    save_safetensors(root / "tiny.safetensors", random_model(cfg, with_posterior=True).state_dict(), cfg)
+    return root, faces(root / "faces", count=12)
+
+
+def test_eval_is_the_same_on_pytorch_and_onnxruntime(tiny_weights, tmp_path):
+    root, data = tiny_weights
+    from export.cli import main as export_main
+
+    assert export_main(["--checkpoint", str(root / "tiny.safetensors"), "--out", str(tmp_path / "e"), "--onnx-only",
+                        "--quiet", "--no-validate"]) == 0
+    common = ("--data", data, "--split", "all", "--count", "5", "--n", "3", "--no-lpips", "--quiet")
+    a = eval_cli(root / "tiny.safetensors", *common, "--json", tmp_path / "torch.json")
+    b = eval_cli(tmp_path / "e", *common, "--json", tmp_path / "ort.json")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    ta, tb = (json.loads((tmp_path / f"{x}.json").read_text()) for x in ("torch", "ort"))
+    assert ta["backend"] == "torch" and tb["backend"] == "onnxruntime"
+    assert ta["protocol"] == tb["protocol"] and ta["protocol"]["inputs"] == 5
+    for key in ("lr_psnr", "apd_mse", "psnr", "ssim"):
+        assert ta["metrics"][key] == pytest.approx(tb["metrics"][key], rel=1e-3), key
+
+
+def test_eval_with_lpips(tiny_weights, tmp_path):
+    from cvdvae.metrics.lpips import default_weights_path
+
+    if not default_weights_path().is_file():
+        pytest.skip("LPIPS weights not fetched (python -m cvdvae.metrics.lpips_weights)")
+    root, data = tiny_weights
+    r = eval_cli(root / "tiny.safetensors", "--data", data, "--count", "2", "--n", "2", "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert metrics["apd_lpips"] > 0 and metrics["lpips"] > 0
+    assert "LR-PSNR" in r.stdout and "BRISQUE" in r.stdout
+
+
+def test_eval_refusals(tiny_weights, tmp_path):
+    root, data = tiny_weights
+    r = eval_cli(root / "tiny.safetensors", "--data", tmp_path / "none", "--no-lpips")
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = eval_cli(root / "tiny.safetensors", "--data", data, "--backend", "tensorrt", "--no-lpips")
+    assert r.returncode == 2 and "only --backend torch" in r.stderr
