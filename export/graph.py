@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import onnx
 import torch

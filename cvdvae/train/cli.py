@@ -41,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", type=Path, help="start from a full CVDVAE checkpoint instead")
     m.add_argument("--random-prior", action="store_true", help="a seeded random VD-VAE (smoke tests only)")
     t = p.add_argument_group("training")
-    defaults = TrainSettings()
     for f in dataclasses.fields(TrainSettings):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
