@@ -40,8 +40,7 @@ import torch
 
 from ..cli import add_common_options, run_command
 from ..errors import CVDVAEError, WeightsError
-from ..fileio import atomic_folder, atomic_path, sha256_file
-from ..fileio import cvdvae_home
+from ..fileio import atomic_folder, atomic_path, cvdvae_home, sha256_file
 from .lpips import LPIPS, default_weights_path
 
 # ------------------------------------------------------------------ pins (observed 2026-11-29)
