@@ -403,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def matching_peak(device: str, precision: str) -> str:
+    """The matmul peak a backend is measured against: the GPU's fp16 one for reduced precision."""
+    if device == "cuda":
+        return "gpu_fp32_gflops" if precision == "fp32" else "gpu_fp16_gflops"
+    return "cpu_fp32_gflops"
+
+
 def summarise(raw: dict, work, peaks: dict, env: dict, device: str) -> dict:
     reference = raw.get("torch", {})
     baseline = {(s["batch"], s["n"]): s for s in reference.get("shapes", [])}
@@ -416,7 +423,7 @@ def summarise(raw: dict, work, peaks: dict, env: dict, device: str) -> dict:
             samples = s["batch"] * s["n"]
             seconds = s["median_ms"] / 1000
             flops = work.flops(s["batch"], s["n"])
-            peak_key = f"{'gpu' if result['device'] == 'cuda' else 'cpu'}_{'fp16' if result['precision'] != 'fp32' and result['device'] == 'cuda' else 'fp32'}_gflops"
+            peak_key = matching_peak(result["device"], result["precision"])
             row = {"backend": backend, "device": result["device"], "precision": result["precision"],
                    "batch": s["batch"], "n": s["n"], "median_ms": s["median_ms"], "p90_ms": s["p90_ms"],
                    "p99_ms": s["p99_ms"], "calls": s["calls"], "samples_per_s": samples / seconds,
