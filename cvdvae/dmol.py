@@ -37,11 +37,25 @@ class DmolNet(nn.Module):
         return self.out_conv(x)
 
 
-def mixture_choice(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
-    """Gumbel-max choice of a mixture per pixel, ``[N, 1, H, W]`` int64."""
+def mixture_scores(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
+    """Gumbel-perturbed mixture logits ``[N, M, H, W]``: the largest one is chosen."""
     m = num_mixtures
     gumbel = -torch.log(-torch.log(normal_to_uniform(pixel_noise[:, :m])))
-    return torch.argmax(params[:, :m] + gumbel, dim=1, keepdim=True)
+    return params[:, :m] + gumbel
+
+
+def mixture_choice(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
+    """Gumbel-max choice of a mixture per pixel, ``[N, 1, H, W]`` int64."""
+    return torch.argmax(mixture_scores(params, pixel_noise, num_mixtures), dim=1, keepdim=True)
+
+
+def mixture_margin(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:
+    """How far each pixel's choice is from flipping, ``[N, H, W]``: best minus second-best score
+    (infinite with one mixture). Two implementations can only disagree where this is tiny."""
+    if num_mixtures < 2:
+        return torch.full_like(params[:, 0], float("inf"))
+    top = torch.topk(mixture_scores(params, pixel_noise, num_mixtures), 2, dim=1).values
+    return top[:, 0] - top[:, 1]
 
 
 def sample_dmol(params: torch.Tensor, pixel_noise: torch.Tensor, num_mixtures: int) -> torch.Tensor:

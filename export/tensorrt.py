@@ -1,50 +1,71 @@
-"""TensorRT engine building (10.x and 11.x): strongly typed, one profile over B and n.
+"""TensorRT plans from the ONNX graph, built with Polygraphy's TensorRT loaders (TensorRT 10.x and 11.x).
 
-The precision is the ONNX graph's own (TensorRT 11 removed the FP16/BF16 builder flags;
-every network is strongly typed). The strongly-typed flag is written symbolically because
-its enum value changed between 10 and 11.
+``NetworkFromOnnxPath`` -> ``CreateConfig`` (profile, workspace, optimization level,
+progress) -> ``PostprocessConfig`` (what we insist on ourselves) -> ``EngineBytesFromNetwork``.
+
+- The precision is the graph's own: TensorRT 11 removed the FP16/BF16 builder flags and every
+  network is strongly typed (the flag is set where the installed TensorRT still has it).
+- TF32 is cleared unless asked for, and checked: TensorRT enables it by default, and an
+  "fp32" engine computing its convolutions in TF32 would not give the same samples as the
+  other backends.
+- A timing cache made on another GPU or TensorRT version is one warning line, and the build
+  goes on without it (Polygraphy would drop it in silence).
+- The plan and the updated timing cache are returned, not written: the caller writes the
+  plan first, so that failing to write the cache cannot lose a finished plan.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from cvdvae.fileio import write_bytes
-from runtime.gpu import gpu_info
+from cvdvae.errors import CVDVAEError
+
+
+class EngineBuildFailed(RuntimeError):
+    """TensorRT did not produce a plan (parser error, out of memory, no tactic...)."""
 
 
 @dataclass(frozen=True)
-class Profile:
-    """min/opt/max of B (images) and n (samples per image)."""
+class BuildOptions:
+    shapes: dict[str, tuple[tuple[int, ...], ...]]   # input -> (min, opt, max) shapes
+    workspace_gib: float = 8.0
+    optimization_level: int = 3
+    tf32: bool = False
+    timing_cache: Path | None = None
+    progress: bool = True
 
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 4
-    min_n: int = 1
-    opt_n: int = 8
-    max_n: int = 16
 
-    def __post_init__(self) -> None:
-        for what, lo, opt, hi in (("B", self.min_batch, self.opt_batch, self.max_batch),
-                                  ("n", self.min_n, self.opt_n, self.max_n)):
-            if not 1 <= lo <= opt <= hi:
-                raise ValueError(f"profile for {what} must satisfy 1 <= min <= opt <= max, got {lo}/{opt}/{hi}")
+@dataclass
+class BuiltPlan:
+    plan: bytes
+    tensorrt_version: str
+    timing_cache: bytes | None
+    warnings: list[str] = field(default_factory=list)
 
-    def shapes(self, lr_size: int, noise_dim: int) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Per input: (min, opt, max) shapes."""
-        b = (self.min_batch, self.opt_batch, self.max_batch)
-        n = (self.min_n, self.opt_n, self.max_n)
-        return {
-            "lr": tuple((bi, 3, lr_size, lr_size) for bi in b),
-            "noise": tuple((bi, ni, noise_dim) for bi, ni in zip(b, n)),
-            "temperature": tuple((bi, ni) for bi, ni in zip(b, n)),
-        }
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+def configure(trt: Any, config: Any, *, tf32: bool, timing_cache: bytes | None) -> list[str]:
+    """Settle TF32 and the timing cache on a builder config; returns warning lines."""
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if config.get_flag(trt.BuilderFlag.TF32) != tf32:
+        raise EngineBuildFailed(f"TensorRT would not {'set' if tf32 else 'clear'} the TF32 builder flag")
+    warnings = []
+    if timing_cache is not None:
+        cache = None
+        try:
+            cache = config.create_timing_cache(timing_cache)
+        except Exception:  # noqa: BLE001 - a corrupt cache raises TensorRT's own error types
+            pass
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            warnings.append("the timing cache does not fit this GPU or TensorRT version (or is corrupt): "
+                            "building without it, and a new one is saved")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    return warnings
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -72,44 +93,52 @@ def _progress_monitor(trt: Any) -> Any:
     return BuildProgress()
 
 
-def build_engine(onnx_path: Path, plan_path: Path, *, lr_size: int, noise_dim: int, profile: Profile,
-                 workspace_gib: float = 8.0, optimization_level: int = 3, timing_cache: Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """Parse, build and atomically write ``plan_path``; returns what meta.json records."""
+def build_plan(onnx_path: Path, options: BuildOptions, warn: Callable[[str], None]) -> BuiltPlan:
+    """Parse and build; ``EngineBuildFailed`` with TensorRT's reason when no plan comes out."""
     import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import PostprocessConfig
+    from polygraphy.backend.trt import Profile as TrtProfile
+    from polygraphy.exception import PolygraphyException
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    profile = TrtProfile()
+    for name, (low, opt, high) in options.shapes.items():
+        profile.add(name, min=low, opt=opt, max=high)
+    cache_in = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.is_file() else None
+    if options.timing_cache and cache_in is None:
+        cache_in = b""
+    settled: dict[str, Any] = {}
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    config.builder_optimization_level = optimization_level
-    trt_profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile.shapes(lr_size, noise_dim).items():
-        trt_profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(trt_profile)
-    cache = None
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    if progress:
-        config.progress_monitor = _progress_monitor(trt)
+    def settle(builder: Any, network: Any, config: Any) -> None:
+        settled["config"] = config
+        settled["warnings"] = configure(trt, config, tf32=options.tf32, timing_cache=cache_in)
 
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError("TensorRT failed to build the engine (see the messages above); "
-                           "try a smaller --workspace or --max-batch/--max-n")
-    write_bytes(plan_path, memoryview(plan))
-    if cache is not None:
-        write_bytes(timing_cache, memoryview(cache.serialize()))
-    return {"tensorrt_version": trt.__version__, **gpu_info(), "profile": profile.to_dict(),
-            "workspace_gib": workspace_gib, "builder_optimization_level": optimization_level,
-            "timing_cache": str(timing_cache) if timing_cache else None}
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed_flag_exists(trt))
+    config = CreateConfig(tf32=options.tf32, profiles=[profile], builder_optimization_level=options.optimization_level,
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * 2**30)},
+                          progress_monitor=_progress_monitor(trt) if options.progress else None)
+    try:
+        plan = EngineBytesFromNetwork(network, config=PostprocessConfig(config, settle))()
+    except PolygraphyException as err:
+        raise EngineBuildFailed(f"TensorRT could not build the engine ({str(err).splitlines()[0]}); "
+                                "try a smaller --workspace or --max-batch/--max-n") from None
+    for line in settled.get("warnings", []):
+        warn(line)
+    cache_out = None
+    if options.timing_cache is not None:
+        cache_out = bytes(memoryview(settled["config"].get_timing_cache().serialize()))
+    return BuiltPlan(bytes(memoryview(plan)), trt.__version__, cache_out, settled.get("warnings", []))
+
+
+def strongly_typed_flag_exists(trt: Any) -> bool:
+    """TensorRT 10.x needs the flag for a graph that carries its own precision; in 11.x every
+    network is strongly typed and the flag may be gone."""
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def polygraphy_version() -> str:
+    try:
+        import polygraphy
+    except ImportError:
+        raise CVDVAEError("building engines needs Polygraphy: pip install 'cvdvae[gpu]'") from None
+    return polygraphy.__version__

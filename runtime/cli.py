@@ -12,11 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from cvdvae.cli import EXIT_BAD_INPUT, EXIT_OK, add_common_options, run_command
+from cvdvae.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, add_common_options, run_command
 from cvdvae.errors import CVDVAEError
 
 from . import outputs
-from .backends import Backend, open_backend
+from .backends import CHOICES, Backend, open_backend
 from .batching import plan
 from .images import InputError, LoadedImage, expand_inputs, load_image
 from .model_files import ModelFiles, locate
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs are HR images: make the LR input with the MATLAB bicubic degradation")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-grid", dest="grid", action="store_false", help="skip the per-input grid PNG")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto")
+    p.add_argument("--backend", choices=CHOICES, default="auto",
+                   help="auto: TensorRT when the folder has an engine and TensorRT runs, else ONNX Runtime "
+                        "(CUDA when it loads, else CPU); onnxruntime-cuda fails when CUDA cannot load")
     p.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's profile, 4 for ONNX)")
     p.add_argument("--max-n", type=int, help="samples per image per call (default: the profile, 8 for ONNX)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -74,6 +76,7 @@ class Run:
     written: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     samples: int = 0
+    non_finite_samples: int = 0
     start: float = field(default_factory=time.perf_counter)
     converted_note_shown: bool = False
 
@@ -84,9 +87,19 @@ class Run:
     def summary(self) -> dict:
         wall = time.perf_counter() - self.start
         return {"inputs": self.inputs, "failed": len(self.failed), "samples": self.samples,
+                "non_finite_samples": self.non_finite_samples,
                 "wall_s": round(wall, 3), "samples_per_s": round(self.samples / wall, 3) if wall else None,
-                "backend": self.backend.name, "precision": self.backend.precision, "seed": self.seed, "n": self.n,
-                "noise_s": round(self.backend.timings.noise, 3), "errors": self.failed, "outputs": self.written}
+                "backend": self.backend.name, "execution_provider": getattr(self.backend, "provider", None),
+                "cuda_graphs": getattr(self.backend, "cuda_graphs", None), "precision": self.backend.precision,
+                "seed": self.seed, "n": self.n, "noise_s": round(self.backend.timings.noise, 3),
+                "errors": self.failed, "outputs": self.written}
+
+    @property
+    def exit_status(self) -> int:
+        """1 when an engine produced NaN/Inf (a failure while working), else 2 for bad inputs."""
+        if self.non_finite_samples:
+            return EXIT_FAILURE
+        return EXIT_BAD_INPUT if self.failed else EXIT_OK
 
 
 def main_run(args: argparse.Namespace) -> int:
@@ -119,7 +132,7 @@ def main_run(args: argparse.Namespace) -> int:
         progress.set_postfix_str(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
     progress.close()
     report(run, args)
-    return EXIT_BAD_INPUT if run.failed else EXIT_OK
+    return run.exit_status
 
 
 def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> list[Path]:
@@ -167,14 +180,25 @@ def sample_group(backend: Backend, images: list[LoadedImage], calls, seed: int,
 
 def write_outputs(image: LoadedImage, samples: np.ndarray, files: ModelFiles, args: argparse.Namespace,
                   run: Run) -> None:
+    """Every finite sample as a PNG, and the grid when all are; a sample with NaN/Inf is never
+    written (it would show as black or white pixels), and said."""
+    broken = outputs.non_finite_samples(samples)
+    if broken:
+        values = int((~np.isfinite(samples)).sum())
+        run.non_finite_samples += len(broken)
+        run.fail(image.path, f"{image.path}: {len(broken)} of {len(samples)} samples contain NaN/Inf ({values:,} "
+                             f"values; samples {', '.join(map(str, broken))}) and were not written: the engine is "
+                             "numerically broken (fp16 overflow?); re-export in fp32 or --bf16")
     tiles = []
     for k, sample in enumerate(samples):
+        if k in broken:
+            continue
         pixels = outputs.to_uint8(sample)
         path = outputs.sample_path(args.out, image.path.stem, args.seed, k)
         outputs.write_png(path, pixels)
         run.written.append(str(path))
         tiles.append(pixels)
-    if args.grid:
+    if args.grid and not broken:
         lr_tile = outputs.nearest_upscale(image.lr.round().astype(np.uint8), files.scale)
         hr_tile = [image.hr.transpose(1, 2, 0)] if image.hr is not None else []
         path = outputs.grid_path(args.out, image.path.stem, args.seed)
@@ -193,8 +217,9 @@ def report(run: Run, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(s, indent=2))
     elif not args.quiet:
+        engine = s["backend"] + (f" ({s['execution_provider']})" if s["execution_provider"] else "")
         print(f"{s['inputs']} inputs ({s['failed']} failed), {s['samples']} samples in {s['wall_s']:.1f} s, "
-              f"{s['samples_per_s']:.2f} samples/s, {s['backend']} {s['precision']}, seed {run.seed} "
+              f"{s['samples_per_s']:.2f} samples/s, {engine} {s['precision']}, seed {run.seed} "
               f"-> {args.out}/")
 
 

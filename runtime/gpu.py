@@ -1,8 +1,6 @@
-"""Is there TensorRT and a CUDA GPU here, and which GPU (shared by engine building and running)."""
+"""Is there TensorRT and a CUDA GPU here (shared by engine building and running)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -19,11 +17,3 @@ def tensorrt_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     return None
-
-
-def gpu_info() -> dict[str, Any]:
-    import torch
-
-    index = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}

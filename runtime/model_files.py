@@ -41,6 +41,12 @@ class ModelFiles:
     def precision(self) -> str:
         return str(self.meta["precision"])
 
+    def activation_bytes_per_sample(self, bytes_per_value: int = 4) -> int:
+        """A sample keeps about eight width x H x W tensors alive at its largest resolution
+        (FFHQ-256 in float32: 1.1 GB, as measured)."""
+        width = int(self.meta.get("config", {}).get("width", 512))
+        return 8 * bytes_per_value * width * self.hr_size**2
+
 
 def locate(model: str | Path) -> ModelFiles:
     path = Path(model)

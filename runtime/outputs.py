@@ -25,8 +25,15 @@ def planned(out: Path, stem: str, seed: int, n: int, with_grid: bool) -> list[Pa
     return paths + ([grid_path(out, stem, seed)] if with_grid else [])
 
 
+def non_finite_samples(samples: np.ndarray) -> list[int]:
+    """Indices of the samples [n, 3, H, W] holding any NaN or Inf."""
+    finite = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    return np.flatnonzero(~finite).tolist()
+
+
 def to_uint8(chw: np.ndarray) -> np.ndarray:
-    """[3, H, W] in [0, 1] -> HWC uint8, rounding half to even as the official sampler."""
+    """[3, H, W] in [0, 1] -> HWC uint8, rounding half to even as the official sampler.
+    Only finite samples come here (``non_finite_samples`` keeps the others out)."""
     return np.round(np.clip(chw, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
 
 

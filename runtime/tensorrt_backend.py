@@ -1,14 +1,24 @@
-"""``engine.plan`` through TensorRT 10.x / 11.x, written for throughput.
+"""``engine.plan`` through TensorRT 10.x / 11.x, written for throughput and never a silent wrong answer.
 
-Deserialized once, after ``meta.json`` was checked against the installed TensorRT and the
-GPU; device buffers allocated once per (B, n) shape and bound with ``set_tensor_address``;
-``execute_async_v3`` on one stream; the seeded noise generated on the device straight into
-the engine's input; results copied to pinned host memory; one CUDA graph per shape after a
-warm-up run (plain execution if capture is refused).
+- Before deserializing: the plan's sha256, the TensorRT version and the GPU's compute
+  capability are checked against ``meta.json``; after: the engine's I/O names, dtypes and
+  shapes, so a plan copied from another export is refused with the reason.
+- Device I/O buffers are allocated once, at the profile's largest call; a call of shape
+  (B, n) uses their prefix, so every address stays fixed.
+- One execution context per (B, n), its input shapes set once: a CUDA graph captured on a
+  context stays valid because nothing about that context changes afterwards. All contexts
+  share one activation block (they run one at a time on one stream).
+- The first call of a shape runs eagerly, then its graph is captured; later calls replay
+  it. Every enqueue result is checked; a refused capture is remembered and never retried.
+- Calls below the profile's minimum B or n are padded (repeating the last image, adding
+  samples beyond the asked ones) and the padding is dropped from the result.
+- The seeded noise is generated on the device straight into the engine's input; results
+  come back through pinned host memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,34 +26,109 @@ from typing import Any
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
-from cvdvae.seeding import noise_torch
 
-from .backends import NoiseCache, Timings
-from .gpu import gpu_info
+from .cuda import CaptureRefused, TorchCuda
 from .model_files import ModelFiles
+from .noise_cache import NoiseCache
+from .timings import Timings
 
 
-def check_engine_meta(files: ModelFiles, trt_version: str, gpu: dict[str, Any]) -> None:
-    """Plans only run on the TensorRT version and GPU architecture that built them."""
+def rebuild_hint(files: ModelFiles) -> str:
+    return f"rebuild it on this machine: cvdvae-export --engine-only {files.folder} --overwrite"
+
+
+def check_engine_meta(files: ModelFiles, plan: bytes, trt_version: str, gpu: dict[str, Any]) -> None:
+    """Plans only run on the TensorRT version and GPU architecture that built them, and only
+    beside the meta.json written with them."""
     engine = files.meta.get("engine") or {}
-    rerun = f"re-run cvdvae-export --engine-only {files.folder} --overwrite on this machine"
     if not engine:
-        raise CVDVAEError(f"{files.folder}/meta.json records no engine build; {rerun}")
+        raise CVDVAEError(f"{files.folder}/meta.json records no engine build; {rebuild_hint(files)}")
+    digest = hashlib.sha256(plan).hexdigest()
+    if engine.get("plan_sha256") != digest:
+        raise CVDVAEError(f"{files.plan} is not the engine meta.json describes (sha256 {digest[:12]}..., "
+                          f"recorded {str(engine.get('plan_sha256'))[:12]}...); {rebuild_hint(files)}")
     if engine.get("tensorrt_version") != trt_version:
-        raise CVDVAEError(f"engine built with TensorRT {engine.get('tensorrt_version')}, this is {trt_version}; {rerun}")
+        raise CVDVAEError(f"engine built with TensorRT {engine.get('tensorrt_version')}, this is {trt_version}; "
+                          f"{rebuild_hint(files)}")
     if engine.get("compute_capability") != gpu["compute_capability"]:
         raise CVDVAEError(f"engine built for compute capability {engine.get('compute_capability')} "
-                          f"({engine.get('gpu')}), this GPU is {gpu['compute_capability']} ({gpu['gpu']}); {rerun}")
+                          f"({engine.get('gpu')}), this GPU is {gpu['compute_capability']} ({gpu['gpu']}); "
+                          f"{rebuild_hint(files)}")
+
+
+def expected_io(files: ModelFiles) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (mode, shape with -1 for B and n): the contract's graph for this meta.json."""
+    h, big, dim = files.lr_size, files.hr_size, files.noise_dim
+    return {"lr": ("INPUT", (-1, 3, h, h)), "noise": ("INPUT", (-1, -1, dim)),
+            "temperature": ("INPUT", (-1, -1)), "sr": ("OUTPUT", (-1, -1, 3, big, big))}
+
+
+def check_engine_io(engine: Any, trt: Any, files: ModelFiles) -> None:
+    """The engine's I/O must be the contract's, float32, with meta.json's sizes."""
+    found = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        found[name] = (engine.get_tensor_mode(name).name, tuple(engine.get_tensor_shape(name)),
+                       engine.get_tensor_dtype(name))
+    for name, (mode, shape) in expected_io(files).items():
+        if name not in found:
+            raise CVDVAEError(f"{files.plan} has no tensor {name!r} (it has {', '.join(sorted(found))}); "
+                              f"it was not built from this export; {rebuild_hint(files)}")
+        got_mode, got_shape, got_dtype = found[name]
+        if got_mode != mode or got_shape != shape or got_dtype != trt.DataType.FLOAT:
+            raise CVDVAEError(f"{files.plan} does not match meta.json: {name} is {got_mode.lower()} "
+                              f"{_dtype_name(got_dtype)} {list(got_shape)}, meta.json says {mode.lower()} float32 "
+                              f"{list(shape)}; {rebuild_hint(files)}")
+    extra = sorted(set(found) - set(expected_io(files)))
+    if extra:
+        raise CVDVAEError(f"{files.plan} has tensors the contract lacks ({', '.join(extra)}); {rebuild_hint(files)}")
+
+
+def _dtype_name(dtype: Any) -> str:
+    return {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}.get(getattr(dtype, "name", ""), str(dtype))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The engine profile's range of B and n (what one call may be, before padding)."""
+
+    min_batch: int
+    max_batch: int
+    min_n: int
+    max_n: int
+
+    @classmethod
+    def of(cls, engine: Any) -> "Limits":
+        low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape("noise", 0))
+        return cls(low[0], high[0], low[1], high[1])
 
 
 @dataclass
-class _ShapeBuffers:
+class _ShapeContext:
+    context: Any
+    graph: Any = None
+
+
+@dataclass
+class _Buffers:
+    """Device I/O at the profile's largest call, pinned host memory for the output."""
+
     lr: Any
     noise: Any
     temperature: Any
     sr: Any
     sr_host: Any
-    graph: Any = None
+
+    def views(self, batch: int, n: int, files: ModelFiles) -> "_Buffers":
+        """The (B, n) call's tensors: prefixes of the buffers, so their addresses never move."""
+        h, big, dim = files.lr_size, files.hr_size, files.noise_dim
+
+        def prefix(flat: Any, *shape: int) -> Any:
+            return flat[:int(np.prod(shape))].view(*shape)
+
+        return _Buffers(prefix(self.lr, batch, 3, h, h), prefix(self.noise, batch, n, dim),
+                        prefix(self.temperature, batch, n), prefix(self.sr, batch, n, 3, big, big),
+                        prefix(self.sr_host, batch, n, 3, big, big))
 
 
 @dataclass
@@ -52,90 +137,121 @@ class TensorRTBackend:
     max_batch: int | None = None
     max_n: int | None = None
     use_cuda_graphs: bool = True
+    trt: Any = None        # the tensorrt module (a stand-in in tests)
+    cuda: Any = None       # a TorchCuda (a stand-in in tests)
     name: str = "tensorrt"
     timings: Timings = field(default_factory=Timings)
+    graph_refusal: str | None = None   # why CUDA graphs are off, once a capture was refused
     _noise: NoiseCache = field(default_factory=NoiseCache)
-    _buffers: dict = field(default_factory=dict)
+    _contexts: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import tensorrt as trt
-        import torch
-
         start = time.perf_counter()
-        check_engine_meta(self.files, trt.__version__, gpu_info())
-        self._torch, self._trt = torch, trt
+        if self.trt is None:
+            import tensorrt
+
+            self.trt = tensorrt
+        self.cuda = self.cuda or TorchCuda()
+        trt, files = self.trt, self.files
+        plan = files.plan.read_bytes()
+        check_engine_meta(files, plan, trt.__version__, self.cuda.info())
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.files.plan.read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise CVDVAEError(f"TensorRT could not deserialize {self.files.plan}; re-run cvdvae-export --engine-only")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        _, _, biggest = self.engine.get_tensor_profile_shape("noise", 0)
-        self.max_batch = min(self.max_batch or biggest[0], biggest[0])
-        self.max_n = min(self.max_n or biggest[1], biggest[1])
-        self.precision = self.files.precision
+            raise CVDVAEError(f"TensorRT could not deserialize {files.plan} (see its message above); "
+                              f"{rebuild_hint(files)}")
+        check_engine_io(self.engine, trt, files)
+        self.limits = Limits.of(self.engine)
+        self.max_batch = self._cap(self.max_batch, self.limits.min_batch, self.limits.max_batch, "--max-batch")
+        self.max_n = self._cap(self.max_n, self.limits.min_n, self.limits.max_n, "--max-n")
+        self.precision = files.precision
+        self._activations = self.cuda.empty(self.engine.device_memory_size_v2, "uint8")
+        self._buffers = self._allocate(self.limits.max_batch, self.limits.max_n)
         self.timings.load = time.perf_counter() - start
 
-    def _buffers_for(self, batch: int, n: int) -> _ShapeBuffers:
-        if (batch, n) not in self._buffers:
-            torch, f = self._torch, self.files
-            dev = dict(device="cuda", dtype=torch.float32)
-            self._buffers[(batch, n)] = _ShapeBuffers(
-                lr=torch.empty(batch, 3, f.lr_size, f.lr_size, **dev),
-                noise=torch.empty(batch, n, f.noise_dim, **dev),
-                temperature=torch.empty(batch, n, **dev),
-                sr=torch.empty(batch, n, 3, f.hr_size, f.hr_size, **dev),
-                sr_host=torch.empty(batch, n, 3, f.hr_size, f.hr_size, dtype=torch.float32, pin_memory=True),
-            )
-        return self._buffers[(batch, n)]
+    def _cap(self, asked: int | None, low: int, high: int, flag: str) -> int:
+        if asked is not None and asked < low:
+            raise CVDVAEError(f"{flag} {asked} is below the engine profile's minimum {low}; "
+                              f"rebuild the engine with a lower --min-batch/--min-n")
+        return min(asked or high, high)
 
-    def _bind(self, buf: _ShapeBuffers) -> None:
+    def _allocate(self, batch: int, n: int) -> _Buffers:
+        f, cuda = self.files, self.cuda
+        samples = batch * n * 3 * f.hr_size**2
+        return _Buffers(cuda.empty(batch * 3 * f.lr_size**2), cuda.empty(batch * n * f.noise_dim),
+                        cuda.empty(batch * n), cuda.empty(samples), cuda.pinned(samples))
+
+    def _context_for(self, batch: int, n: int) -> _ShapeContext:
+        key = (batch, n)
+        if key not in self._contexts:
+            self._contexts[key] = _ShapeContext(self._new_context(batch, n))
+        return self._contexts[key]
+
+    def _new_context(self, batch: int, n: int) -> Any:
+        trt, buf = self.trt, self._buffers.views(batch, n, self.files)
+        context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of device memory?)")
+        context.set_device_memory(self._activations.data_ptr(), self.engine.device_memory_size_v2)
         for name in ("lr", "noise", "temperature"):
-            tensor = getattr(buf, name)
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        self.context.set_tensor_address("sr", buf.sr.data_ptr())
+            shape = tuple(getattr(buf, name).shape)
+            if not context.set_input_shape(name, shape):
+                raise RuntimeError(f"TensorRT refused input {name} of shape {list(shape)} (engine profile "
+                                   f"B {self.limits.min_batch}..{self.limits.max_batch}, "
+                                   f"n {self.limits.min_n}..{self.limits.max_n})")
+        for name in ("lr", "noise", "temperature", "sr"):
+            if not context.set_tensor_address(name, getattr(buf, name).data_ptr()):
+                raise RuntimeError(f"TensorRT refused the address of {name}")
+        if tuple(context.get_tensor_shape("sr")) != tuple(buf.sr.shape):
+            raise RuntimeError(f"TensorRT infers sr {list(context.get_tensor_shape('sr'))} for "
+                               f"B={batch} n={n}, expected {list(buf.sr.shape)}")
+        return context
 
-    def _execute(self, buf: _ShapeBuffers) -> None:
-        handle = self.stream.cuda_stream
-        if buf.graph is not None:
-            buf.graph.replay()
+    def _execute(self, shape: _ShapeContext, batch: int, n: int) -> None:
+        if shape.graph is not None:
+            self.cuda.replay(shape.graph)
             return
-        if not self.context.execute_async_v3(handle):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT messages above)")
-        if self.use_cuda_graphs:
-            buf.graph = self._capture(handle)
+        if not shape.context.execute_async_v3(self.cuda.stream_handle):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed for B={batch} n={n} (see TensorRT's message "
+                               "above); no output of this call was used")
+        if self.use_cuda_graphs and self.graph_refusal is None:
+            try:
+                shape.graph = self.cuda.capture(lambda: shape.context.execute_async_v3(self.cuda.stream_handle))
+            except CaptureRefused as err:
+                self.graph_refusal = str(err)  # remembered: running eagerly from now on
 
-    def _capture(self, handle: int) -> Any:
-        torch = self._torch
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream):
-                self.context.execute_async_v3(handle)
-        except RuntimeError:
-            return None  # capture refused (e.g. an engine with data-dependent shapes): run eagerly
-        return graph
+    @property
+    def cuda_graphs(self) -> str:
+        """For summaries: whether CUDA graphs are in use, and why not."""
+        if not self.use_cuda_graphs:
+            return "off"
+        return "on" if self.graph_refusal is None else f"off (capture refused: {self.graph_refusal})"
 
     def sample(self, lr: np.ndarray, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
-        torch = self._torch
         batch, n = lr.shape[0], temperature.shape[0]
-        buf = self._buffers_for(batch, n)
-        marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        with torch.cuda.stream(self.stream):
-            marks[0].record()
-            noise = self._noise.get_or_make((seed, first_sample, n),
-                                    lambda: noise_torch(seed, n, self.files.noise_dim, first_sample, device="cuda"))
-            buf.noise.copy_(noise.expand(batch, n, -1))
-            marks[1].record()
+        if not (1 <= batch <= self.max_batch and 1 <= n <= self.max_n):
+            raise ValueError(f"a call holds 1..{self.max_batch} images and 1..{self.max_n} samples, "
+                             f"got {batch} and {n}")
+        call_batch, call_n = max(batch, self.limits.min_batch), max(n, self.limits.min_n)
+        lr = np.concatenate([lr, np.repeat(lr[-1:], call_batch - batch, axis=0)])
+        temperature = np.concatenate([temperature, np.repeat(temperature[-1:], call_n - n)])
+        buf, torch, cuda = self._buffers.views(call_batch, call_n, self.files), self.cuda.torch, self.cuda
+        shape = self._context_for(call_batch, call_n)
+        with cuda.on_stream():
+            start = cuda.event()
+            noise = self._noise.get_or_make((seed, first_sample, call_n), lambda: cuda.noise(
+                seed, call_n, self.files.noise_dim, first_sample))
+            buf.noise.copy_(noise.expand(call_batch, call_n, -1))
             buf.lr.copy_(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)))
-            buf.temperature.copy_(torch.from_numpy(np.ascontiguousarray(temperature, dtype=np.float32)).expand(batch, n))
-            self._bind(buf)
-            self._execute(buf)
+            buf.temperature.copy_(torch.from_numpy(np.ascontiguousarray(temperature, dtype=np.float32))
+                                  .expand(call_batch, call_n))
+            inputs_ready = cuda.event()
+            self._execute(shape, call_batch, call_n)
             buf.sr_host.copy_(buf.sr, non_blocking=True)
-            marks[2].record()
-        self.stream.synchronize()
-        self.timings.noise += marks[0].elapsed_time(marks[1]) / 1000
-        self.timings.inference += marks[1].elapsed_time(marks[2]) / 1000
+            done = cuda.event()
+        cuda.synchronize()
+        self.timings.noise += cuda.seconds_between(start, inputs_ready)
+        self.timings.inference += cuda.seconds_between(inputs_ready, done)
         self.timings.calls += 1
-        return buf.sr_host.numpy().copy()
+        return buf.sr_host.numpy()[:batch, :n].copy()

@@ -45,6 +45,30 @@ def make_inputs(cfg: CVDVAEConfig, batch: int, n: int, seed: int = 0, t: float =
     return lr, noise, temperature
 
 
+def require_hardware(reason: str | None, what: str) -> None:
+    """Skip, printing why, when ``reason`` says the hardware or package is missing; under
+    ``CVDVAE_REQUIRE_GPU=1`` (scripts/gpu-check.sh) fail instead, so a GPU run cannot pass by skipping."""
+    if reason is None:
+        return
+    message = f"{what}: {reason}"
+    print(f"skipped: {message}")
+    if os.environ.get("CVDVAE_REQUIRE_GPU") == "1":
+        pytest.fail(f"{message} (CVDVAE_REQUIRE_GPU=1)")
+    pytest.skip(message)
+
+
+def cuda_unavailable_reason() -> str | None:
+    return None if torch.cuda.is_available() else "no CUDA device (PyTorch is a CPU build or sees no GPU)"
+
+
+def onnxruntime_cuda_unavailable_reason() -> str | None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return f"this ONNX Runtime ({ort.__version__}) has no CUDA provider (install onnxruntime-gpu)"
+    return cuda_unavailable_reason()
+
+
 def require_shared(*paths: Path) -> None:
     """Skip without the shared oracle files; in CI (where they must be) fail instead."""
     missing = [str(p) for p in paths if not p.exists()]
@@ -60,3 +84,42 @@ def official_case():
     require_shared(*paths)
     case = dict(np.load(paths[2]))
     return paths[0], paths[1], case
+
+
+def nan_model(folder):
+    """A crafted graph with the contract's I/O: sr = sigmoid(noise) + log(1 - t), so a sample
+    with t = 1 is -Inf and one with t > 1 is NaN, while t < 1 gives finite values."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cvdvae.fileio import sha256_file
+
+    dim, lr_size, hr_size = 64, 2, 4
+    nodes = [
+        helper.make_node("Slice", ["noise", "start", "stop", "axis"], ["pixels"]),
+        helper.make_node("Reshape", ["pixels", "shape"], ["image"]),
+        helper.make_node("Sigmoid", ["image"], ["squashed"]),
+        helper.make_node("Sub", ["one", "temperature"], ["headroom"]),
+        helper.make_node("Log", ["headroom"], ["log_headroom"]),
+        helper.make_node("Unsqueeze", ["log_headroom", "axes"], ["per_sample"]),
+        helper.make_node("Add", ["squashed", "per_sample"], ["sr"]),
+    ]
+    init = [helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("stop", TensorProto.INT64, [1], [3 * hr_size**2]),
+            helper.make_tensor("axis", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("shape", TensorProto.INT64, [5], [0, 0, 3, hr_size, hr_size]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("axes", TensorProto.INT64, [3], [2, 3, 4])]
+    graph = helper.make_graph(nodes, "nan", [
+        helper.make_tensor_value_info("lr", TensorProto.FLOAT, ["B", 3, lr_size, lr_size]),
+        helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["B", "n", dim]),
+        helper.make_tensor_value_info("temperature", TensorProto.FLOAT, ["B", "n"])],
+        [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["B", "n", 3, hr_size, hr_size])], init)
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(folder / "model.onnx"))
+    meta = {"lr_size": lr_size, "hr_size": hr_size, "scale": 2, "noise_dim": dim, "precision": "fp32",
+            "onnx_sha256": sha256_file(folder / "model.onnx")}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -22,8 +24,22 @@ def test_latency_benchmark_smoke(tmp_path):
                                                       ("onnxruntime", 2)]
     for row in rows:
         assert {"median_ms", "p90_ms", "p99_ms", "samples_per_s", "speedup", "gflops", "peak_fraction", "noise_ms",
-                "load_s", "peak_rss_mib", "psnr_db", "max_abs", "flagged"} <= row.keys()
+                "load_s", "peak_rss_mib", "psnr_db", "max_abs", "flagged", "non_finite_samples", "tf32"} <= row.keys()
         assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["calls"] == 1
-        assert not row["flagged"]
+        assert not row["flagged"] and row["non_finite_samples"] == 0 and row["tf32"] is False
+    assert rows[2]["provider"] == "CPUExecutionProvider"
     assert rows[2]["max_abs"] <= 1e-4  # ONNX Runtime and PyTorch agree on the same noise
     assert "backend" in r.stdout and "matmul peak" in r.stdout
+
+
+def test_gpu_check_says_in_one_line_when_there_is_no_gpu():
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: scripts/gpu-check.sh runs for real")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "no CUDA GPU visible to PyTorch" in r.stderr

@@ -98,7 +98,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert demo_main(["--out", str(out), "--n", "3"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["engine", "face.png", "face_s0_00.png", "face_s0_01.png", "face_s0_02.png", "face_s0_grid.png"]
-    assert sorted(p.name for p in (out / "engine").iterdir()) == ["meta.json", "model.onnx"]
+    assert sorted(p.name for p in (out / "engine").iterdir()) == ["meta.json", "model.onnx", "reference.npz"]
     from PIL import Image
 
     first = (out / "face_s0_01.png").read_bytes()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cvdvae.evaluation.scores import score
-from conftest import REPO
+from conftest import REPO, nan_model
 from test_train import faces
 
 
@@ -100,3 +100,14 @@ def test_eval_refusals(tiny_weights, tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
     r = eval_cli(root / "tiny.safetensors", "--data", data, "--backend", "tensorrt", "--no-lpips")
     assert r.returncode == 2 and "only --backend torch" in r.stderr
+
+
+def test_eval_counts_samples_with_nan_or_inf_and_fails(tmp_path):
+    """t = 1.2 makes the crafted graph's samples NaN: none is scored, all are counted, exit 1."""
+    model = nan_model(tmp_path / "nan")
+    data = faces(tmp_path / "hr", count=3, size=4)
+    r = eval_cli(model, "--data", data, "--split", "all", "--count", "3", "--n", "2", "--temperature", "1.2",
+                 "--no-lpips", "--quiet", "--json", tmp_path / "r.json")
+    assert r.returncode == 1 and "6 samples contained NaN/Inf" in r.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["non_finite_samples"] == 6 and results["protocol"]["inputs"] == 0

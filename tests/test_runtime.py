@@ -18,7 +18,7 @@ from runtime.batching import plan, sample_chunks
 from runtime.cli import main as run_main
 from runtime.gpu import tensorrt_unavailable_reason
 from runtime.model_files import locate
-from conftest import REPO
+from conftest import REPO, nan_model, onnxruntime_cuda_unavailable_reason, require_hardware
 
 pytest.importorskip("onnxruntime")
 
@@ -242,18 +242,56 @@ print("ok")
     assert len(pngs(tmp_path / "o")) == 3
 
 
-def test_tensorrt_backend_matches_onnxruntime(exported, tmp_path):
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        print(f"TensorRT runtime test skipped: {reason}")
-        pytest.skip(f"the TensorRT runtime needs TensorRT and a CUDA GPU: {reason}")
+def test_samples_with_nan_or_inf_are_never_written(tmp_path):
+    model = nan_model(tmp_path / "nan")
+    Image.fromarray(np.full((2, 2, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    r = run_cli(model, "--input", tmp_path / "a.png", "--temperature", "0.8,1.0,1.2,0.5", "--out", tmp_path / "o",
+                "--json")
+    assert r.returncode == 1, r.stderr
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 1 and "2 of 4 samples contain NaN/Inf" in errors[0] and "samples 1, 2" in errors[0]
+    assert sorted(pngs(tmp_path / "o")) == ["a_s0_00.png", "a_s0_03.png"]  # no grid, no broken sample
+    assert json.loads(r.stdout)["non_finite_samples"] == 2
+    assert run_cli(model, "--input", tmp_path / "a.png", "--temperature", "0.2,0.9", "--out", tmp_path / "p",
+                   "--quiet").returncode == 0
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_backend_matches_onnxruntime_and_replays_new_inputs(tmp_path):
+    """On a GPU with TensorRT: the engine's samples equal ONNX Runtime's for the same seed,
+    including CUDA-graph replays of the same shape with other images, seeds and temperatures."""
+    require_hardware(tensorrt_unavailable_reason(), "the TensorRT runtime needs TensorRT and a CUDA GPU")
     out = tmp_path / "trt"
     assert export_main(["--demo", "--out", str(out), "--require-engine", "--quiet"]) == 0
     files = locate(out)
     trt_backend, _ = open_backend(files, "tensorrt")
-    ort_backend, _ = open_backend(files, "onnxruntime")
-    lr = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
-    t = np.full(4, 0.8, np.float32)
-    a, b = trt_backend.sample(lr, 0, 0, t), ort_backend.sample(lr, 0, 0, t)
-    assert np.abs(a - b).mean() < 1e-3
-    assert np.array_equal(trt_backend.sample(lr, 0, 0, t), a)  # CUDA-graph replay gives the same result
+    ort_backend, _ = open_backend(files, "onnxruntime-cpu")
+    rng = np.random.default_rng(0)
+    for seed, t in [(0, 0.8), (1, 1.2), (2, 0.0), (3, 0.5)]:  # one shape: capture, then replays
+        lr = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
+        temperature = np.full(4, t, np.float32)
+        a, b = trt_backend.sample(lr, seed, 3, temperature), ort_backend.sample(lr, seed, 3, temperature)
+        assert np.isfinite(a).all() and np.abs(a - b).mean() < 1e-4, seed
+    assert trt_backend.cuda_graphs == "on"
+
+
+@pytest.mark.onnxruntime_cuda
+def test_onnxruntime_cuda_matches_the_cpu(exported):
+    require_hardware(onnxruntime_cuda_unavailable_reason(), "ONNX Runtime's CUDA provider")
+    files = locate(exported / "plain")
+    cuda, note = open_backend(files, "onnxruntime-cuda")
+    cpu, _ = open_backend(files, "onnxruntime-cpu")
+    assert note is None and cuda.provider == "CUDAExecutionProvider" and cpu.provider == "CPUExecutionProvider"
+    lr = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
+    t = np.array([0.8, 0.0, 1.2], np.float32)
+    assert np.abs(cuda.sample(lr, 4, 0, t) - cpu.sample(lr, 4, 0, t)).max() < 1e-4  # TF32 off
+
+
+def test_onnxruntime_cuda_without_cuda_says_why(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider; the test above covers it")
+    r = run_cli(exported / "plain", "--input", "x.png", "--backend", "onnxruntime-cuda")
+    assert r.returncode == 2 and "has no CUDA provider" in r.stderr and "cvdvae[gpu]" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

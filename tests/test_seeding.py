@@ -199,10 +199,12 @@ def test_numpy_and_torch_agree():
         )
 
 
+@pytest.mark.gpu
 def test_cuda_matches_numpy():
+    from conftest import cuda_unavailable_reason, require_hardware
+
     torch = _torch()
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require_hardware(cuda_unavailable_reason(), "CUDA-vs-numpy noise parity")
     a = noise_numpy(5, 3, 100_001)
     t = noise_torch(5, 3, 100_001, device="cuda")
     assert t.device.type == "cuda"

@@ -14,10 +14,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from runtime.backends import CHOICES
+
 from ..cli import add_common_options, run_command
 from ..config import PRESETS
 from ..errors import CVDVAEError
 from ..fileio import atomic_path
+from ..tf32 import set_tf32
 from ..train.data import HRSource, PairDataset, split_indices
 from .scores import Scores, score
 
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=5, help="samples per input (the paper's APD uses 5)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
+    p.add_argument("--backend", choices=("torch", *CHOICES), default="auto")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 on CUDA (PyTorch, ONNX Runtime); off by default: FP32 means FP32")
     p.add_argument("--preset", choices=sorted(PRESETS), help="config for a PyTorch checkpoint without one")
     p.add_argument("--config", type=Path)
     p.add_argument("--vdvae", type=Path)
@@ -60,6 +65,7 @@ def open_model(args: argparse.Namespace):
         from .torch_backend import TorchBackend
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        set_tf32(args.tf32)
         model = load_model(path, args.vdvae, args.config, args.preset, device=device)
         cfg = model.config
         return TorchBackend(model, device), cfg.image_size, cfg.scale_factor
@@ -69,7 +75,7 @@ def open_model(args: argparse.Namespace):
     from runtime.model_files import locate
 
     files = locate(path)
-    backend, _ = open_backend(files, args.backend)
+    backend, _ = open_backend(files, args.backend, tf32=args.tf32)
     return backend, files.hr_size, files.scale
 
 
@@ -88,6 +94,7 @@ def evaluate(args: argparse.Namespace) -> int:
     images = PairDataset(source, indices, scale)
     temperatures = np.full(args.n, args.temperature, np.float32)
     per_input: list[Scores] = []
+    non_finite = 0
     start = time.perf_counter()
     from tqdm import tqdm
 
@@ -97,15 +104,23 @@ def evaluate(args: argparse.Namespace) -> int:
         lr = torch.stack([low for _, low in pairs])
         samples = np.concatenate([backend.sample(lr.numpy(), args.seed, k, temperatures[k:k + backend.max_n])
                                   for k in range(0, args.n, backend.max_n)], axis=1)
+        # An input with any NaN/Inf sample is counted, not scored: cvdvae-run would not write it.
+        finite = np.isfinite(samples.reshape(len(pairs), args.n, -1)).all(axis=2)
+        non_finite += int((~finite).sum())
         quantised = torch.from_numpy(np.round(np.clip(samples, 0, 1) * 255) / 255)  # scored as saved: 8-bit
         with torch.no_grad():
-            per_input += [score(quantised[i], lr[i], hr[i], scale, lpips) for i in range(len(pairs))]
+            per_input += [score(quantised[i], lr[i], hr[i], scale, lpips)
+                          for i in range(len(pairs)) if finite[i].all()]
     results = summarise(per_input, args, backend, hr_size, scale, time.perf_counter() - start)
+    results["non_finite_samples"] = non_finite
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")
     if not args.quiet:
         print_table(results)
+    if non_finite:
+        raise RuntimeError(f"{non_finite} samples contained NaN/Inf; their inputs were left out of the metrics "
+                           "(the engine is numerically broken: re-export in fp32 or --bf16)")
     return 0
 
 
@@ -121,6 +136,7 @@ def summarise(per_input: list[Scores], args, backend, hr_size: int, scale: int, 
                      "seed": args.seed, "split": args.split, "data": str(args.data), "hr_size": hr_size,
                      "scale": scale, "degradation": "MATLAB bicubic (antialiased), uint8 after each pass",
                      "samples_scored_as": "8-bit (round half to even), RGB, no border crop",
+                     "tf32": args.tf32,
                      "lpips": "LPIPS v0.1 AlexNet" if args.lpips else None},
         "model": str(args.model), "backend": backend.name, "precision": backend.precision,
         "wall_s": round(wall, 2),

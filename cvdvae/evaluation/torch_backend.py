@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from runtime.backends import NoiseCache, Timings
+from runtime.noise_cache import NoiseCache
+from runtime.timings import Timings
 
 from ..model import CVDVAE
 from ..seeding import noise_torch

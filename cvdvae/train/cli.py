@@ -18,6 +18,7 @@ from ..errors import CVDVAEError
 from ..fileio import atomic_path
 from ..model import CVDVAE
 from ..random_weights import randomize_
+from ..tf32 import set_tf32
 from ..weights import load_model, load_prior_into
 from .data import HRSource, PairDataset, split_indices
 from .loop import Trainer, TrainSettings, distributed
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
     t.add_argument("--val-count", type=int, help="images held out (default: 7,000 of ffhq-256.npy, else a tenth)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    t.add_argument("--tf32", action="store_true", help="allow TF32 in CUDA matmuls and convolutions (off: FP32)")
     add_common_options(p)
     return p
 
@@ -106,6 +108,7 @@ def train(args: argparse.Namespace) -> int:
         if run_dir.exists() and rank == 0:
             raise CVDVAEError(f"{run_dir} exists; a new run needs a new folder (or use --resume {run_dir})")
     device = torch.device(args.device if args.device != "cuda" else f"cuda:{local_rank}")
+    set_tf32(args.tf32)
     settings = settings_from(args)
     model = build_model(args, settings.seed)
     cfg = model.config

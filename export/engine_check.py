@@ -1,0 +1,119 @@
+"""An engine against the export's FP32 reference (``export.reference``), right after it is built.
+
+The engine runs through the runtime's own backend (what users run: CUDA graphs, padding,
+on-device noise) on every reference case, in calls its profile allows. Per case: PSNR
+against the reference, the max abs error away from mixture flips, the flipped pixels and
+the NaN/Inf count. A pixel whose error exceeds the tolerance counts as a mixture flip only
+where the reference's choice was a near tie (margin below ``FLIP_MARGIN``); anywhere else
+it is an error.
+
+Bounds, by what the engine computes in:
+- fp32 with TF32 off: max abs error <= 1e-3 and at most 0.1% flipped pixels;
+- fp32 with TF32, fp16: PSNR >= 30 dB (TF32 and float16 keep the same 10-bit mantissa);
+- bf16: PSNR >= 20 dB;
+and never a NaN or an Inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.batching import plan
+
+from .precision import MIN_PSNR_DB, compare
+from .reference import Case
+
+FP32_TOLERANCE = 1e-3
+FLIP_MARGIN = 1e-2
+REDUCED_TOLERANCE = 5e-2  # per pixel, only to count flips in reduced-precision engines
+
+
+@dataclass
+class CaseResult:
+    batch: int
+    n: int
+    psnr_db: float
+    max_abs_error: float   # away from flipped pixels
+    flipped_pixels: int
+    pixels: int
+    non_finite: int
+    passed: bool
+
+
+@dataclass
+class EngineCheck:
+    reference: str          # what computed the reference: onnxruntime-fp32 or pytorch-fp32
+    arithmetic: str         # fp32, tf32, fp16 or bf16
+    bound: str
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.passed for c in self.cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "engine": "tensorrt (the runtime's backend)", "passed": self.passed}
+
+    def summary(self) -> str:
+        parts = [f"B={c.batch} n={c.n}: PSNR {c.psnr_db} dB, max abs {c.max_abs_error:.2e}, "
+                 f"{c.flipped_pixels} flipped of {c.pixels}, {c.non_finite} NaN/Inf" for c in self.cases]
+        return (f"engine check {'passed' if self.passed else 'FAILED'} ({self.arithmetic} vs {self.reference}; "
+                f"{self.bound}): " + "; ".join(parts))
+
+
+def arithmetic_of(precision: str, tf32: bool) -> str:
+    return "tf32" if precision == "fp32" and tf32 else precision
+
+
+def bound_text(arithmetic: str) -> str:
+    if arithmetic == "fp32":
+        return f"max abs <= {FP32_TOLERANCE:g} away from flips, flips <= 0.1%, no NaN/Inf"
+    return f"PSNR >= {MIN_PSNR_DB[_psnr_key(arithmetic)]:g} dB, no NaN/Inf"
+
+
+def _psnr_key(arithmetic: str) -> str:
+    return "fp16" if arithmetic == "tf32" else arithmetic
+
+
+def judge(sr: np.ndarray, case: Case, arithmetic: str) -> CaseResult:
+    """One engine output against its reference case."""
+    batch, n = case.shape
+    agreement = compare(sr, case.sr)
+    diff = np.abs(sr.astype(np.float64) - case.sr)
+    error = np.where(np.isnan(diff), np.inf, diff).max(axis=2)  # per pixel, NaN as an infinite error
+    tolerance = FP32_TOLERANCE if arithmetic == "fp32" else REDUCED_TOLERANCE
+    flipped = (error > tolerance) & (case.margin < FLIP_MARGIN) & np.isfinite(error)
+    kept = np.where(flipped, 0.0, error)
+    max_abs = float(kept.max()) if kept.size else 0.0
+    pixels = int(error.size)
+    if arithmetic == "fp32":
+        passed = max_abs <= tolerance and int(flipped.sum()) <= max(1, pixels // 1000)
+    else:
+        passed = agreement.psnr_db >= MIN_PSNR_DB[_psnr_key(arithmetic)]
+    passed = passed and agreement.non_finite == 0
+    return CaseResult(batch, n, agreement.psnr_db, max_abs, int(flipped.sum()), pixels, agreement.non_finite,
+                      bool(passed))
+
+
+def run_case(backend: Any, case: Case) -> np.ndarray:
+    """The engine's samples for a case, in calls within its profile (as cvdvae-run makes them)."""
+    batch, n = case.shape
+    out = np.empty_like(case.sr)
+    for group in plan(batch, n, backend.max_batch, backend.max_n):
+        for chunk in group:
+            images, samples = chunk.images, chunk.samples
+            out[images.start:images.stop, samples.start:samples.stop] = backend.sample(
+                case.lr[images.start:images.stop], case.seed, samples.start,
+                case.temperature[samples.start:samples.stop])
+    return out
+
+
+def check_engine(backend: Any, cases: list[Case], reference: str, precision: str, tf32: bool) -> EngineCheck:
+    arithmetic = arithmetic_of(precision, tf32)
+    check = EngineCheck(reference, arithmetic, bound_text(arithmetic))
+    for case in cases:
+        check.cases.append(judge(run_case(backend, case), case, arithmetic))
+    return check

@@ -1,0 +1,13 @@
+"""Seconds a backend spent, accumulated over its calls (the run summary and the benchmark read them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Timings:
+    noise: float = 0.0       # making the seeded noise and moving inputs in
+    inference: float = 0.0   # the engine itself and the copy of its output back
+    calls: int = 0
+    load: float = 0.0        # opening the model

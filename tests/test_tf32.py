@@ -1,0 +1,54 @@
+"""TF32 off means float32 arithmetic in PyTorch's CUDA convolutions (cvdvae.tf32)."""
+
+import pytest
+import torch
+
+from cvdvae.tf32 import set_tf32, tf32_allowed
+from conftest import cuda_unavailable_reason, require_hardware
+
+
+@pytest.fixture
+def restore_tf32():
+    before = tf32_allowed()
+    yield
+    set_tf32(before)
+
+
+def test_the_switch_reaches_what_pytorch_reads(restore_tf32):
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cudnn.allow_tf32)"],
+                           capture_output=True, text=True)
+    assert fresh.stdout.strip() == "True"  # PyTorch's default: TF32 in convolutions
+    set_tf32(False)
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    assert not tf32_allowed()
+    set_tf32(True)
+    assert torch.backends.cudnn.allow_tf32 and tf32_allowed()
+
+
+def test_pytorch_can_still_export_after_the_switch(restore_tf32):
+    """torch.export reads allow_tf32; a mix of PyTorch's two TF32 APIs would make that read fail."""
+    set_tf32(False)
+    program = torch.export.export(torch.nn.Conv2d(3, 3, 3), (torch.zeros(1, 3, 8, 8),))
+    assert program is not None
+
+
+@pytest.mark.gpu
+def test_fp32_convolutions_on_cuda_are_fp32(restore_tf32):
+    """Against a float64 convolution: float32 is within ~1e-6 relative, TF32 (10-bit mantissa) ~1e-3."""
+    require_hardware(cuda_unavailable_reason(), "TF32 on CUDA")
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(4, 256, 32, 32, generator=gen), torch.randn(256, 256, 3, 3, generator=gen)
+    exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+
+    def relative_error():
+        y = torch.nn.functional.conv2d(x.cuda(), w.cuda(), padding=1).double().cpu()
+        return float((y - exact).abs().max() / exact.abs().max())
+
+    set_tf32(False)
+    assert relative_error() < 1e-5
+    set_tf32(True)
+    if torch.cuda.get_device_capability()[0] >= 8:  # TF32 exists from Ampere on
+        assert relative_error() > 1e-4
