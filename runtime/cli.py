@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="auto: TensorRT when the folder has an engine and TensorRT runs, else ONNX Runtime "
                         "(CUDA when it loads, else CPU); onnxruntime-cuda fails when CUDA cannot load")
-    p.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's profile, 4 for ONNX)")
-    p.add_argument("--max-n", type=int, help="samples per image per call (default: the profile, 8 for ONNX)")
+    p.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's profile; ONNX "
+                                                 "Runtime: up to 4, within its memory budget on a CPU)")
+    p.add_argument("--max-n", type=int, help="samples per image per call (default: the profile; ONNX Runtime 8, "
+                                             "within its memory budget on a CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_common_options(p)
