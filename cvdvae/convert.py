@@ -1,4 +1,5 @@
-"""``cvdvae-convert``: any accepted weight file(s) -> our ``.safetensors`` with the config inside."""
+"""``cvdvae convert`` (alias ``cvdvae-convert``): any accepted weight file(s) -> our ``.safetensors``
+with the config inside."""
 
 from __future__ import annotations
 
@@ -6,29 +7,40 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Optional, Sequence
 
-from .cli import add_common_options, run_command
-from .config import PRESETS
+import typer
+
+from .cli import Checkpoint, ConfigFile, Debug, Overwrite, Vdvae, check_preset, command_app, examples, run_app
 from .errors import CVDVAEError
 from .weights import resolve_weights, save_safetensors
 
+app = command_app("Check weight files strictly against a config and write one .safetensors file holding every "
+                  "tensor and the resolved config.")
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cvdvae-convert",
-        description="Check weight files strictly against a config and write one .safetensors file "
-                    "holding every tensor and the resolved config.")
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="CVDVAE .ckpt, our .safetensors, or a VD-VAE .th/.pt/.pth")
-    p.add_argument("--vdvae", type=Path, help="VD-VAE .th giving the prior weights the checkpoint lacks")
-    p.add_argument("--config", type=Path, help="YAML/JSON of official hyper-parameter names (wins over all)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="base config (default: the FFHQ-256 VD-VAE)")
-    p.add_argument("--out", required=True, type=Path, help="output file, X.safetensors")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--verbose", action="store_true", help="list the config keys that were ignored")
-    add_common_options(p)
-    return p
+
+@app.command("convert", epilog=examples(
+    "cvdvae convert --checkpoint SR_x8.ckpt --out x8.safetensors",
+    "cvdvae convert --checkpoint lr_encoder.safetensors --vdvae ffhq256-iter-1700000-model-ema.th "
+    "--out x8.safetensors"))
+def convert_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output file, X.safetensors", show_default=False)],
+    checkpoint: Checkpoint = None,
+    vdvae: Vdvae = None,
+    config: ConfigFile = None,
+    preset: Annotated[Optional[str], typer.Option(help="base config (default: the FFHQ-256 VD-VAE)")] = None,
+    overwrite: Overwrite = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="list the config keys that were ignored")] = False,
+    debug: Debug = False,
+) -> int:
+    check_preset(preset)
+    if checkpoint is None and vdvae is None:
+        raise typer.BadParameter("give the weights to convert", param_hint="'--checkpoint'")
+    return convert(argparse.Namespace(**locals()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, prog="cvdvae-convert")
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -48,10 +60,6 @@ def convert(args: argparse.Namespace) -> int:
     kind = f"x{cfg.scale_factor} (ky={cfg.ky})" if cfg.has_lr_encoder else "prior only"
     print(f"wrote {out}: {len(resolved.tensors)} tensors, {n_params:,} parameters, {kind}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(convert, build_parser(), argv)
 
 
 if __name__ == "__main__":

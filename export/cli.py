@@ -1,4 +1,5 @@
-"""``cvdvae-export``: model -> ``DIR/model.onnx`` + ``DIR/meta.json`` (+ ``DIR/engine.plan``)."""
+"""``cvdvae export`` (alias ``cvdvae-export``): model -> ``DIR/model.onnx`` + ``DIR/meta.json``
+(+ ``DIR/reference.npz``, ``DIR/engine.plan``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Optional, Sequence
 
-from cvdvae.cli import add_common_options, run_command
-from cvdvae.config import PRESETS
+import typer
+
+from cvdvae.cli import (Checkpoint, ConfigFile, Debug, Overwrite, Quiet, Vdvae, check_choice, check_preset,
+                        command_app, examples, run_app)
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_folder, sha256_file
 from runtime.gpu import tensorrt_unavailable_reason as unavailable_reason
@@ -27,49 +30,76 @@ from .tensorrt import EngineBuildFailed
 PROFILE_FLAGS = ("min-batch", "opt-batch", "max-batch", "min-n", "opt-n", "max-n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvdvae-export", description=(
-        "Trace a CVDVAE model into one ONNX graph with explicit noise inputs, validate it against "
-        "PyTorch with ONNX Runtime, and build a TensorRT engine where TensorRT and a GPU exist."))
-    src = p.add_argument_group("model")
-    src.add_argument("--scale", type=int, choices=(4, 8, 16), default=4, help="picks the ffhq256-x{scale} preset")
-    src.add_argument("--preset", choices=sorted(PRESETS), help="base config instead of ffhq256-x{scale}")
-    src.add_argument("--config", type=Path, help="YAML/JSON of official hyper-parameter names")
-    src.add_argument("--checkpoint", type=Path, help=".ckpt, .safetensors or .th weights")
-    src.add_argument("--vdvae", type=Path, help="VD-VAE .th with the prior weights the checkpoint lacks")
-    src.add_argument("--demo", action="store_true", help="the built-in untrained tiny-x4 demo model")
-    g = p.add_argument_group("graph")
-    prec = g.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_const", dest="precision", const="fp16", default="fp32")
-    prec.add_argument("--bf16", action="store_const", dest="precision", const="bf16")
-    g.add_argument("--consistent", action="store_true", help="bake the exact LR-consistency projection in")
-    g.add_argument("--opset", type=int, help=f"ONNX opset (default {graph.DEFAULT_OPSET}; "
-                                             f"{graph.MIN_OPSET['bf16']} with --bf16)")
-    g.add_argument("--no-validate", dest="validate", action="store_false",
-                   help="skip the checks (graph against PyTorch, engine against the FP32 reference)")
-    g.add_argument("--validate-shapes", default="1x1,2x3", help="BxN list of validation cases (default 1x1,2x3)")
-    e = p.add_argument_group("TensorRT engine")
-    e.add_argument("--onnx-only", action="store_true", help="do not build an engine")
-    e.add_argument("--require-engine", action="store_true",
-                   help="fail (exit 1) when no engine is built; the validated ONNX folder is kept")
-    e.add_argument("--engine-only", type=Path, metavar="DIR", help="build engine.plan for an existing export folder")
-    defaults = profile.Profile()
-    for name in PROFILE_FLAGS:
-        default = getattr(defaults, name.replace("-", "_"))
-        e.add_argument(f"--{name}", type=int, metavar="K", help=f"optimization profile (default {default}: at most "
-                       "16 samples per call, fewer where the GPU's free memory is short; --engine-only keeps "
-                       "the folder's recorded profile)")
-    e.add_argument("--workspace", type=float, default=8.0, help="builder workspace limit in GiB")
-    e.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimization level")
-    e.add_argument("--tf32", action="store_true",
-                   help="let an fp32 engine compute in TF32 (faster, ~3 fewer digits; recorded in meta.json)")
-    e.add_argument("--timing-cache", type=Path, help="load/save a timing cache (development builds)")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, help="output folder (default engines/{x4|demo-x4}-{precision})")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    o.add_argument("--quiet", action="store_true")
-    add_common_options(p)
-    return p
+app = command_app("Trace a CVDVAE model (or, with --prior, the unconditional VD-VAE prior) into one ONNX graph "
+                  "with explicit noise inputs, validate it against PyTorch, and build a checked TensorRT engine "
+                  "where TensorRT and a GPU exist.")
+Profile = Annotated[Optional[int], typer.Option(min=1, rich_help_panel="TensorRT engine", help=(
+    "optimization profile (default B 1..2 opt 1, n 1..8 opt 8: at most 16 samples per call, fewer where the GPU's "
+    "free memory is short; --engine-only keeps the folder's recorded profile)"))]
+
+
+@app.command("export", epilog=examples(
+    "cvdvae export --demo --out engines/demo                       # built-in tiny model, any machine",
+    "cvdvae export --prior --fp16                                  # the fetched VD-VAE prior: faces from noise",
+    "cvdvae export --scale 4 --fp16 --checkpoint x4.safetensors    # then, on the GPU: --engine-only engines/x4-fp16"))
+def export_command(
+    scale: Annotated[int, typer.Option(help="picks the ffhq256-x{scale} preset: 4, 8 or 16",
+                                       rich_help_panel="Model")] = 4,
+    preset: Annotated[Optional[str], typer.Option(help="base config instead of ffhq256-x{scale}",
+                                                  rich_help_panel="Model")] = None,
+    config: ConfigFile = None,
+    checkpoint: Checkpoint = None,
+    vdvae: Vdvae = None,
+    prior: Annotated[bool, typer.Option("--prior", rich_help_panel="Model", help=(
+        "export the unconditional VD-VAE prior (no LR input): --vdvae/--checkpoint, else the one "
+        "cvdvae fetch vdvae-ffhq256 put in $CVDVAE_HOME"))] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="the built-in untrained tiny-x4 demo model",
+                                       rich_help_panel="Model")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="float16 graph with float32 islands",
+                                       rich_help_panel="Graph")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 graph with float32 islands",
+                                       rich_help_panel="Graph")] = False,
+    consistent: Annotated[bool, typer.Option("--consistent", help="bake the exact LR-consistency projection in",
+                                             rich_help_panel="Graph")] = False,
+    opset: Annotated[Optional[int], typer.Option(min=1, rich_help_panel="Graph", help=(
+        f"ONNX opset (default {graph.DEFAULT_OPSET}; {graph.MIN_OPSET['bf16']} with --bf16)"))] = None,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", rich_help_panel="Graph", help=(
+        "the checks: graph against PyTorch, engine against the FP32 reference"))] = True,
+    validate_shapes: Annotated[str, typer.Option(help="BxN list of validation cases",
+                                                 rich_help_panel="Graph")] = "1x1,2x3",
+    onnx_only: Annotated[bool, typer.Option("--onnx-only", help="do not build an engine",
+                                            rich_help_panel="TensorRT engine")] = False,
+    require_engine: Annotated[bool, typer.Option("--require-engine", rich_help_panel="TensorRT engine", help=(
+        "fail (exit 1) when no engine is built; the validated ONNX folder is kept"))] = False,
+    engine_only: Annotated[Optional[Path], typer.Option(
+        "--engine-only", exists=True, file_okay=False, metavar="DIR", rich_help_panel="TensorRT engine",
+        help="build engine.plan for an existing export folder")] = None,
+    min_batch: Profile = None, opt_batch: Profile = None, max_batch: Profile = None,
+    min_n: Profile = None, opt_n: Profile = None, max_n: Profile = None,
+    workspace: Annotated[float, typer.Option(min=0.0625, help="builder workspace limit in GiB",
+                                             rich_help_panel="TensorRT engine")] = 8.0,
+    opt_level: Annotated[int, typer.Option(min=0, max=5, help="builder optimization level",
+                                           rich_help_panel="TensorRT engine")] = 3,
+    tf32: Annotated[bool, typer.Option("--tf32", rich_help_panel="TensorRT engine", help=(
+        "let an fp32 engine compute in TF32 (faster, ~3 fewer digits; recorded in meta.json)"))] = False,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="load/save a timing cache (development builds)",
+                                                         dir_okay=False, rich_help_panel="TensorRT engine")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
+        "output folder (default engines/{x4|demo-x4|vdvae-ffhq256}-{precision})"))] = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    check_choice(scale, (4, 8, 16), "--scale")
+    check_preset(preset)
+    if fp16 and bf16:
+        raise typer.BadParameter("choose one of --fp16 and --bf16", param_hint="'--bf16'")
+    args = argparse.Namespace(**locals(), precision="fp16" if fp16 else "bf16" if bf16 else "fp32")
+    return export(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, prog="cvdvae-export")
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -78,7 +108,8 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     except ValueError:
         shapes = []
     if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
-        raise CVDVAEError(f"--validate-shapes {text!r}: expected a list like 1x1,2x3 (images x samples)")
+        raise typer.BadParameter(f"{text!r}: expected a list like 1x1,2x3 (images x samples)",
+                                 param_hint="'--validate-shapes'")
     return shapes  # type: ignore[return-value]
 
 
@@ -92,7 +123,7 @@ def profile_request(recorded: dict | None, args: argparse.Namespace) -> dict:
     try:
         return profile.requested(recorded, profile_overrides(args))
     except (ValueError, TypeError) as err:
-        raise CVDVAEError(str(err)) from None
+        raise typer.BadParameter(str(err), param_hint="'--min/opt/max-batch', '--min/opt/max-n'") from None
 
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
@@ -116,7 +147,8 @@ def export(args: argparse.Namespace) -> int:
     requested, shapes = profile_request(None, args), parse_shapes(args.validate_shapes)
     opset = args.opset or graph.default_opset(args.precision)
     if opset < graph.default_opset(args.precision):
-        raise CVDVAEError(f"--opset {opset} is too old for {args.precision}: use {graph.default_opset(args.precision)}+")
+        raise typer.BadParameter(f"{opset} is too old for {args.precision}: use {graph.default_opset(args.precision)}+",
+                                 param_hint="'--opset'")
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise CVDVAEError(f"{args.out} exists; pass --overwrite to replace it")
     source = model_source(args)
@@ -168,7 +200,7 @@ def export(args: argparse.Namespace) -> int:
         return 0
     if reason:
         print(f"no engine built: {reason}; on a machine with TensorRT and a GPU run: "
-              f"cvdvae-export --engine-only {shlex.quote(str(out))}", file=sys.stderr)
+              f"cvdvae export --engine-only {shlex.quote(str(out))}", file=sys.stderr)
         return 0
     return engine_step(args, out, log)
 
@@ -183,14 +215,14 @@ def engine_step(args: argparse.Namespace, folder: Path, log: Log) -> int:
         if args.require_engine:
             raise
         print(f"no engine built: {err}; the validated ONNX folder {folder} is kept "
-              f"(retry: cvdvae-export --engine-only {shlex.quote(str(folder))})", file=sys.stderr)
+              f"(retry: cvdvae export --engine-only {shlex.quote(str(folder))})", file=sys.stderr)
         return 0
     print(f"wrote {folder / PLAN_NAME} (TensorRT {record['tensorrt_version']}, {record['gpu']})")
     return 0
 
 
 def warn(message: str) -> None:
-    print(f"cvdvae-export: warning: {message}", file=sys.stderr)
+    print(f"cvdvae export: warning: {message}", file=sys.stderr)
 
 
 def engine_only(args: argparse.Namespace) -> int:
@@ -211,10 +243,6 @@ def engine_only(args: argparse.Namespace) -> int:
         raise CVDVAEError(f"no TensorRT engine can be built here: {reason}")
     args.require_engine = True
     return engine_step(args, folder, Log(args.quiet))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(export, build_parser(), argv)
 
 
 if __name__ == "__main__":

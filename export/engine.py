@@ -1,4 +1,5 @@
-"""Adding a checked ``engine.plan`` to a finished export folder (``cvdvae-export``, ``--engine-only``).
+"""Adding a checked ``engine.plan`` to a finished export folder (``cvdvae export``,
+``--engine-only``).
 
 Build with Polygraphy (``export.tensorrt``), run the new plan through the runtime against the
 folder's FP32 reference (``export.engine_check``), and only when it passes replace

@@ -99,15 +99,16 @@ def judge(sr: np.ndarray, case: Case, arithmetic: str) -> CaseResult:
 
 
 def run_case(backend: Any, case: Case) -> np.ndarray:
-    """The engine's samples for a case, in calls within its profile (as cvdvae-run makes them)."""
+    """The engine's samples for a case, in calls within its profile (as cvdvae run makes them).
+    A prior-only case's rows share their noise, so each row is one B = 1 draw."""
     batch, n = case.shape
     out = np.empty_like(case.sr)
-    for group in plan(batch, n, backend.max_batch, backend.max_n):
+    for group in plan(batch, n, backend.max_batch if case.lr is not None else 1, backend.max_n):
         for chunk in group:
             images, samples = chunk.images, chunk.samples
+            lr = None if case.lr is None else case.lr[images.start:images.stop]
             out[images.start:images.stop, samples.start:samples.stop] = backend.sample(
-                case.lr[images.start:images.stop], case.seed, samples.start,
-                case.temperature[samples.start:samples.stop])
+                lr, case.seed, samples.start, case.temperature[samples.start:samples.stop])
     return out
 
 

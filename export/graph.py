@@ -1,7 +1,8 @@
 """Tracing the sampler into one ONNX graph (contracts.md section 3).
 
 Inputs ``lr`` [B, 3, h, w], ``noise`` [B, n, D], ``temperature`` [B, n]; output ``sr``
-[B, n, 3, H, W]; B and n dynamic, everything float32 at the boundary. We use the
+[B, n, 3, H, W]; B and n dynamic, everything float32 at the boundary. A prior-only VD-VAE
+traces to the unconditional graph, the same without ``lr`` (section 3.1). We use the
 ``torch.export`` (dynamo) exporter, the maintained one, which records the dynamic
 dimensions symbolically (the legacy tracer would bake in the example batch), at opset 18
 (22 for bfloat16, the first where Conv takes it): GELU stays an exact Erf decomposition,
@@ -21,15 +22,20 @@ from torch import nn
 
 from cvdvae.model import CVDVAE
 
-INPUT_NAMES = ("lr", "noise", "temperature")
 OUTPUT_NAME = "sr"
 DEFAULT_OPSET = 18
 MIN_OPSET = {"bf16": 22}  # ONNX Conv accepts bfloat16 from opset 22
 
 
+MAX_DIM = 4096  # upper bound the exporter may assume for B and n
+
+
 def default_opset(precision: str) -> int:
     return max(DEFAULT_OPSET, MIN_OPSET.get(precision, 0))
-MAX_DIM = 4096  # upper bound the exporter may assume for B and n
+
+
+def input_names(model: CVDVAE) -> tuple[str, ...]:
+    return ("lr", "noise", "temperature") if model.config.has_lr_encoder else ("noise", "temperature")
 
 
 class SamplerGraph(nn.Module):
@@ -44,30 +50,47 @@ class SamplerGraph(nn.Module):
         return self.model(lr, noise, temperature, consistent=self.consistent)
 
 
+class PriorSamplerGraph(nn.Module):
+    """The unconditional graph's function: (noise, temperature) -> sr."""
+
+    def __init__(self, model: CVDVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        return self.model(None, noise, temperature)
+
+
+def sampler_graph(model: CVDVAE, consistent: bool = False) -> nn.Module:
+    """What is traced: the conditional sampler, or the prior's when there is no LR encoder."""
+    return SamplerGraph(model, consistent) if model.config.has_lr_encoder else PriorSamplerGraph(model)
+
+
 def example_inputs(model: CVDVAE, batch: int = 2, n: int = 3) -> tuple[torch.Tensor, ...]:
     """Tracing inputs. B, n >= 2 so that no size-1 broadcast gets specialised into the graph."""
-    cfg = model.config
-    size = cfg.image_size_y
     gen = torch.Generator().manual_seed(0)
-    lr = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float()
     noise = torch.randn(batch, n, model.noise_layout.dim, generator=gen)
-    return lr, noise, torch.full((batch, n), 0.8)
+    temperature = torch.full((batch, n), 0.8)
+    if not model.config.has_lr_encoder:
+        return noise, temperature
+    size = model.config.image_size_y
+    return torch.randint(0, 256, (batch, 3, size, size), generator=gen).float(), noise, temperature
 
 
 def trace_to_onnx(model: CVDVAE, *, consistent: bool = False, opset: int = DEFAULT_OPSET,
                   verbose: bool = False) -> onnx.ModelProto:
     """The raw exported graph (weights inline), before cleanup."""
-    if not model.config.has_lr_encoder:
-        raise ValueError("only models with an LR encoder export: the graph's first input is the LR image")
-    graph = SamplerGraph(model.eval(), consistent).eval()
+    graph = sampler_graph(model.eval(), consistent).eval()
     batch, n = torch.export.Dim("B", min=1, max=MAX_DIM), torch.export.Dim("n", min=1, max=MAX_DIM)
-    dynamic = {"lr": {0: batch}, "noise": {0: batch, 1: n}, "temperature": {0: batch, 1: n}}
+    names = input_names(model)
+    dynamic = {k: v for k, v in {"lr": {0: batch}, "noise": {0: batch, 1: n}, "temperature": {0: batch, 1: n}}.items()
+               if k in names}
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet, warnings.catch_warnings(), _quiet_logger("torch.onnx", verbose), torch.no_grad():
         if not verbose:
             warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            graph, example_inputs(model), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            graph, example_inputs(model), input_names=list(names), output_names=[OUTPUT_NAME],
             dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
             verbose=verbose,
         )

@@ -34,10 +34,11 @@ def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256
         "noise_dim": layout.dim,
         "noise_offsets": layout.block_offsets(),
         "ky": cfg.ky,
+        "conditional": cfg.has_lr_encoder,
         "precision": precision,
         "consistent": consistent,
-        "inputs": {"lr": ["B", 3, cfg.image_size_y, cfg.image_size_y], "noise": ["B", "n", layout.dim],
-                   "temperature": ["B", "n"]},
+        "inputs": {**({"lr": ["B", 3, cfg.image_size_y, cfg.image_size_y]} if cfg.has_lr_encoder else {}),
+                   "noise": ["B", "n", layout.dim], "temperature": ["B", "n"]},
         "outputs": {"sr": ["B", "n", 3, cfg.image_size, cfg.image_size]},
         "graph_sha256": graph_sha256,
     }

@@ -6,15 +6,15 @@ instead of Polygraphy's uniform [0, 1) defaults. README.md, "Debugging an engine
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
+import typer
 
-from cvdvae.cli import add_common_options, run_command
+from cvdvae.cli import Debug, command_app, examples, run_app
 from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import noise_numpy
 from runtime.model_files import META_NAME
@@ -32,25 +32,36 @@ def feeds(folder: Path) -> list[dict[str, np.ndarray]]:
     for case in load(path)[0]:
         batch, n = case.shape
         noise = noise_numpy(case.seed, n, dim)
-        out.append({"lr": case.lr, "noise": np.ascontiguousarray(np.broadcast_to(noise, (batch, n, dim))),
-                    "temperature": np.ascontiguousarray(np.broadcast_to(case.temperature, (batch, n)))})
+        feed = {"noise": np.ascontiguousarray(np.broadcast_to(noise, (batch, n, dim))),
+                "temperature": np.ascontiguousarray(np.broadcast_to(case.temperature, (batch, n)))}
+        if case.lr is not None:
+            feed["lr"] = case.lr
+        out.append(feed)
     return out
 
 
-def write(args: argparse.Namespace) -> int:
+app = command_app("An export's validation cases as Polygraphy inputs, for `polygraphy run --load-inputs` "
+                  "(README.md, 'Debugging an engine').")
+
+
+@app.command("polygraphy-inputs",
+             epilog=examples("python -m export.polygraphy_inputs engines/x4-fp16 --out inputs.json"))
+def write(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, metavar="DIR", help="a cvdvae export folder",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the JSON file polygraphy run --load-inputs reads",
+                                      show_default=False)],
+    debug: Debug = False,
+) -> int:
     from polygraphy.json import save_json
 
-    save_json(feeds(args.folder), str(args.out), description="cvdvae reference inputs")
-    print(f"wrote {args.out}")
+    save_json(feeds(folder), str(out), description="cvdvae reference inputs")
+    print(f"wrote {out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.polygraphy_inputs", description=__doc__.splitlines()[0])
-    p.add_argument("folder", type=Path, metavar="DIR", help="a cvdvae-export folder")
-    p.add_argument("--out", type=Path, required=True, help="the JSON file polygraphy run --load-inputs reads")
-    add_common_options(p)
-    return run_command(write, p, argv)
+    return run_app(app, argv, prog="python -m export.polygraphy_inputs")
 
 
 if __name__ == "__main__":

@@ -41,15 +41,15 @@ class Profile:
                 values[f"opt_{dim}"] = min(max(values[f"opt_{dim}"], values[f"min_{dim}"]), values[f"max_{dim}"])
         return Profile(**values)
 
-    def shapes(self, lr_size: int, noise_dim: int) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Per input: (min, opt, max) shapes."""
+    def shapes(self, lr_size: int | None, noise_dim: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Per input: (min, opt, max) shapes (no ``lr`` for a prior-only graph)."""
         b = (self.min_batch, self.opt_batch, self.max_batch)
         n = (self.min_n, self.opt_n, self.max_n)
-        return {
-            "lr": tuple((bi, 3, lr_size, lr_size) for bi in b),
-            "noise": tuple((bi, ni, noise_dim) for bi, ni in zip(b, n)),
-            "temperature": tuple((bi, ni) for bi, ni in zip(b, n)),
-        }
+        shapes = {"noise": tuple((bi, ni, noise_dim) for bi, ni in zip(b, n)),
+                  "temperature": tuple((bi, ni) for bi, ni in zip(b, n))}
+        if lr_size is not None:
+            shapes["lr"] = tuple((bi, 3, lr_size, lr_size) for bi in b)
+        return shapes
 
     @property
     def max_samples(self) -> int:

@@ -25,7 +25,7 @@ REFERENCE_NAME = "reference.npz"
 
 @dataclass
 class Case:
-    lr: np.ndarray           # [B, 3, h, w] float32, 0..255
+    lr: np.ndarray | None    # [B, 3, h, w] float32, 0..255 (None: a prior-only model)
     temperature: np.ndarray  # [n] float32
     seed: int
     sr: np.ndarray           # [B, n, 3, H, W] float32: the FP32 reference
@@ -33,14 +33,16 @@ class Case:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.lr.shape[0], self.temperature.shape[0]
+        return self.sr.shape[0], self.sr.shape[1]
 
 
 def save(path: Path, cases: list[Case], source: str) -> None:
     arrays: dict[str, np.ndarray] = {"source": np.array(source), "count": np.array(len(cases))}
     for i, case in enumerate(cases):
-        arrays.update({f"{i}_lr": case.lr, f"{i}_temperature": case.temperature, f"{i}_seed": np.array(case.seed),
+        arrays.update({f"{i}_temperature": case.temperature, f"{i}_seed": np.array(case.seed),
                        f"{i}_sr": case.sr, f"{i}_margin": case.margin.astype(np.float32)})
+        if case.lr is not None:
+            arrays[f"{i}_lr"] = case.lr
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -49,6 +51,6 @@ def save(path: Path, cases: list[Case], source: str) -> None:
 def load(path: Path) -> tuple[list[Case], str]:
     """The cases and what computed them (``onnxruntime-fp32`` or ``pytorch-fp32``)."""
     with np.load(path) as data:
-        cases = [Case(data[f"{i}_lr"], data[f"{i}_temperature"], int(data[f"{i}_seed"]), data[f"{i}_sr"],
-                      data[f"{i}_margin"]) for i in range(int(data["count"]))]
+        cases = [Case(data[f"{i}_lr"] if f"{i}_lr" in data else None, data[f"{i}_temperature"],
+                      int(data[f"{i}_seed"]), data[f"{i}_sr"], data[f"{i}_margin"]) for i in range(int(data["count"]))]
         return cases, str(data["source"])

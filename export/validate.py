@@ -40,7 +40,6 @@ from cvdvae.seeding import noise_torch
 from runtime.onnxruntime_backend import import_onnxruntime
 
 from . import cleanup
-from .graph import SamplerGraph
 from .precision import MIN_PSNR_DB, compare
 from .reference import Case
 
@@ -89,13 +88,16 @@ class ValidationReport:
         return f"validation {'passed' if self.passed else 'FAILED'} ({self.backend}): " + "; ".join(parts)
 
 
-def validation_inputs(model: CVDVAE, batch: int, n: int, seed: int = SEED) -> tuple[torch.Tensor, ...]:
-    """Random LR pixels, seeded contract noise shared by the images, temperatures incl. 0 and > 1."""
-    size = model.config.image_size_y
-    gen = torch.Generator().manual_seed(seed)
-    lr = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float()
+def validation_inputs(model: CVDVAE, batch: int, n: int, seed: int = SEED) -> tuple[torch.Tensor | None, ...]:
+    """(lr, noise, temperature): random LR pixels (None for a prior-only model), seeded contract
+    noise shared by the images, temperatures incl. 0 and > 1."""
     noise = noise_torch(seed, n, model.noise_layout.dim)[None].expand(batch, -1, -1).contiguous()
     temperature = torch.tensor([TEMPERATURES[k % len(TEMPERATURES)] for k in range(n)]).expand(batch, -1)
+    lr = None
+    if model.config.has_lr_encoder:
+        size = model.config.image_size_y
+        gen = torch.Generator().manual_seed(seed)
+        lr = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float()
     return lr, noise, temperature.contiguous()
 
 
@@ -125,7 +127,7 @@ def torch_reference(model: CVDVAE, inputs: Sequence[torch.Tensor], consistent: b
     hook = model.decoder.out_net.register_forward_hook(lambda m, i, o: captured.append(o.float()))
     try:
         with torch.inference_mode(), half_convolutions_accumulate_in_float32():
-            sr = SamplerGraph(model, consistent)(*inputs)
+            sr = model(*inputs, consistent=consistent)
     finally:
         hook.remove()
     layout, noise = model.noise_layout, inputs[1]
@@ -154,12 +156,13 @@ def onnxruntime_session(path: Path, expose_choice: bool = True, providers: Seque
         return ort.InferenceSession(str(Path(tmp) / "model.onnx"), providers=providers)
 
 
-def _feeds(inputs: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: t.numpy() for name, t in zip(("lr", "noise", "temperature"), inputs)}
+def _feeds(inputs: Sequence[torch.Tensor | None]) -> dict[str, np.ndarray]:
+    return {name: t.numpy() for name, t in zip(("lr", "noise", "temperature"), inputs) if t is not None}
 
 
-def _case(inputs: Sequence[torch.Tensor], sr: np.ndarray, margin: np.ndarray) -> Case:
-    return Case(inputs[0].numpy(), inputs[2][0].numpy().copy(), SEED, sr, margin)
+def _case(inputs: Sequence[torch.Tensor | None], sr: np.ndarray, margin: np.ndarray) -> Case:
+    lr = None if inputs[0] is None else inputs[0].numpy()
+    return Case(lr, inputs[2][0].numpy().copy(), SEED, sr, margin)
 
 
 def validate_fp32(onnx_path: Path, model: CVDVAE, shapes: Sequence[tuple[int, int]],

@@ -28,9 +28,10 @@ class Backend(Protocol):
     max_n: int          # samples per image per call
     timings: Timings
 
-    def sample(self, lr: np.ndarray, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
-        """``lr`` [B, 3, h, w] 0..255, samples ``first_sample ..`` with ``temperature`` [n] ->
-        float32 [B, n, 3, H, W] in [0, 1] (NaN or Inf only when the engine is broken)."""
+    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
+        """``lr`` [B, 3, h, w] 0..255 (None for a prior-only model: B = 1), samples
+        ``first_sample ..`` with ``temperature`` [n] -> float32 [B, n, 3, H, W] in [0, 1]
+        (NaN or Inf only when the engine is broken)."""
         ...
 
 
@@ -50,7 +51,7 @@ def open_backend(files: ModelFiles, choice: str = "auto", *, max_batch: int | No
     if choice in ("auto", "tensorrt"):
         reason = tensorrt_unavailable_reason()
         if files.plan is None:
-            reason = f"no engine.plan in {files.folder} (build one: cvdvae-export --engine-only {files.folder})"
+            reason = f"no engine.plan in {files.folder} (build one: cvdvae export --engine-only {files.folder})"
         if reason is None:
             from .tensorrt_backend import TensorRTBackend
 

@@ -1,4 +1,5 @@
-"""``cvdvae-run``: LR faces -> seeded, diverse samples with TensorRT or ONNX Runtime."""
+"""``cvdvae run`` (alias ``cvdvae-run``): LR faces -> seeded, diverse samples with TensorRT or ONNX
+Runtime; with a prior-only model, faces drawn from noise alone."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Optional, Sequence
 
 import numpy as np
+import typer
 
-from cvdvae.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, add_common_options, run_command
-from cvdvae.errors import CVDVAEError
+from cvdvae.cli import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Quiet, Samples, Seed,
+                        Temperatures, check_choice, command_app, examples, parse_temperatures, run_app)
+from cvdvae.progress import ProgressBar
 
 from . import outputs
 from .backends import CHOICES, Backend, open_backend
@@ -21,49 +24,49 @@ from .batching import plan
 from .images import InputError, LoadedImage, expand_inputs, load_image
 from .model_files import ModelFiles, locate
 
-MAX_SEED = 2**64 - 1
+UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
+
+app = command_app("Super-resolve LR face images into n diverse samples each, reproducibly from a seed; "
+                  "with a prior-only model (no LR encoder), draw n faces from noise alone.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvdvae-run", description=(
-        "Super-resolve LR face images into n diverse samples each, reproducibly from a seed."))
-    p.add_argument("model", metavar="MODEL", help="an engine.plan, a model.onnx or an export folder")
-    p.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH",
-                   help="image files, folders or globs (PNG, JPEG, WebP, BMP)")
-    p.add_argument("--n", type=int, help="samples per input (default 8, or the length of a --temperature list)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (0 .. 2^64-1)")
-    p.add_argument("--temperature", default="0.8",
-                   help="prior temperature, or a comma list: one per sample (a sweep)")
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default outputs/)")
-    p.add_argument("--from-hr", action="store_true",
-                   help="inputs are HR images: make the LR input with the MATLAB bicubic degradation")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--no-grid", dest="grid", action="store_false", help="skip the per-input grid PNG")
-    p.add_argument("--backend", choices=CHOICES, default="auto",
-                   help="auto: TensorRT when the folder has an engine and TensorRT runs, else ONNX Runtime "
-                        "(CUDA when it loads, else CPU); onnxruntime-cuda fails when CUDA cannot load")
-    p.add_argument("--max-batch", type=int, help="images per engine call (default: the engine's profile; ONNX "
-                                                 "Runtime: up to 4, within its memory budget on a CPU)")
-    p.add_argument("--max-n", type=int, help="samples per image per call (default: the profile; ONNX Runtime 8, "
-                                             "within its memory budget on a CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    add_common_options(p)
-    return p
+@app.command("run", epilog=examples(
+    "cvdvae run engines/x4-fp16 --input faces/ --n 8 --seed 0 --temperature 0.8",
+    "cvdvae run engines/x4-fp16 --input 'ffhq/*.png' --from-hr --temperature 0.2,0.6,1.0 --json",
+    "cvdvae run engines/vdvae-ffhq256-fp32 --n 16 --seed 0      # a prior-only model: faces from noise"))
+def run_command(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(exists=True, metavar="MODEL", show_default=False,
+                                          help="an engine.plan, a model.onnx or an export folder")],
+    input: Annotated[Optional[list[str]], typer.Option(
+        "--input", "-i", help="image files, folders or globs (PNG, JPEG, WebP, BMP); repeat it or give "
+                              "several")] = None,
+    n: Samples = None,
+    seed: Seed = 0,
+    temperature: Temperatures = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("outputs"),
+    from_hr: Annotated[bool, typer.Option(
+        "--from-hr", help="inputs are HR images: make the LR input with the MATLAB bicubic degradation")] = False,
+    overwrite: Overwrite = False,
+    grid: Annotated[bool, typer.Option("--grid/--no-grid", help="a grid PNG per input")] = True,
+    backend: Annotated[str, typer.Option(help=f"{', '.join(CHOICES)}; auto: TensorRT when the folder has an engine "
+                                              "and TensorRT runs, else ONNX Runtime (CUDA when it loads, else "
+                                              "CPU)")] = "auto",
+    max_batch: Annotated[Optional[int], typer.Option(min=1, help="images per engine call (default: the engine's "
+                                                                 "profile; ONNX Runtime: up to 4)")] = None,
+    max_n: Annotated[Optional[int], typer.Option(min=1, help="samples per image per call (default: the profile; "
+                                                             "ONNX Runtime 8)")] = None,
+    quiet: Quiet = False,
+    json_: Json = False,
+    debug: Debug = False,
+) -> int:
+    args = argparse.Namespace(**{k: v for k, v in locals().items() if k not in ("ctx", "json_")}, json=json_,
+                              prog=ctx.command_path)
+    return main_run(args)
 
 
-def parse_temperatures(text: str, n: int | None) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not np.isfinite(v) or v < 0 for v in values):
-        raise CVDVAEError(f"--temperature {text!r}: expected one value >= 0 or a comma list of them")
-    if len(values) == 1:
-        return values * (n or 8)
-    if n is not None and n != len(values):
-        raise CVDVAEError(f"--temperature lists {len(values)} values but --n is {n}: give one per sample")
-    return values
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, prog="cvdvae-run")
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Run:
     backend: Backend
     n: int
     seed: int
+    prog: str = "cvdvae-run"
     inputs: int = 0
     written: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
@@ -84,7 +88,7 @@ class Run:
 
     def fail(self, path: Path | str, message: str) -> None:
         self.failed.append({"input": str(path), "error": message})
-        print(f"cvdvae-run: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
 
     def summary(self) -> dict:
         wall = time.perf_counter() - self.start
@@ -105,36 +109,46 @@ class Run:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    if args.n is not None and args.n < 1:
-        raise CVDVAEError("--n must be at least 1")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise CVDVAEError(f"--seed must be between 0 and {MAX_SEED}")
     temperatures = np.asarray(parse_temperatures(args.temperature, args.n), dtype=np.float32)
+    check_choice(args.backend, CHOICES, "--backend")
     files = locate(args.model)
+    check_inputs_fit(files, args)
     backend, note = open_backend(files, args.backend, max_batch=args.max_batch, max_n=args.max_n)
     quiet = args.quiet or args.json
     if note and not quiet:
         print(f"note: {note}", file=sys.stderr)
-    run = Run(files, backend, len(temperatures), args.seed)
-    paths, problems = expand_inputs(args.input)
-    for problem in problems:
-        run.fail(problem.split(":")[0], problem)
+    run = Run(files, backend, len(temperatures), args.seed, args.prog)
+    if files.conditional:
+        paths, problems = expand_inputs(args.input)
+        for problem in problems:
+            run.fail(problem.split(":")[0], problem)
+    else:
+        paths = [Path(UNCONDITIONAL_STEM)]
     paths = accepted_paths(paths, args, run)
     run.inputs = len(paths) + len(run.failed)
     args.out.mkdir(parents=True, exist_ok=True)
-    progress = progress_bar(len(paths), quiet)
-    for group in plan(len(paths), run.n, backend.max_batch, backend.max_n):
-        images = load_group([paths[i] for i in group[0].images], files, args, run, quiet)
-        if images:
-            samples = sample_group(backend, images, group, args.seed, temperatures)
-            for image, image_samples in zip(images, samples):
-                write_outputs(image, image_samples, files, args, run)
-        run.samples += len(images) * run.n
-        progress.update(len(group[0].images))
-        progress.set_postfix_str(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
-    progress.close()
+    with ProgressBar(len(paths), "inputs", disable=quiet or not paths) as progress:
+        for group in plan(len(paths), run.n, backend.max_batch, backend.max_n):
+            images = load_group([paths[i] for i in group[0].images], files, args, run, quiet)
+            if images:
+                samples = sample_group(backend, images, group, args.seed, temperatures)
+                for image, image_samples in zip(images, samples):
+                    write_outputs(image, image_samples, files, args, run)
+            run.samples += len(images) * run.n
+            progress.update(len(group[0].images))
+            progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
     report(run, args)
     return run.exit_status
+
+
+def check_inputs_fit(files: ModelFiles, args: argparse.Namespace) -> None:
+    """A conditional model needs LR images; a prior-only one takes none."""
+    if files.conditional and not args.input:
+        raise typer.BadParameter(f"{args.model} super-resolves LR images: give them", param_hint="'--input'")
+    if not files.conditional and (args.input or args.from_hr):
+        flag = "--input" if args.input else "--from-hr"
+        raise typer.BadParameter(f"{args.model} is a prior-only model: it draws faces from noise alone, "
+                                 "without images", param_hint=f"'{flag}'")
 
 
 def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> list[Path]:
@@ -156,6 +170,8 @@ def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> lis
 
 def load_group(paths: list[Path], files: ModelFiles, args: argparse.Namespace, run: Run,
                quiet: bool) -> list[LoadedImage]:
+    if not files.conditional:
+        return [LoadedImage(path, None, None, None) for path in paths]
     images = []
     for path in paths:
         try:
@@ -173,8 +189,9 @@ def load_group(paths: list[Path], files: ModelFiles, args: argparse.Namespace, r
 
 def sample_group(backend: Backend, images: list[LoadedImage], calls, seed: int,
                  temperatures: np.ndarray) -> np.ndarray:
-    """All samples of these images, [images, n, 3, H, W]: one call per sample chunk."""
-    lr = np.stack([image.lr for image in images])
+    """All samples of these images, [images, n, 3, H, W]: one call per sample chunk (lr is None
+    for a prior-only model)."""
+    lr = None if images[0].lr is None else np.stack([image.lr for image in images])
     parts = [backend.sample(lr, seed, chunk.samples.start, temperatures[chunk.samples.start:chunk.samples.stop])
              for chunk in calls]
     return np.concatenate(parts, axis=1)
@@ -201,17 +218,12 @@ def write_outputs(image: LoadedImage, samples: np.ndarray, files: ModelFiles, ar
         run.written.append(str(path))
         tiles.append(pixels)
     if args.grid and not broken:
-        lr_tile = outputs.nearest_upscale(image.lr.round().astype(np.uint8), files.scale)
+        lr_tile = [] if image.lr is None else [outputs.nearest_upscale(image.lr.round().astype(np.uint8),
+                                                                        files.scale)]
         hr_tile = [image.hr.transpose(1, 2, 0)] if image.hr is not None else []
         path = outputs.grid_path(args.out, image.path.stem, args.seed)
-        outputs.write_png(path, outputs.grid([lr_tile, *hr_tile, *tiles]))
+        outputs.write_png(path, outputs.grid([*lr_tile, *hr_tile, *tiles]))
         run.written.append(str(path))
-
-
-def progress_bar(total: int, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="input", disable=quiet or total == 0, file=sys.stderr, dynamic_ncols=True)
 
 
 def report(run: Run, args: argparse.Namespace) -> None:
@@ -223,10 +235,6 @@ def report(run: Run, args: argparse.Namespace) -> None:
         print(f"{s['inputs']} inputs ({s['failed']} failed), {s['samples']} samples in {s['wall_s']:.1f} s, "
               f"{s['samples_per_s']:.2f} samples/s, {engine} {s['precision']}, seed {run.seed} "
               f"-> {args.out}/")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(main_run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class InputError(CVDVAEError):
 @dataclass
 class LoadedImage:
     path: Path
-    lr: np.ndarray            # [3, h, w] float32, 0..255
+    lr: np.ndarray | None     # [3, h, w] float32, 0..255 (None: a prior-only model's draw)
     hr: np.ndarray | None     # [3, H, W] uint8 with --from-hr
     converted_from: str | None  # the original mode when it was not 8-bit RGB
 

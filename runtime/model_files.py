@@ -22,16 +22,22 @@ class ModelFiles:
     requested: str  # "plan", "onnx" or "folder": what the user pointed at
 
     @property
-    def lr_size(self) -> int:
-        return int(self.meta["lr_size"])
+    def conditional(self) -> bool:
+        """Whether the graph takes LR images (False: a prior-only VD-VAE, contracts.md 3.1)."""
+        return bool(self.meta.get("conditional", True))
+
+    @property
+    def lr_size(self) -> int | None:
+        """The LR input's size (None for a prior-only model)."""
+        return None if self.meta["lr_size"] is None else int(self.meta["lr_size"])
 
     @property
     def hr_size(self) -> int:
         return int(self.meta["hr_size"])
 
     @property
-    def scale(self) -> int:
-        return int(self.meta["scale"])
+    def scale(self) -> int | None:
+        return None if self.meta["scale"] is None else int(self.meta["scale"])
 
     @property
     def noise_dim(self) -> int:
@@ -60,25 +66,25 @@ def locate(model: str | Path) -> ModelFiles:
         raise CVDVAEError(f"{path}: expected an engine.plan, a model.onnx or an export folder")
     meta_path = folder / META_NAME
     if not meta_path.is_file():
-        raise CVDVAEError(f"{meta_path} not found: MODEL must come from cvdvae-export (re-run it)")
+        raise CVDVAEError(f"{meta_path} not found: MODEL must come from cvdvae export (re-run it)")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CVDVAEError(f"{meta_path} is not readable JSON ({err}); re-run cvdvae-export") from None
+        raise CVDVAEError(f"{meta_path} is not readable JSON ({err}); re-run cvdvae export") from None
     missing = [k for k in ("lr_size", "hr_size", "scale", "noise_dim", "precision") if k not in meta]
     if missing:
-        raise CVDVAEError(f"{meta_path} lacks {', '.join(missing)}; re-run cvdvae-export")
+        raise CVDVAEError(f"{meta_path} lacks {', '.join(missing)}; re-run cvdvae export")
     onnx = path if requested == "onnx" else folder / ONNX_NAME
     plan = path if requested == "plan" else folder / PLAN_NAME
     return ModelFiles(folder, meta, onnx if onnx.is_file() else None, plan if plan.is_file() else None, requested)
 
 
 def verify_onnx(files: ModelFiles) -> Path:
-    """The ONNX file, checked against the sha256 that cvdvae-export recorded."""
+    """The ONNX file, checked against the sha256 that cvdvae export recorded."""
     if files.onnx is None:
         raise CVDVAEError(f"no {ONNX_NAME} in {files.folder}")
     expected = files.meta.get("onnx_sha256")
     if expected and sha256_file(files.onnx) != expected:
         raise CVDVAEError(f"{files.onnx} does not match its meta.json (sha256): it was changed after export; "
-                          "re-run cvdvae-export")
+                          "re-run cvdvae export")
     return files.onnx

@@ -100,16 +100,17 @@ class OnnxRuntimeBackend:
         max_n = self.max_n or 8
         return max_n, self.max_batch or max(1, GPU_CALL_SAMPLES // max_n)
 
-    def sample(self, lr: np.ndarray, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
-        batch, n = lr.shape[0], temperature.shape[0]
+    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
+        batch, n = 1 if lr is None else lr.shape[0], temperature.shape[0]
         start = time.perf_counter()
         noise = self._noise.get_or_make((seed, first_sample, n),
                                         lambda: noise_numpy(seed, n, self.files.noise_dim, first_sample))
         feeds = {
-            "lr": np.ascontiguousarray(lr, dtype=np.float32),
             "noise": np.ascontiguousarray(np.broadcast_to(noise, (batch, n, noise.shape[1]))),
             "temperature": np.ascontiguousarray(np.broadcast_to(temperature.astype(np.float32), (batch, n))),
         }
+        if lr is not None:
+            feeds["lr"] = np.ascontiguousarray(lr, dtype=np.float32)
         middle = time.perf_counter()
         out = self.session.run(["sr"], feeds)[0]
         self.timings.noise += middle - start

@@ -34,7 +34,7 @@ from .timings import Timings
 
 
 def rebuild_hint(files: ModelFiles) -> str:
-    return f"rebuild it on this machine: cvdvae-export --engine-only {files.folder} --overwrite"
+    return f"rebuild it on this machine: cvdvae export --engine-only {files.folder} --overwrite"
 
 
 def check_engine_meta(files: ModelFiles, plan: bytes, trt_version: str, gpu: dict[str, Any]) -> None:
@@ -58,9 +58,16 @@ def check_engine_meta(files: ModelFiles, plan: bytes, trt_version: str, gpu: dic
 
 def expected_io(files: ModelFiles) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (mode, shape with -1 for B and n): the contract's graph for this meta.json."""
-    h, big, dim = files.lr_size, files.hr_size, files.noise_dim
-    return {"lr": ("INPUT", (-1, 3, h, h)), "noise": ("INPUT", (-1, -1, dim)),
-            "temperature": ("INPUT", (-1, -1)), "sr": ("OUTPUT", (-1, -1, 3, big, big))}
+    big, dim = files.hr_size, files.noise_dim
+    io = {"noise": ("INPUT", (-1, -1, dim)), "temperature": ("INPUT", (-1, -1)),
+          "sr": ("OUTPUT", (-1, -1, 3, big, big))}
+    if files.conditional:
+        io["lr"] = ("INPUT", (-1, 3, files.lr_size, files.lr_size))
+    return io
+
+
+def input_names(files: ModelFiles) -> tuple[str, ...]:
+    return ("lr", "noise", "temperature") if files.conditional else ("noise", "temperature")
 
 
 def check_engine_io(engine: Any, trt: Any, files: ModelFiles) -> None:
@@ -111,7 +118,8 @@ class _ShapeContext:
 
 @dataclass
 class _Buffers:
-    """Device I/O at the profile's largest call, pinned host memory for the output."""
+    """Device I/O at the profile's largest call, pinned host memory for the output (no ``lr``
+    for a prior-only model)."""
 
     lr: Any
     noise: Any
@@ -121,14 +129,14 @@ class _Buffers:
 
     def views(self, batch: int, n: int, files: ModelFiles) -> "_Buffers":
         """The (B, n) call's tensors: prefixes of the buffers, so their addresses never move."""
-        h, big, dim = files.lr_size, files.hr_size, files.noise_dim
+        big, dim = files.hr_size, files.noise_dim
 
         def prefix(flat: Any, *shape: int) -> Any:
             return flat[:int(np.prod(shape))].view(*shape)
 
-        return _Buffers(prefix(self.lr, batch, 3, h, h), prefix(self.noise, batch, n, dim),
-                        prefix(self.temperature, batch, n), prefix(self.sr, batch, n, 3, big, big),
-                        prefix(self.sr_host, batch, n, 3, big, big))
+        lr = None if self.lr is None else prefix(self.lr, batch, 3, files.lr_size, files.lr_size)
+        return _Buffers(lr, prefix(self.noise, batch, n, dim), prefix(self.temperature, batch, n),
+                        prefix(self.sr, batch, n, 3, big, big), prefix(self.sr_host, batch, n, 3, big, big))
 
 
 @dataclass
@@ -179,8 +187,9 @@ class TensorRTBackend:
     def _allocate(self, batch: int, n: int) -> _Buffers:
         f, cuda = self.files, self.cuda
         samples = batch * n * 3 * f.hr_size**2
-        return _Buffers(cuda.empty(batch * 3 * f.lr_size**2), cuda.empty(batch * n * f.noise_dim),
-                        cuda.empty(batch * n), cuda.empty(samples), cuda.pinned(samples))
+        lr = cuda.empty(batch * 3 * f.lr_size**2) if f.conditional else None
+        return _Buffers(lr, cuda.empty(batch * n * f.noise_dim), cuda.empty(batch * n), cuda.empty(samples),
+                        cuda.pinned(samples))
 
     def _context_for(self, batch: int, n: int) -> _ShapeContext:
         key = (batch, n)
@@ -194,13 +203,14 @@ class TensorRTBackend:
         if context is None:
             raise RuntimeError("TensorRT could not create an execution context (out of device memory?)")
         context.set_device_memory(self._activations.data_ptr(), self.engine.device_memory_size_v2)
-        for name in ("lr", "noise", "temperature"):
+        names = input_names(self.files)
+        for name in names:
             shape = tuple(getattr(buf, name).shape)
             if not context.set_input_shape(name, shape):
                 raise RuntimeError(f"TensorRT refused input {name} of shape {list(shape)} (engine profile "
                                    f"B {self.limits.min_batch}..{self.limits.max_batch}, "
                                    f"n {self.limits.min_n}..{self.limits.max_n})")
-        for name in ("lr", "noise", "temperature", "sr"):
+        for name in (*names, "sr"):
             if not context.set_tensor_address(name, getattr(buf, name).data_ptr()):
                 raise RuntimeError(f"TensorRT refused the address of {name}")
         if tuple(context.get_tensor_shape("sr")) != tuple(buf.sr.shape):
@@ -228,13 +238,14 @@ class TensorRTBackend:
             return "off"
         return "on" if self.graph_refusal is None else f"off (capture refused: {self.graph_refusal})"
 
-    def sample(self, lr: np.ndarray, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
-        batch, n = lr.shape[0], temperature.shape[0]
+    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
+        batch, n = 1 if lr is None else lr.shape[0], temperature.shape[0]
         if not (1 <= batch <= self.max_batch and 1 <= n <= self.max_n):
             raise ValueError(f"a call holds 1..{self.max_batch} images and 1..{self.max_n} samples, "
                              f"got {batch} and {n}")
         call_batch, call_n = max(batch, self.limits.min_batch), max(n, self.limits.min_n)
-        lr = np.concatenate([lr, np.repeat(lr[-1:], call_batch - batch, axis=0)])
+        if lr is not None:
+            lr = np.concatenate([lr, np.repeat(lr[-1:], call_batch - batch, axis=0)])
         temperature = np.concatenate([temperature, np.repeat(temperature[-1:], call_n - n)])
         buf, torch, cuda = self._buffers.views(call_batch, call_n, self.files), self.cuda.torch, self.cuda
         shape = self._context_for(call_batch, call_n)
@@ -243,7 +254,8 @@ class TensorRTBackend:
             noise = self._noise.get_or_make((seed, first_sample, call_n), lambda: cuda.noise(
                 seed, call_n, self.files.noise_dim, first_sample))
             buf.noise.copy_(noise.expand(call_batch, call_n, -1))
-            buf.lr.copy_(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)))
+            if lr is not None:
+                buf.lr.copy_(torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32)))
             buf.temperature.copy_(torch.from_numpy(np.ascontiguousarray(temperature, dtype=np.float32))
                                   .expand(call_batch, call_n))
             inputs_ready = cuda.event()

@@ -126,14 +126,15 @@ class TensorIOMode(enum.Enum):
     OUTPUT = 2
 
 
-def engine_spec(lr_size: int = 2, hr_size: int = 4, noise_dim: int = 64, batch: tuple = (1, 1, 2),
+def engine_spec(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64, batch: tuple = (1, 1, 2),
                 n: tuple = (1, 4, 4), compute: str = "toy") -> dict[str, Any]:
-    """A plan's description: the contract's I/O for these sizes and a profile over B and n."""
-    return {"compute": compute, "hr_size": hr_size, "profile": {"batch": list(batch), "n": list(n)},
-            "io": {"lr": ["INPUT", "FLOAT", [-1, 3, lr_size, lr_size]],
-                   "noise": ["INPUT", "FLOAT", [-1, -1, noise_dim]],
-                   "temperature": ["INPUT", "FLOAT", [-1, -1]],
-                   "sr": ["OUTPUT", "FLOAT", [-1, -1, 3, hr_size, hr_size]]}}
+    """A plan's description: the contract's I/O for these sizes (no lr without ``lr_size``: a
+    prior-only graph) and a profile over B and n."""
+    io = {"noise": ["INPUT", "FLOAT", [-1, -1, noise_dim]], "temperature": ["INPUT", "FLOAT", [-1, -1]],
+          "sr": ["OUTPUT", "FLOAT", [-1, -1, 3, hr_size, hr_size]]}
+    if lr_size is not None:
+        io["lr"] = ["INPUT", "FLOAT", [-1, 3, lr_size, lr_size]]
+    return {"compute": compute, "hr_size": hr_size, "profile": {"batch": list(batch), "n": list(n)}, "io": io}
 
 
 class FakeEngine:
@@ -224,7 +225,8 @@ class FakeContext:
         def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
             return self.trt.cuda.memory[addresses[name]][:int(np.prod(shape))].view(*shape)
 
-        lr, noise, t = (tensor(k, shapes[k]).numpy() for k in ("lr", "noise", "temperature"))
+        noise, t = (tensor(k, shapes[k]).numpy() for k in ("noise", "temperature"))
+        lr = tensor("lr", shapes["lr"]).numpy() if "lr" in shapes else np.zeros((noise.shape[0], 3, 1, 1))
         sr = COMPUTE[self.engine.spec["compute"]](lr, noise, t, self.engine.spec["hr_size"])
         tensor("sr", sr.shape).copy_(torch.from_numpy(np.ascontiguousarray(sr, dtype=np.float32)))
 
@@ -273,6 +275,6 @@ def write_plan(folder: Path, spec: dict[str, Any], meta: dict[str, Any], trt: Fa
     return ModelFiles(folder, {**meta, "engine": engine}, None, folder / name, "plan")
 
 
-def toy_meta(lr_size: int = 2, hr_size: int = 4, noise_dim: int = 64) -> dict[str, Any]:
-    return {"lr_size": lr_size, "hr_size": hr_size, "scale": hr_size // lr_size, "noise_dim": noise_dim,
-            "precision": "fp32", "config": {"width": 4}}
+def toy_meta(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64) -> dict[str, Any]:
+    return {"lr_size": lr_size, "hr_size": hr_size, "scale": hr_size // lr_size if lr_size else None,
+            "noise_dim": noise_dim, "precision": "fp32", "config": {"width": 4}, "conditional": lr_size is not None}

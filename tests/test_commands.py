@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cvdvae.convert import main as convert_main
-from cvdvae.demo import main as demo_main
+from commands.demo import main as demo_main
 from cvdvae.weights import load_model, read_weight_file
 from conftest import REPO, custom_config
 from test_weights import official_state, write_ckpt, write_th

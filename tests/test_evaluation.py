@@ -71,10 +71,10 @@ def test_eval_is_the_same_on_pytorch_and_onnxruntime(tiny_weights, tmp_path):
     assert export_main(["--checkpoint", str(root / "tiny.safetensors"), "--out", str(tmp_path / "e"), "--onnx-only",
                         "--quiet", "--no-validate"]) == 0
     common = ("--data", data, "--split", "all", "--count", "5", "--n", "3", "--no-lpips", "--quiet")
-    a = eval_cli(root / "tiny.safetensors", *common, "--json", tmp_path / "torch.json")
-    b = eval_cli(tmp_path / "e", *common, "--json", tmp_path / "ort.json")
+    a = eval_cli(root / "tiny.safetensors", *common, "--out", tmp_path / "torch.json")
+    b = eval_cli(tmp_path / "e", *common, "--json")  # the same results on stdout
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    ta, tb = (json.loads((tmp_path / f"{x}.json").read_text()) for x in ("torch", "ort"))
+    ta, tb = json.loads((tmp_path / "torch.json").read_text()), json.loads(b.stdout)
     assert ta["backend"] == "torch" and tb["backend"] == "onnxruntime"
     assert ta["protocol"] == tb["protocol"] and ta["protocol"]["inputs"] == 5
     for key in ("lr_psnr", "apd_mse", "psnr", "ssim"):
@@ -87,7 +87,7 @@ def test_eval_with_lpips(tiny_weights, tmp_path):
     if not default_weights_path().is_file():
         pytest.skip("LPIPS weights not fetched (python -m cvdvae.metrics.lpips_weights)")
     root, data = tiny_weights
-    r = eval_cli(root / "tiny.safetensors", "--data", data, "--count", "2", "--n", "2", "--json", tmp_path / "r.json")
+    r = eval_cli(root / "tiny.safetensors", "--data", data, "--count", "2", "--n", "2", "--out", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "r.json").read_text())["metrics"]
     assert metrics["apd_lpips"] > 0 and metrics["lpips"] > 0
@@ -97,7 +97,7 @@ def test_eval_with_lpips(tiny_weights, tmp_path):
 def test_eval_refusals(tiny_weights, tmp_path):
     root, data = tiny_weights
     r = eval_cli(root / "tiny.safetensors", "--data", tmp_path / "none", "--no-lpips")
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert r.returncode == 2 and "Invalid value for '--data'" in r.stderr
     r = eval_cli(root / "tiny.safetensors", "--data", data, "--backend", "tensorrt", "--no-lpips")
     assert r.returncode == 2 and "only --backend torch" in r.stderr
 
@@ -107,7 +107,7 @@ def test_eval_counts_samples_with_nan_or_inf_and_fails(tmp_path):
     model = nan_model(tmp_path / "nan")
     data = faces(tmp_path / "hr", count=3, size=4)
     r = eval_cli(model, "--data", data, "--split", "all", "--count", "3", "--n", "2", "--temperature", "1.2",
-                 "--no-lpips", "--quiet", "--json", tmp_path / "r.json")
+                 "--no-lpips", "--quiet", "--out", tmp_path / "r.json")
     assert r.returncode == 1 and "6 samples contained NaN/Inf" in r.stderr
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["non_finite_samples"] == 6 and results["protocol"]["inputs"] == 0

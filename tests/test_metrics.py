@@ -14,7 +14,7 @@ import torch
 
 from cvdvae.errors import CVDVAEError, WeightsError
 from cvdvae.metrics import LPIPS, load_lpips, psnr, rgb_to_gray, ssim
-from cvdvae.metrics.lpips import FETCH_COMMAND, default_weights_path
+from cvdvae.metrics.lpips import default_weights_path
 from cvdvae.metrics import lpips_weights
 
 # TID2013 pairs from the pyiqa==0.1.16 wheel, in sorted file-name order (I03, I04, I06, I08, I19).
@@ -32,7 +32,8 @@ def require_files(*paths) -> None:
     if missing:
         shown = missing[0] + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
         message = (f"LPIPS weights/calibration images not found ({shown}); "
-                   f"fetch them with `{FETCH_COMMAND} --calibration-dir` (they go under $CVDVAE_HOME)")
+                   "fetch them with `python -m cvdvae.metrics.lpips_weights --calibration` (they go under "
+                   "$CVDVAE_HOME)")
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
 
 
@@ -224,7 +225,7 @@ def test_lpips_gradients_reach_the_input(lpips_model):
 def test_load_lpips_without_weights_says_how_to_fetch_them(tmp_path, monkeypatch):
     monkeypatch.setenv("CVDVAE_HOME", str(tmp_path))
     assert default_weights_path() == tmp_path / "lpips" / "alex.safetensors"
-    with pytest.raises(CVDVAEError, match="python -m cvdvae.metrics.lpips_weights") as err:
+    with pytest.raises(CVDVAEError, match="`cvdvae fetch lpips-alex`") as err:
         load_lpips()
     assert "\n" not in str(err.value)
 

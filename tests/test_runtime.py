@@ -212,11 +212,11 @@ def test_existing_outputs_are_kept_without_overwrite(exported, tmp_path):
 def test_bad_model_and_options(exported, tmp_path):
     lr_image(tmp_path / "a.png")
     for args, message in [
-        ((tmp_path / "nope", "--input", tmp_path / "a.png"), "model not found"),
+        ((tmp_path / "nope", "--input", tmp_path / "a.png"), "Invalid value for 'MODEL'"),
         ((tmp_path, "--input", tmp_path / "a.png"), "meta.json not found"),
-        ((exported / "plain", "--input", tmp_path / "a.png", "--n", "0"), "--n must be at least 1"),
-        ((exported / "plain", "--input", tmp_path / "a.png", "--seed", "-1"), "--seed must be"),
-        ((exported / "plain", "--input", tmp_path / "a.png", "--temperature", "hot"), "--temperature"),
+        ((exported / "plain", "--input", tmp_path / "a.png", "--n", "0"), "Invalid value for '--n'"),
+        ((exported / "plain", "--input", tmp_path / "a.png", "--seed", "-1"), "Invalid value for '--seed'"),
+        ((exported / "plain", "--input", tmp_path / "a.png", "--temperature", "hot"), "'--temperature'"),
         ((exported / "plain", "--input", tmp_path / "a.png", "--backend", "tensorrt"), "cannot run TensorRT here"),
     ]:
         r = run_cli(*args)

@@ -21,6 +21,7 @@ from fakes import FakeCuda, FakeTensorRT, engine_spec, toy_meta, toy_model, writ
 
 def oracle(lr, seed, first, temperature, meta=None):
     meta = meta or toy_meta()
+    lr = np.zeros((1, 3, 1, 1)) if lr is None else lr
     batch, n = len(lr), len(temperature)
     noise = np.broadcast_to(noise_numpy(seed, n, meta["noise_dim"], first), (batch, n, meta["noise_dim"]))
     return toy_model(lr, noise, np.broadcast_to(temperature, (batch, n)), meta["hr_size"])
@@ -177,3 +178,16 @@ def test_cvdvae_run_says_why_a_mismatched_plan_cannot_run(fake, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "does not match meta.json: noise" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prior_only_engine_takes_no_lr(fake, tmp_path):
+    trt, cuda, _ = fake
+    files = write_plan(tmp_path / "prior", engine_spec(lr_size=None), toy_meta(lr_size=None), trt)
+    backend = TensorRTBackend(files, trt=trt, cuda=cuda)
+    for seed in (0, 1):  # a capture, then a replay
+        t = np.array([0.8, 0.0, 1.2], np.float32)
+        np.testing.assert_allclose(backend.sample(None, seed, 2, t), oracle(None, seed, 2, t), atol=1e-6)
+    assert cuda.replays == 1 and "lr" not in backend.engine.contexts[0].shapes
+    with pytest.raises(CVDVAEError, match="tensors the contract lacks \\(lr\\)"):
+        TensorRTBackend(write_plan(tmp_path / "mixed", engine_spec(), toy_meta(lr_size=None), trt), trt=trt,
+                        cuda=cuda)

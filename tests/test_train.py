@@ -1,6 +1,7 @@
 """cvdvae-train on a tiny model and synthetic faces: objective, learning, frozen prior, resume."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,14 +140,16 @@ def test_interrupt_saves_a_resumable_checkpoint(trained, tmp_path, monkeypatch):
 
 def test_refusals(trained, tmp_path):
     root, data = trained
+    env = {**os.environ, "CVDVAE_HOME": str(tmp_path / "home")}  # no fetched prior there
     run = lambda *a: subprocess.run([sys.executable, "-m", "cvdvae.train.cli", *map(str, a)], capture_output=True,
-                                    text=True, cwd=REPO)
+                                    text=True, cwd=REPO, env=env)
     r = run("--data", data, "--out", root / "run", *COMMON)
     assert r.returncode == 2 and "exists; a new run needs a new folder" in r.stderr
     r = run("--data", data, "--out", tmp_path / "x", "--preset", "tiny-x4")
-    assert r.returncode == 2 and "no prior weights: pass --vdvae" in r.stderr and not (tmp_path / "x").exists()
+    assert r.returncode == 2 and "no prior weights: run `cvdvae fetch vdvae-ffhq256`" in r.stderr
+    assert not (tmp_path / "x").exists()
     r = run("--data", tmp_path / "nope", "--out", tmp_path / "y", *COMMON)
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert r.returncode == 2 and "Invalid value for '--data'" in r.stderr
 
 
 def test_trained_checkpoint_exports_and_samples(trained, tmp_path):

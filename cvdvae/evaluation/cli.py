@@ -1,4 +1,5 @@
-"""``cvdvae-eval``: LR-PSNR, APD (MSE, LPIPS), PSNR, SSIM, LPIPS on PyTorch, ONNX Runtime or TensorRT."""
+"""``cvdvae eval`` (alias ``cvdvae-eval``): LR-PSNR, APD (MSE, LPIPS), PSNR, SSIM, LPIPS on PyTorch,
+ONNX Runtime or TensorRT."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Optional, Sequence
 
 import numpy as np
 import torch
+import typer
 
 from runtime.backends import CHOICES
 
-from ..cli import add_common_options, run_command
-from ..config import PRESETS
+from ..cli import (ConfigFile, Debug, Json, Quiet, Seed, Temperatures, Tf32, Vdvae, check_choice, check_preset,
+                   command_app, examples, parse_temperatures, run_app)
 from ..errors import CVDVAEError
 from ..fileio import atomic_path
+from ..progress import ProgressBar
 from ..tf32 import set_tf32
 from ..train.data import HRSource, PairDataset, split_indices
 from .scores import Scores, score
@@ -28,31 +31,48 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".th", ".pt", ".pth")
 BRISQUE_NOTE = "not computed: no BRISQUE model can be obtained and checked offline here (see README)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvdvae-eval", description=(
-        "The paper's metrics on HR images degraded to LR: LR-PSNR (consistency), APD-MSE and APD-LPIPS "
-        "(diversity), PSNR, SSIM and LPIPS against the ground truth; means over inputs."))
-    p.add_argument("model", metavar="MODEL",
-                   help="weights (.safetensors/.ckpt: PyTorch) or an export folder / model.onnx / engine.plan")
-    p.add_argument("--data", type=Path, required=True, help="folder of HR images or the VD-VAE ffhq-256.npy")
-    p.add_argument("--split", choices=("val", "all"), default="val",
-                   help="val: the official held-out images (seed-5 permutation); all: every image in order")
-    p.add_argument("--count", type=int, default=100, help="inputs to evaluate (default 100)")
-    p.add_argument("--n", type=int, default=5, help="samples per input (the paper's APD uses 5)")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=("torch", *CHOICES), default="auto")
-    p.add_argument("--tf32", action="store_true",
-                   help="allow TF32 on CUDA (PyTorch, ONNX Runtime); off by default: FP32 means FP32")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="config for a PyTorch checkpoint without one")
-    p.add_argument("--config", type=Path)
-    p.add_argument("--vdvae", type=Path)
-    p.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip the LPIPS metrics")
-    p.add_argument("--lpips-weights", type=Path, help="LPIPS-alex safetensors (default in $CVDVAE_HOME)")
-    p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--quiet", action="store_true")
-    add_common_options(p)
-    return p
+app = command_app("The paper's metrics on HR images degraded to LR: LR-PSNR (consistency), APD-MSE and APD-LPIPS "
+                  "(diversity), PSNR, SSIM and LPIPS against the ground truth; means over inputs.")
+
+
+@app.command("eval", epilog=examples(
+    "cvdvae eval engines/x4-fp16 --data ~/.cache/cvdvae/ffhq-256.npy --count 7000 --n 5 --out eval-x4.json",
+    "cvdvae eval runs/x4/best.safetensors --data faces/ --split all --count 50 --no-lpips --json"))
+def eval_command(
+    model: Annotated[Path, typer.Argument(exists=True, metavar="MODEL", show_default=False, help=(
+        "weights (.safetensors/.ckpt: PyTorch) or an export folder / model.onnx / engine.plan"))],
+    data: Annotated[Path, typer.Option(exists=True, show_default=False, help=(
+        "folder of HR images or the VD-VAE ffhq-256.npy"))],
+    split: Annotated[str, typer.Option(help="val: the official held-out images (seed-5 permutation); all: every "
+                                            "image in order")] = "val",
+    count: Annotated[int, typer.Option(min=1, help="inputs to evaluate")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, help="samples per input (the paper's APD uses 5)")] = 5,
+    temperature: Temperatures = None,
+    seed: Seed = 0,
+    backend: Annotated[str, typer.Option(help=f"torch, {', '.join(CHOICES)}")] = "auto",
+    tf32: Tf32 = False,
+    preset: Annotated[Optional[str], typer.Option(help="config for a PyTorch checkpoint without one")] = None,
+    config: ConfigFile = None,
+    vdvae: Vdvae = None,
+    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="the LPIPS metrics")] = True,
+    lpips_weights: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help=(
+        "LPIPS-alex safetensors (default: what cvdvae fetch lpips-alex put in $CVDVAE_HOME)"))] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the results (JSON) here")] = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    check_choice(split, ("val", "all"), "--split")
+    check_choice(backend, ("torch", *CHOICES), "--backend")
+    check_preset(preset)
+    temperatures = parse_temperatures(temperature, n)
+    args = argparse.Namespace(**locals())
+    args.json, args.temperature = json_, temperatures
+    return evaluate(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_app(app, argv, prog="cvdvae-eval")
 
 
 def open_model(args: argparse.Namespace):
@@ -75,13 +95,13 @@ def open_model(args: argparse.Namespace):
     from runtime.model_files import locate
 
     files = locate(path)
+    if not files.conditional:
+        raise CVDVAEError(f"{path} is a prior-only model: the metrics need a super-resolution model")
     backend, _ = open_backend(files, args.backend, tf32=args.tf32)
     return backend, files.hr_size, files.scale
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    if args.n < 1 or args.count < 1:
-        raise CVDVAEError("--n and --count must be at least 1")
     backend, hr_size, scale = open_model(args)
     lpips = None
     if args.lpips:
@@ -92,31 +112,34 @@ def evaluate(args: argparse.Namespace) -> int:
     indices = split_indices(len(source))[1] if args.split == "val" else np.arange(len(source))
     indices = indices[: args.count]
     images = PairDataset(source, indices, scale)
-    temperatures = np.full(args.n, args.temperature, np.float32)
+    temperatures = np.asarray(args.temperature, np.float32)
     per_input: list[Scores] = []
     non_finite = 0
     start = time.perf_counter()
-    from tqdm import tqdm
-
-    for first in tqdm(range(0, len(images), backend.max_batch), disable=args.quiet, unit="batch"):
-        pairs = [images[i] for i in range(first, min(first + backend.max_batch, len(images)))]
-        hr = torch.stack([h for h, _ in pairs])
-        lr = torch.stack([low for _, low in pairs])
-        samples = np.concatenate([backend.sample(lr.numpy(), args.seed, k, temperatures[k:k + backend.max_n])
-                                  for k in range(0, args.n, backend.max_n)], axis=1)
-        # An input with any NaN/Inf sample is counted, not scored: cvdvae-run would not write it.
-        finite = np.isfinite(samples.reshape(len(pairs), args.n, -1)).all(axis=2)
-        non_finite += int((~finite).sum())
-        quantised = torch.from_numpy(np.round(np.clip(samples, 0, 1) * 255) / 255)  # scored as saved: 8-bit
-        with torch.no_grad():
-            per_input += [score(quantised[i], lr[i], hr[i], scale, lpips)
-                          for i in range(len(pairs)) if finite[i].all()]
+    batches = range(0, len(images), backend.max_batch)
+    with ProgressBar(len(batches), "batches", disable=args.quiet or args.json) as progress:
+        for first in batches:
+            pairs = [images[i] for i in range(first, min(first + backend.max_batch, len(images)))]
+            hr = torch.stack([h for h, _ in pairs])
+            lr = torch.stack([low for _, low in pairs])
+            samples = np.concatenate([backend.sample(lr.numpy(), args.seed, k, temperatures[k:k + backend.max_n])
+                                      for k in range(0, args.n, backend.max_n)], axis=1)
+            # An input with any NaN/Inf sample is counted, not scored: cvdvae-run would not write it.
+            finite = np.isfinite(samples.reshape(len(pairs), args.n, -1)).all(axis=2)
+            non_finite += int((~finite).sum())
+            quantised = torch.from_numpy(np.round(np.clip(samples, 0, 1) * 255) / 255)  # scored as saved: 8-bit
+            with torch.no_grad():
+                per_input += [score(quantised[i], lr[i], hr[i], scale, lpips)
+                              for i in range(len(pairs)) if finite[i].all()]
+            progress.update()
     results = summarise(per_input, args, backend, hr_size, scale, time.perf_counter() - start)
     results["non_finite_samples"] = non_finite
-    if args.json:
-        with atomic_path(args.json) as tmp:
+    if args.out:
+        with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")
-    if not args.quiet:
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif not args.quiet:
         print_table(results)
     if non_finite:
         raise RuntimeError(f"{non_finite} samples contained NaN/Inf; their inputs were left out of the metrics "
@@ -132,7 +155,8 @@ def summarise(per_input: list[Scores], args, backend, hr_size: int, scale: int, 
     return {
         "metrics": means,
         "brisque": BRISQUE_NOTE,
-        "protocol": {"inputs": len(per_input), "samples_per_input": args.n, "temperature": args.temperature,
+        "protocol": {"inputs": len(per_input), "samples_per_input": args.n,
+                     "temperature": args.temperature[0] if len(set(args.temperature)) == 1 else args.temperature,
                      "seed": args.seed, "split": args.split, "data": str(args.data), "hr_size": hr_size,
                      "scale": scale, "degradation": "MATLAB bicubic (antialiased), uint8 after each pass",
                      "samples_scored_as": "8-bit (round half to even), RGB, no border crop",
@@ -153,10 +177,6 @@ def print_table(results: dict) -> None:
         text = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f} {unit}"
         print(f"  {label:<10} {text}")
     print(f"  BRISQUE    {results['brisque']}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(evaluate, build_parser(), argv)
 
 
 if __name__ == "__main__":

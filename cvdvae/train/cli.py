@@ -1,4 +1,5 @@
-"""``cvdvae-train``: train the LR encoder against a frozen VD-VAE (``torchrun`` for several GPUs)."""
+"""``cvdvae train`` (alias ``cvdvae-train``): train the LR encoder against a frozen VD-VAE
+(``torchrun`` for several GPUs)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+import typer
 
-from ..cli import add_common_options, run_command
-from ..config import PRESETS, config_from_mapping, preset_values, read_config_mapping
+from ..cli import (MAX_SEED, ConfigFile, Debug, Quiet, Scale, Tf32, Vdvae, check_choice, check_preset, command_app,
+                   examples, run_app)
+from ..config import config_from_mapping, preset_values, read_config_mapping
 from ..errors import CVDVAEError
+from ..fetch import fetch_hint, fetched_file
 from ..fileio import atomic_path
 from ..model import CVDVAE
 from ..random_weights import randomize_
@@ -27,34 +31,62 @@ from .objective import freeze_prior
 RUN_FILE = "run.json"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cvdvae-train", description=(
-        "Train the CVDVAE LR encoder (encoder_y and the enc_y heads) against a frozen VD-VAE: "
-        "KL(q(z|x) || q(z|y)) over the first ky latent groups."))
-    p.add_argument("--data", type=Path, help="folder of HR images, or the VD-VAE ffhq-256.npy array")
-    p.add_argument("--out", type=Path, help="new run folder (never an existing one)")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder")
-    m = p.add_argument_group("model")
-    m.add_argument("--scale", type=int, choices=(4, 8, 16), default=4, help="picks the ffhq256-x{scale} preset")
-    m.add_argument("--preset", choices=sorted(PRESETS))
-    m.add_argument("--config", type=Path, help="YAML/JSON of official hyper-parameter names")
-    m.add_argument("--vdvae", type=Path, help="the pretrained VD-VAE .th (the frozen prior and HR encoder)")
-    m.add_argument("--checkpoint", type=Path, help="start from a full CVDVAE checkpoint instead")
-    m.add_argument("--random-prior", action="store_true", help="a seeded random VD-VAE (smoke tests only)")
-    t = p.add_argument_group("training")
-    for f in dataclasses.fields(TrainSettings):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            t.add_argument(flag, action="store_true", help=f"(default {f.default})")
-        else:
-            kind = {"int": int, "float": float}[str(f.type)]
-            # None: the saved run's value when resuming, else the default.
-            t.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
-    t.add_argument("--val-count", type=int, help="images held out (default: 7,000 of ffhq-256.npy, else a tenth)")
-    t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    t.add_argument("--tf32", action="store_true", help="allow TF32 in CUDA matmuls and convolutions (off: FP32)")
-    add_common_options(p)
-    return p
+app = command_app("Train the CVDVAE LR encoder (encoder_y and the enc_y heads) against a frozen VD-VAE: "
+                  "KL(q(z|x) || q(z|y)) over the first ky latent groups (torchrun for several GPUs).")
+Training = "Training (default: the run's own values when resuming)"
+
+
+def _setting(help: str, **limits) -> Any:
+    return typer.Option(help=help, rich_help_panel=Training, **limits)
+
+
+@app.command("train", epilog=examples(
+    "cvdvae fetch vdvae-ffhq256 && cvdvae train --scale 4 --data ~/.cache/cvdvae/ffhq-256.npy --out runs/x4 --amp",
+    "cvdvae train --resume runs/x4                       # after Ctrl-C or a crash",
+    "torchrun --nproc_per_node=4 -m cvdvae.train.cli --scale 8 --data ffhq-256.npy --out runs/x8"))
+def train_command(
+    data: Annotated[Optional[Path], typer.Option(exists=True, help="folder of HR images, or the VD-VAE "
+                                                                   "ffhq-256.npy array")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="new run folder (never an existing one)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, metavar="RUN",
+                                                   help="continue the run in this folder")] = None,
+    scale: Scale = 4,
+    preset: Annotated[Optional[str], typer.Option(help="base config instead of ffhq256-x{scale}")] = None,
+    config: ConfigFile = None,
+    vdvae: Vdvae = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help=(
+        "start from a full CVDVAE checkpoint instead"))] = None,
+    random_prior: Annotated[bool, typer.Option("--random-prior", help="a seeded random VD-VAE (smoke tests "
+                                                                      "only)")] = False,
+    steps: Annotated[Optional[int], _setting("optimizer steps (100,000)", min=1)] = None,
+    batch_size: Annotated[Optional[int], _setting("images per step (4)", min=1)] = None,
+    lr: Annotated[Optional[float], _setting("AdamW learning rate (1e-4)", min=0.0)] = None,
+    min_lr: Annotated[Optional[float], _setting("reduce-on-plateau floor (1e-6)", min=0.0)] = None,
+    patience: Annotated[Optional[int], _setting("validations without 1% gain before x0.1 (5)", min=0)] = None,
+    weight_decay: Annotated[Optional[float], _setting("AdamW weight decay (0.01)", min=0.0)] = None,
+    grad_clip: Annotated[Optional[float], _setting("gradient-norm clip (200)", min=0.0)] = None,
+    ema: Annotated[Optional[float], _setting("EMA decay, 0 = off (0)", min=0.0, max=0.999999)] = None,
+    amp: Annotated[bool, _setting("bfloat16 autocast (CUDA)")] = False,
+    val_every: Annotated[Optional[int], _setting("steps between validations (1000)", min=1)] = None,
+    val_images: Annotated[Optional[int], _setting("images per validation (64)", min=1)] = None,
+    val_temperature: Annotated[Optional[float], _setting("temperature of the validation samples (0.8)",
+                                                         min=0.0)] = None,
+    log_every: Annotated[Optional[int], _setting("steps between metrics.jsonl lines (10)", min=1)] = None,
+    workers: Annotated[Optional[int], _setting("data loader processes (2)", min=0)] = None,
+    seed: Annotated[Optional[int], _setting("seed of the run (0)", min=0, max=MAX_SEED)] = None,
+    val_count: Annotated[Optional[int], typer.Option(min=1, help=(
+        "images held out (default: 7,000 of ffhq-256.npy, else a tenth)"))] = None,
+    device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu")] = "cuda" if torch.cuda.is_available() else "cpu",
+    tf32: Tf32 = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> int:
+    check_choice(scale, (4, 8, 16), "--scale")
+    check_preset(preset)
+    for flag, value in (("--lr", lr), ("--grad-clip", grad_clip)):
+        if value is not None and value <= 0:
+            raise typer.BadParameter(f"{value} must be > 0", param_hint=f"'{flag}'")
+    return train(argparse.Namespace(**locals()))
 
 
 def settings_from(args: argparse.Namespace) -> TrainSettings:
@@ -80,13 +112,18 @@ def build_model(args: argparse.Namespace, seed: int) -> CVDVAE:
                        if n.startswith("encoder_y.") or ".enc_y." in n}
             randomize_(model, seed)
             model.load_state_dict(lr_part, strict=False)
-        elif args.vdvae:
-            load_prior_into(model, args.vdvae)
         else:
-            raise CVDVAEError("no prior weights: pass --vdvae ffhq256-iter-1700000-model-ema.th "
-                              "(or --checkpoint to continue from a CVDVAE checkpoint)")
+            load_prior_into(model, args.vdvae or fetched_prior())
     freeze_prior(model)
     return model
+
+
+def fetched_prior() -> Path:
+    path = fetched_file("vdvae-ffhq256")
+    if path is None:
+        raise CVDVAEError(f"no prior weights: run `{fetch_hint('vdvae-ffhq256')}` (or pass --vdvae FILE, or "
+                          "--checkpoint to continue from a CVDVAE checkpoint)")
+    return path
 
 
 def train(args: argparse.Namespace) -> int:
@@ -131,8 +168,8 @@ def train(args: argparse.Namespace) -> int:
     try:
         state = trainer.fit()
     except KeyboardInterrupt:
-        print(f"cvdvae-train: interrupted at step {trainer.state.step}; saved. Continue with: "
-              f"cvdvae-train --resume {run_dir}", file=sys.stderr)
+        print(f"cvdvae train: stopped at step {trainer.state.step} and saved; continue with: "
+              f"cvdvae train --resume {run_dir}", file=sys.stderr)
         return 130
     finally:
         if dist.is_initialized():
@@ -140,15 +177,13 @@ def train(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if rank == 0 and not args.quiet:
         print(f"trained {state.step} steps ({state.skipped_steps} skipped), best validation KL "
-              f"{state.best_val_kl:.4f}; checkpoints in {run_dir}/ (export with cvdvae-export --checkpoint "
+              f"{state.best_val_kl:.4f}; checkpoints in {run_dir}/ (export with cvdvae export --checkpoint "
               f"{run_dir}/best.safetensors)")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.add_argument("--quiet", action="store_true")
-    return run_command(train, parser, argv)
+    return run_app(app, argv, prog="cvdvae-train")
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ class Trainer:
                     last_log = (now, st.samples_seen)
                     self.log({"step": st.step, **stats, "lr": self.optimizer.param_groups[0]["lr"],
                               "samples_per_s": rate, "skipped_total": st.skipped_steps})
-                    bar.set_postfix_str(f"loss {stats['loss']:.4f} " + " ".join(
+                    bar.note(f"loss {stats['loss']:.4f} " + " ".join(
                         f"{r}:{v:.3f}" for r, v in stats["kl_per_res"].items()) + f" {rate:.1f} samples/s")
                 bar.update(1)
                 if st.step % s.val_every == 0 or st.step == s.steps:
@@ -290,7 +290,6 @@ class Trainer:
             self.scheduler.step(float(metric[0]))
 
     def _progress_bar(self):
-        from tqdm import tqdm
+        from ..progress import ProgressBar
 
-        return tqdm(total=self.settings.steps, initial=self.state.step, unit="step", disable=not self.progress,
-                    dynamic_ncols=True)
+        return ProgressBar(self.settings.steps, "steps", initial=self.state.step, disable=not self.progress)

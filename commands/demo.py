@@ -1,8 +1,8 @@
-"""The demo: the whole pipeline on the built-in untrained ``tiny-x4`` model (8 -> 32).
+"""``cvdvae demo``: the whole pipeline on the built-in untrained ``tiny-x4`` model (8 -> 32).
 
-1. ``cvdvae-export --demo`` traces the model into ``outputs/demo/engine/`` (once);
+1. ``cvdvae export --demo`` traces the model into ``outputs/demo/engine/`` (once);
 2. a synthetic 32x32 face is written as the HR input;
-3. ``cvdvae-run --from-hr`` degrades it with the MATLAB bicubic kernel and draws 8 seeded
+3. ``cvdvae run --from-hr`` degrades it with the MATLAB bicubic kernel and draws 8 seeded
    samples with ONNX Runtime (TensorRT where an engine was built).
 
 The weights are random, so the samples are textures, not faces; with real weights the
@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 import torch
+import typer
 
-from .cli import EXIT_OK, add_common_options, run_command
-from .fileio import atomic_path
+from cvdvae.cli import EXIT_OK, Debug, Seed, Temperatures, command_app, examples, run_app
+from cvdvae.fileio import atomic_path
 
 
 def synthetic_face(size: int) -> torch.Tensor:
@@ -55,22 +56,28 @@ def run_demo(args: argparse.Namespace) -> int:
             return code
     face = out / "face.png"
     write_face(face, 32)
+    temperatures = [f"--temperature={t}" for t in args.temperature or ()]
     return run_main([str(engine), "--input", str(face), "--from-hr", "--n", str(args.n), "--seed", str(args.seed),
-                     "--temperature", str(args.temperature), "--out", str(out), "--overwrite"])
+                     *temperatures, "--out", str(out), "--overwrite"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cvdvae.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="demo folder (default outputs/demo)")
-    p.add_argument("--n", type=int, default=8, help="samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8)
-    add_common_options(p)
-    return p
+app = command_app("The whole pipeline on the built-in untrained tiny model: export, then seeded samples of one "
+                  "synthetic face (textures, not faces: the weights are random).")
+
+
+@app.command("demo", epilog=examples("cvdvae demo", "cvdvae demo --n 4 --seed 3 --out /tmp/demo"))
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="demo folder")] = Path("outputs/demo"),
+    n: Annotated[int, typer.Option("--n", min=1, help="samples")] = 8,
+    seed: Seed = 0,
+    temperature: Temperatures = None,
+    debug: Debug = False,
+) -> int:
+    return run_demo(argparse.Namespace(**locals()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(run_demo, build_parser(), argv)
+    return run_app(app, argv, prog="cvdvae-demo")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,187 @@
+"""The ``cvdvae`` command family: verbs and aliases, help, validated flags, list flags, exit codes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+
+from commands.app import VERBS
+from commands.app import main as cvdvae
+from cvdvae.cli import command_app, run_app
+from conftest import REPO
+
+ALIASES = {"fetch": "cvdvae.fetch", "export": "export.cli", "run": "runtime.cli", "demo": "commands.demo",
+           "convert": "cvdvae.convert", "train": "cvdvae.train.cli", "eval": "cvdvae.evaluation.cli"}
+
+
+def alias(verb):
+    import importlib
+
+    return importlib.import_module(ALIASES[verb]).main
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_every_verb_has_help_ending_in_examples(verb, capsys):
+    assert cvdvae([verb, "--help"]) == 0
+    umbrella = capsys.readouterr().out
+    assert alias(verb)(["--help"]) == 0
+    own = capsys.readouterr().out
+    for text in (umbrella, own):
+        assert "Usage:" in text and "Examples" in text
+        assert text.count("cvdvae") >= 2  # real commands in the examples
+    assert f"cvdvae {verb}" in umbrella
+
+
+def test_the_umbrella_lists_every_verb_and_its_version(capsys):
+    assert cvdvae(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(verb in out for verb in VERBS) and "--install-completion" in out
+    assert cvdvae(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("cvdvae 0.")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from export.cli import main as export_main
+
+    out = tmp_path_factory.mktemp("cli") / "demo"
+    assert export_main(["--demo", "--out", str(out), "--onnx-only", "--quiet", "--no-validate"]) == 0
+    return out
+
+
+def faces(folder, count):
+    folder.mkdir(exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    return sorted(folder.iterdir())
+
+
+def pngs(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_repeated_input_accumulates_and_several_values_are_taken(model, tmp_path):
+    a, b, c = faces(tmp_path / "in", 3)
+    assert cvdvae(["run", str(model), "--input", str(a), "--input", str(b), "-i", str(c), "--n", "1",
+                   "--out", str(tmp_path / "o1"), "--quiet"]) == 0
+    assert sorted(pngs(tmp_path / "o1")) == ["f0_s0_00.png", "f0_s0_grid.png", "f1_s0_00.png", "f1_s0_grid.png",
+                                             "f2_s0_00.png", "f2_s0_grid.png"]
+    assert cvdvae(["run", str(model), "--input", str(a), str(b), str(c), "--n", "1", "--out", str(tmp_path / "o2"),
+                   "--quiet"]) == 0
+    assert pngs(tmp_path / "o2") == pngs(tmp_path / "o1")
+
+
+def test_repeated_temperature_accumulates(model, tmp_path):
+    a, = faces(tmp_path / "in", 1)
+    common = ["run", str(model), "--input", str(a), "--quiet"]
+    assert cvdvae([*common, "-t", "0", "-t", "0.5,1", "--out", str(tmp_path / "o1")]) == 0
+    assert cvdvae([*common, "--temperature", "0,0.5,1", "--out", str(tmp_path / "o2")]) == 0
+    assert pngs(tmp_path / "o1") == pngs(tmp_path / "o2") and len(pngs(tmp_path / "o1")) == 4
+
+
+def test_the_umbrella_and_the_alias_give_the_same_bytes(model, tmp_path):
+    a, b = faces(tmp_path / "in", 2)
+    args = [str(model), "--input", str(a), str(b), "--n", "3", "--seed", "5", "--quiet"]
+    assert cvdvae(["run", *args, "--out", str(tmp_path / "u")]) == 0
+    assert alias("run")([*args, "--out", str(tmp_path / "a")]) == 0
+    assert pngs(tmp_path / "u") == pngs(tmp_path / "a") and len(pngs(tmp_path / "u")) == 8
+
+
+BAD_FLAGS = [
+    ("run", ["--n", "0"], "--n"),
+    ("run", ["--max-batch", "0"], "--max-batch"),
+    ("run", ["--max-n", "0"], "--max-n"),
+    ("run", ["--max-batch", "-1"], "--max-batch"),
+    ("run", ["--seed", "-1"], "--seed"),
+    ("run", ["--seed", str(2**64)], "--seed"),
+    ("run", ["--temperature", "-1"], "--temperature"),
+    ("run", ["--temperature", "0.5,nan"], "--temperature"),
+    ("run", ["--temperature", "0.5,1", "--n", "3"], "--temperature"),
+    ("run", ["--backend", "cuda"], "--backend"),
+    ("eval", ["--temperature", "-1"], "--temperature"),
+    ("eval", ["--count", "0"], "--count"),
+    ("eval", ["--n", "0"], "--n"),
+    ("eval", ["--seed", "-1"], "--seed"),
+    ("eval", ["--split", "train"], "--split"),
+    ("export", ["--min-n", "0"], "--min-n"),
+    ("export", ["--max-n", "2", "--min-n", "3"], "--min/opt/max"),
+    ("export", ["--opt-level", "9"], "--opt-level"),
+    ("export", ["--workspace", "0"], "--workspace"),
+    ("export", ["--scale", "5"], "--scale"),
+    ("export", ["--opset", "0"], "--opset"),
+    ("export", ["--fp16", "--bf16"], "--bf16"),
+    ("export", ["--config", "missing.yaml"], "--config"),
+    ("export", ["--validate-shapes", "2y3"], "--validate-shapes"),
+    ("train", ["--steps", "0"], "--steps"),
+    ("train", ["--batch-size", "0"], "--batch-size"),
+    ("train", ["--lr", "0"], "--lr"),
+    ("train", ["--seed", "-1"], "--seed"),
+    ("train", ["--ema", "1"], "--ema"),
+    ("convert", ["--checkpoint", "missing.ckpt"], "--checkpoint"),
+    ("fetch", ["vdvae-celeba"], "NAME"),
+    ("demo", ["--n", "0"], "--n"),
+]
+
+
+@pytest.mark.parametrize("verb,flags,named", BAD_FLAGS, ids=[f"{v}{' '.join(f)}" for v, f, _ in BAD_FLAGS])
+def test_a_bad_flag_value_exits_2_with_one_line_naming_the_flag(verb, flags, named, model, tmp_path, capsys):
+    positional = {"run": [str(model), "--input", str(faces(tmp_path / "in", 1)[0])],
+                  "eval": [str(model), "--data", str(tmp_path)],
+                  "convert": ["--out", str(tmp_path / "x.safetensors")],
+                  "train": ["--data", str(tmp_path), "--out", str(tmp_path / "run")]}.get(verb, [])
+    code = cvdvae([verb, *positional, *flags, "--quiet"] if verb not in ("demo", "convert") else
+                  [verb, *positional, *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"cvdvae {verb}: error:") and named in err[0], err[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_ctrl_c_is_130_and_a_failure_1(capsys):
+    app = command_app("test")
+
+    @app.command("boom")
+    def boom(kind: str) -> int:
+        raise KeyboardInterrupt if kind == "interrupt" else RuntimeError("disk full")
+
+    assert run_app(app, ["interrupt"], prog="t") == 130
+    assert run_app(app, ["fail"], prog="t") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["t: interrupted", "t: error: disk full (run with --debug for the traceback)"]
+
+
+def test_cvdvae_run_through_the_umbrella_imports_no_torch(model, tmp_path):
+    a, = faces(tmp_path / "in", 1)
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+from commands.app import main
+assert main(["run", {str(model)!r}, "--input", {str(a)!r}, "--n", "2", "--out", {str(tmp_path / 'o')!r},
+             "--quiet"]) == 0
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_the_installed_commands_exist():
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    for name in ["cvdvae", *(f"cvdvae-{verb}" for verb in VERBS)]:
+        assert (bin_dir / name).is_file(), name
+    r = subprocess.run([str(bin_dir / "cvdvae"), "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("cvdvae ")
+
+
+def test_a_typer_exit_keeps_its_status():
+    app = command_app("test")
+
+    @app.command("stop")
+    def stop() -> int:
+        raise typer.Exit(3)
+
+    assert run_app(app, [], prog="t") == 3
