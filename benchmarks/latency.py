@@ -31,7 +31,8 @@ from machine import environment, matmul_peak  # noqa: E402 - after the path set-
 from report import print_table, summarise  # noqa: E402
 from workers import SEED, TEMPERATURE, load_model, run_worker  # noqa: E402
 
-BACKENDS = ("torch", "torch-fp16", "torch-bf16", "torch-compile", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+BACKENDS = ("torch", "torch-fp16", "torch-bf16", "torch-compile", "openvino", "onnxruntime", "onnxruntime-cuda",
+            "tensorrt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,14 +68,20 @@ def int_list(text: str) -> list[int]:
 
 
 def available_backends() -> list[str]:
-    """The default set: what runs here (torch-compile only on CUDA, where it pays off quickly)."""
+    """The default set: every backend that runs here."""
     import torch
 
     from runtime.gpu import tensorrt_unavailable_reason
 
-    names = ["torch"]
+    names = ["torch", "torch-compile"]
     if torch.cuda.is_available():
-        names += ["torch-fp16", "torch-bf16", "torch-compile"]
+        names += ["torch-fp16", "torch-bf16"]
+    try:
+        import openvino  # noqa: F401
+
+        names.append("openvino")
+    except ImportError:
+        pass
     try:
         import onnxruntime
 
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     work = sampling_work(model_config)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        if any(b.startswith("onnxruntime") or b == "tensorrt" for b in backends):
+        if any(not b.startswith("torch") for b in backends):
             spec["engine_dir"] = str(export_for(args, workdir))
         results = summarise(run_backends(backends, spec, workdir), work, peaks, env, device)
     results.update(model={"preset": None if args.checkpoint or args.demo else args.preset,

@@ -20,7 +20,7 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
         "platform": platform.platform(), "torch": torch.__version__, "numpy": np.__version__,
     }
-    for module in ("onnxruntime", "tensorrt", "polygraphy", "cvdvae"):
+    for module in ("onnxruntime", "openvino", "tensorrt", "polygraphy", "cvdvae"):
         try:
             env[module] = __import__(module).__version__
         except Exception:  # noqa: BLE001 - absent or broken: recorded as such

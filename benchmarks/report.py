@@ -3,19 +3,23 @@ PyTorch FP32, NaN/Inf counts; and the printed table."""
 
 from __future__ import annotations
 
-FP32_MAX_ABS = 1e-3  # a float32 backend (TF32 off) that strays further is flagged
+FP32_MAX_ABS = 1e-4  # a float32 backend (TF32 off) that strays further, flips and tails apart, is flagged
 
 
-def agreement_with(output, reference, precision: str, tf32: bool) -> dict:
-    """PSNR, max abs error and NaN/Inf count against torch FP32, and whether to flag it."""
+def agreement_with(output, reference, margin, tails, precision: str, tf32: bool) -> dict:
+    """PSNR, max abs error (over all pixels, and away from mixture flips and float32-ill-conditioned
+    logistic tails, both counted) and NaN/Inf count against torch FP32, and whether to flag it."""
+    from export.engine_check import away_from_flips
     from export.precision import MIN_PSNR_DB, compare
 
     a = compare(output, reference)
+    away, flips, tail = away_from_flips(output, reference, margin, FP32_MAX_ABS, tails)
     if precision == "fp32" and not tf32:
-        bad = a.max_abs_error > FP32_MAX_ABS
+        bad = away > FP32_MAX_ABS
     else:  # TF32 keeps float16's 10-bit mantissa
         bad = a.psnr_db < MIN_PSNR_DB["fp16" if precision == "fp32" else precision]
-    return {"psnr_db": a.psnr_db, "max_abs": a.max_abs_error, "non_finite": a.non_finite,
+    return {"psnr_db": a.psnr_db, "max_abs": a.max_abs_error, "max_abs_away_from_flips": away,
+            "flipped_pixels": flips, "tail_pixels": tail, "non_finite": a.non_finite,
             "flagged": bool(bad or a.non_finite)}
 
 
@@ -52,16 +56,18 @@ def _row(backend: str, result: dict, s: dict, baseline: dict, raw: dict, work, p
     for optional in ("channels_last", "warmup_s"):
         if optional in s:
             row[optional] = s[optional]
-    if "cuda_graphs" in result:
-        row["cuda_graphs"] = result["cuda_graphs"]
+    for optional in ("cuda_graphs", "samples_per_call"):
+        if optional in result:
+            row[optional] = result[optional]
     peak_key = matching_peak(result["device"], result["precision"])
     if peak_key in peaks:
         row["peak_fraction"] = row["gflops"] / peaks[peak_key]
     if key in baseline:
         row["speedup"] = baseline[key]["median_ms"] / s["median_ms"]
         name = f"{key[0]}x{key[1]}"
-        row.update(agreement_with(result["outputs"][name], raw["torch"]["outputs"][name], result["precision"],
-                                  row["tf32"]))
+        reference = raw["torch"]["outputs"]
+        row.update(agreement_with(result["outputs"][name], reference[name], reference[f"{name}-margin"],
+                                  reference[f"{name}-tails"], result["precision"], row["tf32"]))
     row["flagged"] = bool(row.get("flagged") or row["non_finite_samples"])
     return row
 
@@ -70,10 +76,12 @@ def print_table(results: dict) -> None:
     env, peaks = results["environment"], results["matmul_peak"]
     print(f"machine: {env['cpu']} ({env['cpu_count']} cores, {env['threads']} threads)"
           + (f", {env['gpu']}" if env.get("gpu") else "")
-          + f"; torch {env['torch']}, onnxruntime {env['onnxruntime']}, tensorrt {env['tensorrt']}")
+          + f"; torch {env['torch']}, onnxruntime {env['onnxruntime']}, openvino {env.get('openvino')}, "
+            f"tensorrt {env['tensorrt']}")
     print("matmul peak: " + ", ".join(f"{k.replace('_gflops', '')} {v:,.0f} GFLOP/s" for k, v in peaks.items()))
     head = f"{'backend':<17}{'prec':<5}{'B':>3}{'n':>4}{'median ms':>11}{'p90':>9}{'p99':>9}{'samp/s':>8}" \
-           f"{'speedup':>8}{'GFLOP/s':>9}{'%peak':>6}{'noise%':>7}{'RSS MiB':>8}{'PSNR':>7}{'max abs':>9}{'NaN':>4}"
+           f"{'speedup':>8}{'GFLOP/s':>9}{'%peak':>6}{'noise%':>7}{'RSS MiB':>8}{'PSNR':>7}{'max abs':>9}{'flips':>6}" \
+           f"{'tails':>6}{'NaN':>4}"
     print(head)
     for r in results["results"]:
         if "error" in r:
@@ -84,5 +92,7 @@ def print_table(results: dict) -> None:
         print(f"{r['backend']:<17}{precision:<5}{r['batch']:>3}{r['n']:>4}{r['median_ms']:>11.1f}"
               f"{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['samples_per_s']:>8.3f}{r.get('speedup', float('nan')):>8.2f}"
               f"{r['gflops']:>9.1f}{100 * r.get('peak_fraction', float('nan')):>5.0f}%{100 * r['noise_share']:>6.1f}%"
-              f"{r['peak_rss_mib']:>8.0f}{r.get('psnr_db', float('nan')):>7.1f}{r.get('max_abs', float('nan')):>9.1e}"
+              f"{r['peak_rss_mib']:>8.0f}{r.get('psnr_db', float('nan')):>7.1f}"
+              f"{r.get('max_abs_away_from_flips', float('nan')):>9.1e}{r.get('flipped_pixels', 0):>6}"
+              f"{r.get('tail_pixels', 0):>6}"
               f"{r['non_finite_samples']:>4}{flag}")

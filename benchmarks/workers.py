@@ -111,11 +111,18 @@ def torch_worker(spec: dict, backend: str) -> dict:
             with torch.inference_mode():
                 return runner(lr, noise, t)
 
+        # The baseline keeps its mixture scores, so the others' mixture flips can be told apart.
+        params: dict = {}
+        hook = model.decoder.out_net.register_forward_hook(lambda m, i, o: params.update(last=o)) \
+            if backend == "torch" else None
         compile_start = time.perf_counter()
         times, first, broken = timed_calls(call, non_finite_samples, spec, device, spec["warmup"])
         entry = {"batch": batch, "n": n, **percentiles(times), "noise_ms": noise_s * 1000,
                  "non_finite_samples": broken, "channels_last": memory_format == torch.channels_last,
                  "output": first.float().cpu().numpy()}
+        if hook is not None:
+            hook.remove()
+            entry["margin"], entry["tails"] = mixture_margins(model, params["last"], noise, batch, n)
         if backend == "torch-compile":  # the warm-up calls compile; reported apart from the timed calls
             entry["warmup_s"] = time.perf_counter() - compile_start - sum(times)
         if device == "cuda":
@@ -124,6 +131,20 @@ def torch_worker(spec: dict, backend: str) -> dict:
     precision = {"torch-fp16": "fp16", "torch-bf16": "bf16"}.get(backend, "fp32")
     return {"device": device, "load_s": load_s, "precision": precision, "tf32": spec["tf32"] and device == "cuda",
             "shapes": results}
+
+
+def mixture_margins(model, params, noise, batch: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, n, H, W] each: how near each pixel's Gumbel-max mixture choice was to a tie, and
+    whether its logistic draw is in the float32-ill-conditioned tail."""
+    from cvdvae.dmol import mixture_margin
+    from export.engine_check import logistic_tails
+
+    layout, m = model.noise_layout, model.config.num_mixtures
+    size = (batch, n, layout.image_size, layout.image_size)
+    pixel = noise.reshape(-1, layout.dim)[:, layout.pixel_offset:]
+    pixel = pixel.reshape(-1, layout.pixel_channels, layout.image_size, layout.image_size)
+    margin = mixture_margin(params.float(), pixel.float(), m).reshape(size).cpu().numpy()
+    return margin, logistic_tails(pixel.float().cpu().numpy(), m).reshape(size)
 
 
 def faster_memory_format(model, lr, noise, t):
@@ -144,11 +165,17 @@ def faster_memory_format(model, lr, noise, t):
 
 def runtime_worker(spec: dict, backend: str) -> dict:
     """ONNX Runtime or TensorRT through the product's own runtime (what users run)."""
+    from runtime.batching import sample_planned
     from runtime.model_files import locate
 
     files = locate(spec["engine_dir"])
     extra: dict[str, Any] = {}
-    if backend.startswith("onnxruntime"):
+    if backend == "openvino":
+        from runtime.openvino_backend import OpenVINOBackend
+
+        runner, device = OpenVINOBackend(files, threads=spec["threads"]), "cpu"
+        extra.update(provider="CPU", tf32=False)
+    elif backend.startswith("onnxruntime"):
         from runtime.onnxruntime_backend import CUDA, OnnxRuntimeBackend
 
         device = "cuda" if backend == "onnxruntime-cuda" else "cpu"
@@ -168,13 +195,14 @@ def runtime_worker(spec: dict, backend: str) -> dict:
             torch.cuda.reset_peak_memory_stats()
         runner.timings.noise = 0.0
 
-        def call():
-            return runner.sample(lr, SEED, 0, t)
+        def call():  # in calls within the backend's limits, as cvdvae run makes them
+            return sample_planned(runner, lr, SEED, t)
 
         # The first (warm-up) call generates the noise, later calls reuse it as a run does.
-        times, first, broken = timed_calls(call, non_finite_samples, spec, device, max(spec["warmup"], 1))
-        entry = {"batch": batch, "n": n, **percentiles(times), "noise_ms": runner.timings.noise * 1000,
-                 "non_finite_samples": broken, "output": first}
+        warmup = max(spec["warmup"], 1)
+        times, first, broken = timed_calls(call, non_finite_samples, spec, device, warmup)
+        entry = {"batch": batch, "n": n, **percentiles(times), "non_finite_samples": broken, "output": first,
+                 "noise_ms": runner.timings.noise * 1000 / (warmup + len(times))}  # per call, made or reused
         if device == "cuda":
             import torch
 
@@ -183,13 +211,15 @@ def runtime_worker(spec: dict, backend: str) -> dict:
     if backend == "tensorrt":
         extra["cuda_graphs"] = runner.cuda_graphs
     return {"device": device, "load_s": runner.timings.load, "precision": files.precision, **extra,
-            "shapes": results}
+            "samples_per_call": runner.max_batch * runner.max_n, "shapes": results}
 
 
 def run_worker(backend: str, spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
     result = torch_worker(spec, backend) if backend.startswith("torch") else runtime_worker(spec, backend)
     outputs = {f"{s['batch']}x{s['n']}": s.pop("output") for s in result["shapes"]}
+    for s in result["shapes"]:
+        outputs.update({f"{s['batch']}x{s['n']}-{key}": s.pop(key) for key in ("margin", "tails") if key in s})
     np.savez(spec["out"] + ".npz", **outputs)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(spec["out"] + ".json").write_text(json.dumps(result))

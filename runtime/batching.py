@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,3 +32,16 @@ def plan(num_images: int, n: int, max_batch: int, max_n: int) -> list[list[Chunk
     if min(n, max_batch, max_n) < 1:
         raise ValueError("n, max_batch and max_n must be at least 1")
     return [[Chunk(group, s) for s in sample_chunks(n, max_n)] for group in image_groups(num_images, max_batch)]
+
+
+def sample_planned(backend: Any, lr: np.ndarray | None, seed: int, temperature: np.ndarray) -> np.ndarray:
+    """Every sample [B, n, 3, H, W] of these images in calls within the backend's limits, as
+    ``cvdvae run`` makes them; ``lr`` None (a prior-only model) is one row, B = 1."""
+    batch, n = 1 if lr is None else len(lr), len(temperature)
+    rows = []
+    for group in plan(batch, n, backend.max_batch, backend.max_n):
+        images = None if lr is None else lr[group[0].images.start:group[0].images.stop]
+        calls = [backend.sample(images, seed, c.samples.start, temperature[c.samples.start:c.samples.stop])
+                 for c in group]
+        rows.append(np.concatenate(calls, axis=1))
+    return np.concatenate(rows)

@@ -20,7 +20,7 @@ from cvdvae.progress import ProgressBar
 
 from . import outputs
 from .backends import CHOICES, Backend, open_backend
-from .batching import plan
+from .batching import image_groups, sample_planned
 from .images import InputError, LoadedImage, expand_inputs, load_image
 from .model_files import ModelFiles, locate
 
@@ -128,14 +128,15 @@ def main_run(args: argparse.Namespace) -> int:
     run.inputs = len(paths) + len(run.failed)
     args.out.mkdir(parents=True, exist_ok=True)
     with ProgressBar(len(paths), "inputs", disable=quiet or not paths) as progress:
-        for group in plan(len(paths), run.n, backend.max_batch, backend.max_n):
-            images = load_group([paths[i] for i in group[0].images], files, args, run, quiet)
+        for group in image_groups(len(paths), backend.max_batch):  # a group's grids are written before the next
+            images = load_group([paths[i] for i in group], files, args, run, quiet)
             if images:
-                samples = sample_group(backend, images, group, args.seed, temperatures)
+                lr = None if images[0].lr is None else np.stack([image.lr for image in images])
+                samples = sample_planned(backend, lr, args.seed, temperatures)
                 for image, image_samples in zip(images, samples):
                     write_outputs(image, image_samples, files, args, run)
             run.samples += len(images) * run.n
-            progress.update(len(group[0].images))
+            progress.update(len(group))
             progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
     report(run, args)
     return run.exit_status
@@ -185,16 +186,6 @@ def load_group(paths: list[Path], files: ModelFiles, args: argparse.Namespace, r
             run.converted_note_shown = True
         images.append(image)
     return images
-
-
-def sample_group(backend: Backend, images: list[LoadedImage], calls, seed: int,
-                 temperatures: np.ndarray) -> np.ndarray:
-    """All samples of these images, [images, n, 3, H, W]: one call per sample chunk (lr is None
-    for a prior-only model)."""
-    lr = None if images[0].lr is None else np.stack([image.lr for image in images])
-    parts = [backend.sample(lr, seed, chunk.samples.start, temperatures[chunk.samples.start:chunk.samples.stop])
-             for chunk in calls]
-    return np.concatenate(parts, axis=1)
 
 
 def write_outputs(image: LoadedImage, samples: np.ndarray, files: ModelFiles, args: argparse.Namespace,

@@ -1,8 +1,9 @@
 """The seeded noise blocks a backend reuses: every image chunk of a run needs the same ones.
 
-Keyed by (seed, first sample, n); only the most recent few are kept, so a long-lived
-backend (a service seeing many seeds) does not grow without bound. One FFHQ-256 sample's
-noise is 21 MB.
+Keyed by (seed, first sample, n). Bounded by bytes, most recent kept: a run of FFHQ-256
+calls of one sample each (21 MB of noise per sample) reuses all eight samples of ``--n 8``,
+and a long-lived backend (a service seeing many seeds) does not grow without bound. The most
+recent block is always kept, whatever its size.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 Key = tuple[int, int, int]
+DEFAULT_BYTES = 512 * 2**20
 
 
 class NoiseCache:
-    def __init__(self, capacity: int = 4):
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
+    def __init__(self, max_bytes: int = DEFAULT_BYTES):
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[Key, Any] = OrderedDict()
 
     def get_or_make(self, key: Key, make: Callable[[], Any]) -> Any:
@@ -25,9 +25,20 @@ class NoiseCache:
             self._entries.move_to_end(key)
             return self._entries[key]
         value = self._entries[key] = make()
-        while len(self._entries) > self.capacity:
+        while len(self._entries) > 1 and self.nbytes > self.max_bytes:
             self._entries.popitem(last=False)
         return value
 
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(v) for v in self._entries.values())
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _nbytes(array: Any) -> int:
+    """numpy arrays and torch tensors alike."""
+    if hasattr(array, "nbytes"):
+        return int(array.nbytes)
+    return int(array.numel() * array.element_size())

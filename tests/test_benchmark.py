@@ -17,19 +17,39 @@ def test_latency_benchmark_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     results = json.loads(out.read_text())
     env = results["environment"]
-    assert {"cpu", "cpu_count", "threads", "torch", "onnxruntime", "tensorrt", "python"} <= env.keys()
+    assert {"cpu", "cpu_count", "threads", "torch", "onnxruntime", "openvino", "tensorrt", "python"} <= env.keys()
     assert results["matmul_peak"]["cpu_fp32_gflops"] > 0
     rows = results["results"]
     assert [(r["backend"], r["n"]) for r in rows] == [("torch", 1), ("torch", 2), ("onnxruntime", 1),
                                                       ("onnxruntime", 2)]
+    check_rows(rows)
+    assert rows[2]["provider"] == "CPUExecutionProvider"
+    assert rows[2]["max_abs_away_from_flips"] <= 1e-4  # ONNX Runtime and PyTorch agree on the same noise
+    assert "backend" in r.stdout and "matmul peak" in r.stdout
+
+
+def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed: its benchmark row is not measured")
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "2", "--warmup",
+                        "1", "--iters", "1", "--backends", "torch,openvino,torch-compile", "--json", str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr
+    rows = {row["backend"]: row for row in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"torch", "openvino", "torch-compile"}, rows
+    check_rows(rows.values())
+    assert rows["openvino"]["provider"] == "CPU" and rows["openvino"]["max_abs"] <= 1e-4
+    assert rows["torch-compile"]["device"] == "cpu" and rows["torch-compile"]["warmup_s"] > 0  # compile, apart
+    assert rows["torch-compile"]["max_abs"] <= 1e-4
+
+
+def check_rows(rows):
     for row in rows:
         assert {"median_ms", "p90_ms", "p99_ms", "samples_per_s", "speedup", "gflops", "peak_fraction", "noise_ms",
-                "load_s", "peak_rss_mib", "psnr_db", "max_abs", "flagged", "non_finite_samples", "tf32"} <= row.keys()
+                "load_s", "peak_rss_mib", "psnr_db", "max_abs", "max_abs_away_from_flips", "flipped_pixels", "flagged",
+                "non_finite_samples", "tf32"} <= row.keys()
         assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0 and row["calls"] == 1
         assert not row["flagged"] and row["non_finite_samples"] == 0 and row["tf32"] is False
-    assert rows[2]["provider"] == "CPUExecutionProvider"
-    assert rows[2]["max_abs"] <= 1e-4  # ONNX Runtime and PyTorch agree on the same noise
-    assert "backend" in r.stdout and "matmul peak" in r.stdout
 
 
 def test_gpu_check_says_in_one_line_when_there_is_no_gpu():

@@ -285,3 +285,27 @@ def test_polygraphy_run_on_the_reference_inputs_reproduces_the_reference(exporte
     assert source == "onnxruntime-fp32" and len(results) == len(cases) == 2
     for out, case in zip(results, cases):
         np.testing.assert_array_equal(out["sr"], case.sr)
+
+
+def test_flips_and_logistic_tails_are_told_apart_from_errors():
+    """A pixel off where the mixture choice was a near tie is a flip; one whose logistic draw is
+    in the float32-ill-conditioned tail is a tail pixel; anywhere else the error counts."""
+    from export.engine_check import away_from_flips, logistic_tails
+
+    reference = np.full((1, 1, 3, 4, 4), 0.5)
+    margin = np.ones((1, 1, 4, 4))
+    margin[0, 0, 0, 0] = 1e-3                      # a near tie
+    pixel_noise = np.zeros((1, 2 + 3, 4, 4))
+    pixel_noise[0, 2, 1, 1] = 4.04                 # R's logistic draw deep in the tail
+    tails = logistic_tails(pixel_noise, num_mixtures=2)[None]
+    assert tails.sum() == 1 and tails[0, 0, 1, 1]
+    sr = reference.copy()
+    sr[0, 0, :, 0, 0] += 0.3                        # flipped mixture
+    sr[0, 0, 0, 1, 1] += 2e-4                       # tail
+    assert away_from_flips(sr, reference, margin, 1e-4, tails) == (0.0, 1, 1)
+    sr[0, 0, 2, 3, 3] += 5e-5                       # within tolerance
+    assert away_from_flips(sr, reference, margin, 1e-4, tails)[0] == pytest.approx(5e-5)
+    sr[0, 0, 1, 2, 2] += 3e-4                       # a real error
+    max_abs, flips, tail = away_from_flips(sr, reference, margin, 1e-4, tails)
+    assert max_abs == pytest.approx(3e-4) and (flips, tail) == (1, 1)
+    assert away_from_flips(sr, reference, margin, 1e-4)[1:] == (1, 0)  # without tails: the tail pixel counts

@@ -127,7 +127,8 @@ def test_folder_glob_json_and_batching_give_the_same_pixels(exported, tmp_path):
     summary = json.loads(r.stdout)
     assert r.returncode == 0 and summary["inputs"] == 5 and summary["samples"] == 10
     assert {"wall_s", "samples_per_s", "backend", "precision", "noise_s"} <= summary.keys()
-    assert summary["backend"] == "onnxruntime" and summary["precision"] == "fp32"
+    assert summary["backend"] in ("openvino", "onnxruntime") and summary["precision"] == "fp32"
+    assert summary["execution_provider"] in ("CPU", "CPUExecutionProvider")  # says which engine ran
 
 
 def test_temperature_sweep(exported, tmp_path):
@@ -295,3 +296,23 @@ def test_onnxruntime_cuda_without_cuda_says_why(exported):
     r = run_cli(exported / "plain", "--input", "x.png", "--backend", "onnxruntime-cuda")
     assert r.returncode == 2 and "has no CUDA provider" in r.stderr and "cvdvae[gpu]" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_noise_cache_is_bounded_by_bytes_and_keeps_the_newest():
+    from runtime.noise_cache import NoiseCache
+
+    made = []
+    cache = NoiseCache(max_bytes=8 * 4 * 1000)  # eight one-sample blocks of 1000 float32
+
+    def block(k):
+        made.append(k)
+        return np.full((1, 1000), k, np.float32)
+
+    for _ in range(3):  # a run of --n 8 in calls of one sample, three times over
+        for k in range(8):
+            assert cache.get_or_make((0, k, 1), lambda: block(k))[0, 0] == k
+    assert made == list(range(8)) and cache.nbytes == 8 * 4000
+    cache.get_or_make((1, 0, 1), lambda: block(99))  # a ninth evicts the oldest only
+    assert len(cache) == 8 and cache.nbytes <= cache.max_bytes
+    cache.get_or_make((2, 0, 20), lambda: np.zeros((20, 1000), np.float32))  # too big alone: kept alone
+    assert len(cache) == 1

@@ -10,10 +10,8 @@ import pytest
 from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import noise_numpy
 from runtime import tensorrt_backend
-from runtime.batching import plan
+from runtime.batching import sample_planned
 from runtime.cli import main as run_main
-from runtime.images import LoadedImage
-from runtime.cli import sample_group
 from runtime.tensorrt_backend import TensorRTBackend
 
 from fakes import FakeCuda, FakeTensorRT, engine_spec, toy_meta, toy_model, write_plan
@@ -74,11 +72,8 @@ def test_a_short_last_chunk_as_cvdvae_run_plans_it(fake):
     backend = make(max_batch=2, max_n=3)
     lr = images(5, 3)
     temperatures = np.array([0.8, 0.0, 1.2, 0.5, 1.0], np.float32)
-    out = []
-    for group in plan(5, 5, backend.max_batch, backend.max_n):
-        loaded = [LoadedImage(None, lr[i], None, None) for i in group[0].images]
-        out.append(sample_group(backend, loaded, group, 11, temperatures))
-    np.testing.assert_allclose(np.concatenate(out), oracle(lr, 11, 0, temperatures), atol=1e-6)
+    out = sample_planned(backend, lr, 11, temperatures)
+    np.testing.assert_allclose(out, oracle(lr, 11, 0, temperatures), atol=1e-6)
     assert sorted(set(trt.executions)) == [(1, 2), (1, 3), (2, 2), (2, 3)] and trt.violations == []
 
 
