@@ -64,7 +64,10 @@ def tiny_weights(tmp_path_factory):
     return root, faces(root / "faces", count=12)
 
 
-def test_eval_is_the_same_on_pytorch_and_onnxruntime(tiny_weights, tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_eval_is_the_same_on_pytorch_and_the_graph(tiny_weights, tmp_path, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[cpu]')")
     root, data = tiny_weights
     from export.cli import main as export_main
 
@@ -72,10 +75,10 @@ def test_eval_is_the_same_on_pytorch_and_onnxruntime(tiny_weights, tmp_path):
                         "--quiet", "--no-validate"]) == 0
     common = ("--data", data, "--split", "all", "--count", "5", "--n", "3", "--no-lpips", "--quiet")
     a = eval_cli(root / "tiny.safetensors", *common, "--out", tmp_path / "torch.json")
-    b = eval_cli(tmp_path / "e", *common, "--json")  # the same results on stdout
+    b = eval_cli(tmp_path / "e", *common, "--backend", backend, "--json")  # the same results on stdout
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ta, tb = json.loads((tmp_path / "torch.json").read_text()), json.loads(b.stdout)
-    assert ta["backend"] == "torch" and tb["backend"] == "onnxruntime"
+    assert ta["backend"] == "torch" and tb["backend"] == backend
     assert ta["protocol"] == tb["protocol"] and ta["protocol"]["inputs"] == 5
     for key in ("lr_psnr", "apd_mse", "psnr", "ssim"):
         assert ta["metrics"][key] == pytest.approx(tb["metrics"][key], rel=1e-3), key
