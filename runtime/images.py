@@ -10,6 +10,7 @@ import glob
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from cvdvae.errors import CVDVAEError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_PIXELS = 4096 * 4096  # far above any face size we take; larger headers are refused undecoded
+MAX_PHOTO_PIXELS = 100_000_000  # --faces: a 100-megapixel photo; larger headers are refused undecoded
 
 
 class InputError(CVDVAEError):
@@ -67,32 +69,51 @@ def _to_rgb8(img) -> tuple[np.ndarray, str | None]:
     return np.asarray(img.convert("RGB"), dtype=np.uint8), mode
 
 
-def load_image(path: Path, lr_size: int, hr_size: int, from_hr: bool) -> LoadedImage:
-    from PIL import Image, UnidentifiedImageError
+def read_rgb(path: Path, max_pixels: int, check: Callable[[Any], None] | None = None,
+             upright: bool = False) -> tuple[np.ndarray, str | None]:
+    """``path`` as HWC uint8 RGB and the mode it was converted from. ``check`` sees the opened
+    image before any pixel is decoded (and raises ``InputError``); ``upright`` applies the EXIF
+    orientation (what a camera records instead of turning the pixels)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    want = hr_size if from_hr else lr_size
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise InputError(f"{path}: {img.width}x{img.height} pixels is a decompression bomb or not a "
-                                     f"face crop; expected {want}x{want}")
-                if img.size != (want, want):
-                    hint = "" if from_hr or img.size != (hr_size, hr_size) else " (an HR image? add --from-hr)"
-                    raise InputError(f"{path}: is {img.width}x{img.height}, the model takes "
-                                     f"{want}x{want}{' HR' if from_hr else ' LR'} images{hint}")
+                if img.width * img.height > max_pixels:
+                    raise InputError(f"{path}: {img.width}x{img.height} pixels is more than the "
+                                     f"{max_pixels / 1e6:.0f} megapixels taken (a decompression bomb?)")
+                if check is not None:
+                    check(img)
                 img.load()
-                rgb, converted = _to_rgb8(img)
+                return _to_rgb8(ImageOps.exif_transpose(img) if upright else img)
     except InputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InputError(f"{path}: not a readable image ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise InputError(f"{path}: unreadable or truncated image ({err})") from None
+
+
+def load_image(path: Path, lr_size: int, hr_size: int, from_hr: bool) -> LoadedImage:
+    want = hr_size if from_hr else lr_size
+
+    def check_size(img) -> None:
+        if img.size != (want, want):
+            hint = "" if from_hr or img.size != (hr_size, hr_size) else " (an HR image? add --from-hr)"
+            hint = hint or (" (a photo? add --faces)" if min(img.size) > hr_size else "")
+            raise InputError(f"{path}: is {img.width}x{img.height}, the model takes "
+                             f"{want}x{want}{' HR' if from_hr else ' LR'} images{hint}")
+
+    rgb, converted = read_rgb(path, MAX_PIXELS, check_size)
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     if from_hr:
         return LoadedImage(path, bicubic.downscale_uint8(chw, hr_size // lr_size), chw, converted)
     return LoadedImage(path, chw.astype(np.float32), None, converted)
+
+
+def load_photo(path: Path) -> np.ndarray:
+    """A photo of any size up to ``MAX_PHOTO_PIXELS``, upright, as HWC uint8 RGB."""
+    return read_rgb(path, MAX_PHOTO_PIXELS, upright=True)[0]

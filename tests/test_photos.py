@@ -1,0 +1,233 @@
+"""``cvdvae run --faces``: whole photos on the demo model, through the real detector."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvdvae.fileio import cvdvae_home
+from export.cli import main as export_main
+from runtime.cli import main as run_main
+from runtime.faces.align import FaceSquare, crop
+from runtime.faces.detector import DetectedFace
+from runtime.faces.photos import align_face
+from conftest import REPO
+
+pytest.importorskip("onnxruntime")
+skimage = pytest.importorskip("skimage")
+DATA = Path(skimage.__file__).parent / "data"
+ASTRONAUT = DATA / "astronaut.png"
+
+if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+    pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    assert export_main(["--demo", "--out", str(root / "engine"), "--onnx-only", "--quiet", "--no-validate"]) == 0
+    return root / "engine"
+
+
+def run(demo, *args):
+    return run_main([str(demo), *map(str, args), "--quiet"])
+
+
+def run_json(demo, *args):
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), *map(str, args), "--json"],
+                       capture_output=True, text=True, cwd=REPO)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+def pngs(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+def read(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def astronaut_run(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("astronaut")
+    code, report, err = run_json(demo, "--input", ASTRONAUT, "--faces", "--n", "3", "--out", out)
+    assert code == 0, err
+    return out, report
+
+
+def test_a_photo_gives_whole_photos_faces_and_a_grid(astronaut_run):
+    out, report = astronaut_run
+    (photo,) = report["photos"]
+    assert len(photo["faces"]) == 1 and photo["faces"][0]["mode"] == "hr"  # a 173 px face > the demo's 32
+    assert sorted(pngs(out)) == ["astronaut_face0_s0_00.png", "astronaut_face0_s0_01.png", "astronaut_face0_s0_02.png",
+                                 "astronaut_face0_s0_grid.png", "astronaut_s0_00.png", "astronaut_s0_01.png",
+                                 "astronaut_s0_02.png"]
+    assert read(out / "astronaut_s0_00.png").shape == (2048, 2048, 3)  # x4, the demo model's factor
+    assert read(out / "astronaut_face0_s0_00.png").shape == (32, 32, 3)
+    assert report["samples"] == 3 and photo["timings_s"]["detect"] > 0
+
+
+def test_outside_the_face_the_photo_is_the_lanczos_upscale(astronaut_run):
+    """Every output pixel whose place in the sample lies outside the sample square is the
+    photo upscaled by PIL's Lanczos, byte for byte; inside, the samples differ from it."""
+    out, report = astronaut_run
+    face = report["photos"][0]["faces"][0]
+    background = np.asarray(Image.open(ASTRONAUT).convert("RGB").resize((2048, 2048), Image.LANCZOS))
+    to_output = np.vstack([face["sample_to_output"], [0, 0, 1]])
+    ys, xs = np.mgrid[:2048, :2048]
+    u, v, _ = np.tensordot(np.linalg.inv(to_output), np.stack([xs, ys, np.ones_like(xs)]), axes=1)
+    outside = (u < -0.5) | (u > 31.5) | (v < -0.5) | (v > 31.5)
+    centre = (np.abs(u - 15.5) < 8) & (np.abs(v - 15.5) < 8)
+    for k in range(3):
+        photo = read(out / f"astronaut_s0_{k:02d}.png")
+        assert (photo[outside] == background[outside]).all()
+        assert np.abs(photo[centre].astype(int) - background[centre]).mean() > 10
+
+
+def test_photo_sample_k_is_made_of_face_sample_k(astronaut_run):
+    """Cropping the face back out of whole photo k (with the recorded transform) gives face
+    sample k, not another sample: the paste-back put each sample where alignment took it from."""
+    out, report = astronaut_run
+    face = report["photos"][0]["faces"][0]
+    m = np.array(face["sample_to_output"])
+    square = FaceSquare(m[:, :2] @ [15.5, 15.5] + m[:, 2], m[:, 0] * 16, m[:, 1] * 16)  # back from to_photo(32)
+    samples = [read(out / f"astronaut_face0_s0_{k:02d}.png").astype(float) for k in range(3)]
+    for k in range(3):
+        again = crop(read(out / f"astronaut_s0_{k:02d}.png"), square, 32)[8:24, 8:24].astype(float)
+        errors = [np.abs(again - s[8:24, 8:24]).mean() for s in samples]
+        assert errors[k] < 0.5 * min(e for j, e in enumerate(errors) if j != k), errors  # measured: 18 vs 59..68
+
+
+def test_same_seed_same_photos_and_n_is_a_prefix(demo, astronaut_run, tmp_path):
+    out, _ = astronaut_run
+    assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "2", "--out", tmp_path) == 0
+    got = pngs(tmp_path)
+    assert got["astronaut_s0_00.png"] == pngs(out)["astronaut_s0_00.png"]
+    assert got["astronaut_face0_s0_01.png"] == pngs(out)["astronaut_face0_s0_01.png"]
+
+
+def test_two_faces_in_one_photo(demo, tmp_path):
+    photo = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    Image.fromarray(np.concatenate([photo, photo[:, ::-1]], axis=1)).save(tmp_path / "two.png")
+    code, report, err = run_json(demo, "--input", tmp_path / "two.png", "--faces", "--n", "1", "--out",
+                                 tmp_path / "o", "--upscale", "1")
+    assert code == 0, err
+    faces = report["photos"][0]["faces"]
+    assert len(faces) == 2 and sorted(round(f["square"]["centre"][0] / 100) for f in faces) == [2, 8]
+    assert read(tmp_path / "o" / "two_s0_00.png").shape == (512, 1024, 3)
+    assert (tmp_path / "o" / "two_face1_s0_00.png").is_file()
+
+
+def test_a_photo_without_a_face_is_one_line_and_the_others_go_on(demo, tmp_path):
+    Image.open(DATA / "brick.png").convert("RGB").save(tmp_path / "wall.png")
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(tmp_path / "wall.png"),
+                        str(ASTRONAUT), "--faces", "--n", "1", "--out", str(tmp_path / "o"), "--quiet"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"cvdvae-run: error: {tmp_path / 'wall.png'}: no face found (faces of at least "
+                                     "20 px scoring at least 0.9 are searched for; --min-face and --min-score set "
+                                     "them)"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir())[0].startswith("astronaut_")
+    assert not list((tmp_path / "o").glob("wall*"))
+
+
+def test_transparent_faces_and_no_paste(demo, tmp_path):
+    assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--face-only", "--out", tmp_path / "t") == 0
+    rgba = read(tmp_path / "t" / "astronaut_s0_00.png")
+    assert rgba.shape == (2048, 2048, 4) and rgba[0, 0, 3] == 0 and rgba[420, 900, 3] == 255
+    assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--no-paste", "--out", tmp_path / "n") == 0
+    assert sorted(pngs(tmp_path / "n")) == ["astronaut_face0_s0_00.png", "astronaut_face0_s0_grid.png"]
+
+
+def test_existing_outputs_are_kept(demo, tmp_path):
+    assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--no-paste", "--out", tmp_path) == 0
+    before = pngs(tmp_path)
+    assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--no-paste", "--out", tmp_path, "--seed", "0") == 2
+    assert pngs(tmp_path) == before
+
+
+def test_exif_orientation_is_honoured(demo, tmp_path):
+    """A camera that stored the portrait on its side and said so in EXIF (orientation 6: turn
+    90 degrees clockwise to view) gives the same upright photo and face."""
+    upright = Image.open(ASTRONAUT).convert("RGB").crop((0, 0, 512, 400))
+    stored = upright.transpose(Image.ROTATE_90)  # counter-clockwise: the viewer turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "side.jpg", quality=95, exif=exif.tobytes())
+    code, report, err = run_json(demo, "--input", tmp_path / "side.jpg", "--faces", "--n", "1", "--no-paste",
+                                 "--out", tmp_path / "o")
+    assert code == 0, err
+    photo = report["photos"][0]
+    assert photo["size"] == [512, 400] and len(photo["faces"]) == 1
+    assert np.allclose(photo["faces"][0]["square"]["centre"], [225, 105], atol=6)
+
+
+def test_the_photo_path_needs_no_torch(demo, tmp_path):
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+import runtime.cli
+assert runtime.cli.main([{str(demo)!r}, "--input", {str(ASTRONAUT)!r}, "--faces", "--n", "1", "--upscale", "1",
+                         "--out", {str(tmp_path)!r}, "--quiet"]) == 0
+banned = [m for m in sys.modules if m.split(".")[0] == "export" or m in ("cvdvae.model", "cvdvae.weights")]
+assert not banned, banned
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert (tmp_path / "astronaut_s0_00.png").is_file()
+
+
+@pytest.mark.parametrize("flags, hint", [
+    (["--max-faces", "2"], "--max-faces"),
+    (["--faces", "--face-only", "--no-paste"], "--face-only"),
+    (["--faces", "--from-hr"], "--from-hr"),
+    (["--faces", "--upscale", "0"], "--upscale"),
+    (["--faces", "--min-face", "5"], "--min-face"),
+    (["--faces", "--min-score", "0.5"], "--min-score"),
+    (["--min-score", "0.95"], "--min-score"),
+])
+def test_photo_flags_are_checked(demo, tmp_path, flags, hint):
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(ASTRONAUT), *flags, "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and hint in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_small_faces_go_in_as_lr_crops_large_ones_as_degraded_hr_crops():
+    photo = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+
+    def face(scale):
+        points = np.array([[203, 100], [247, 103], [224, 128], [200, 139], [244, 141]], float) * scale
+        return DetectedFace(np.zeros(4), 1.0, points)
+
+    small = align_face(photo, face(0.15), lr_size=8, hr_size=32)  # side 26 px < 32: a real LR observation
+    assert small.mode == "lr" and small.hr is None
+    np.testing.assert_array_equal(small.lr, crop(photo, FaceSquare.from_landmarks(face(0.15).landmarks), 8)
+                                  .transpose(2, 0, 1))
+    large = align_face(photo, face(1.0), lr_size=8, hr_size=32)
+    assert large.mode == "hr" and large.hr.shape == (3, 32, 32) and large.lr.shape == (3, 8, 8)
+    # The LR input is the HR crop's bicubic x4 reduction: close to its 4x4 block means.
+    blocks = large.hr.reshape(3, 8, 4, 8, 4).mean(axis=(2, 4))
+    assert np.abs(large.lr - blocks).mean() < 6
+
+
+def test_without_the_detector_the_error_names_the_fetch_command(demo, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(ASTRONAUT), "--faces",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO,
+                       env={**__import__("os").environ, "CVDVAE_HOME": str(tmp_path / "empty")})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "`cvdvae fetch mtcnn`" in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_an_output_photo_too_large_to_hold_is_refused_up_front(demo, tmp_path):
+    Image.new("RGB", (6000, 5000)).save(tmp_path / "big.png")  # x4: 480 megapixels
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(tmp_path / "big.png"),
+                        "--faces", "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().endswith("480 megapixels, more than the 400 written; lower "
+                                                           "--upscale or use --no-paste"), r.stderr
+    assert not list((tmp_path / "o").iterdir())
