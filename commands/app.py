@@ -24,6 +24,7 @@ VERBS = {  # verb -> the module whose one-command typer ``app`` it is
     "convert": "cvdvae.convert",
     "train": "cvdvae.train.cli",
     "eval": "cvdvae.evaluation.cli",
+    "serve": "serve.cli",
 }
 
 

@@ -1,5 +1,5 @@
 """``cvdvae export`` (alias ``cvdvae-export``): model -> ``DIR/model.onnx`` + ``DIR/meta.json``
-(+ ``DIR/reference.npz``, ``DIR/engine.plan``)."""
+(+ ``DIR/reference.npz``, ``DIR/engine.plan``, and with ``--triton-repo`` a Triton model repository)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from cvdvae.fileio import atomic_folder, sha256_file
 from runtime.gpu import tensorrt_unavailable_reason as unavailable_reason
 from runtime.model_files import META_NAME, ONNX_NAME, PLAN_NAME
 
-from . import cleanup, graph, metadata, profile, reference
+from . import cleanup, graph, metadata, profile, reference, triton
 from .engine import EngineSettings, add_engine
 from .precision import DTYPES, FP32_ISLANDS
 from .sources import model_source
@@ -86,6 +86,12 @@ def export_command(
                                                          dir_okay=False, rich_help_panel="TensorRT engine")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help=(
         "output folder (default engines/{x4|demo-x4|vdvae-ffhq256}-{precision})"))] = None,
+    triton_repo: Annotated[Optional[Path], typer.Option(
+        "--triton-repo", metavar="DIR", file_okay=False, rich_help_panel="Triton Inference Server", help=(
+            "then write a model repository for the folder: DIR/NAME/config.pbtxt and DIR/NAME/1/model.plan "
+            "where an engine was built, else model.onnx"))] = None,
+    triton_name: Annotated[str, typer.Option(metavar="NAME", rich_help_panel="Triton Inference Server",
+                                             help="the model's name in --triton-repo")] = triton.DEFAULT_NAME,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -94,6 +100,8 @@ def export_command(
     check_preset(preset)
     if fp16 and bf16:
         raise typer.BadParameter("choose one of --fp16 and --bf16", param_hint="'--bf16'")
+    if not triton.NAME.match(triton_name):
+        raise typer.BadParameter(f"{triton_name!r}: letters, digits, _ . - only", param_hint="'--triton-name'")
     args = argparse.Namespace(**locals(), precision="fp16" if fp16 else "bf16" if bf16 else "fp32")
     return export(args)
 
@@ -141,8 +149,18 @@ class Log:
 
 
 def export(args: argparse.Namespace) -> int:
-    if args.engine_only:
-        return engine_only(args)
+    """The export folder (or, with --engine-only, its engine), then the Triton repository."""
+    repository = args.triton_repo / args.triton_name if args.triton_repo else None
+    if repository is not None and repository.exists() and not args.overwrite:
+        raise CVDVAEError(f"{repository} exists; pass --overwrite to replace it")  # before any work
+    folder = engine_only(args) if args.engine_only else export_folder(args)
+    if repository is not None:
+        written = triton.write_repository(folder, args.triton_repo, name=args.triton_name, overwrite=args.overwrite)
+        print(f"wrote {written}/: {triton.listing(written)}")
+    return 0
+
+
+def export_folder(args: argparse.Namespace) -> Path:
     log = Log(args.quiet)
     requested, shapes = profile_request(None, args), parse_shapes(args.validate_shapes)
     opset = args.opset or graph.default_opset(args.precision)
@@ -197,15 +215,16 @@ def export(args: argparse.Namespace) -> int:
         metadata.write_json(tmp / META_NAME, meta)
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     if args.onnx_only:
-        return 0
+        return out
     if reason:
         print(f"no engine built: {reason}; on a machine with TensorRT and a GPU run: "
               f"cvdvae export --engine-only {shlex.quote(str(out))}", file=sys.stderr)
-        return 0
-    return engine_step(args, out, log)
+        return out
+    engine_step(args, out, log)
+    return out
 
 
-def engine_step(args: argparse.Namespace, folder: Path, log: Log) -> int:
+def engine_step(args: argparse.Namespace, folder: Path, log: Log) -> None:
     """Add the engine to the finished folder. A build TensorRT cannot finish is a warning (exit 1
     with --require-engine); an engine that fails its check is always an error. Either way the
     validated ONNX folder stays."""
@@ -216,16 +235,15 @@ def engine_step(args: argparse.Namespace, folder: Path, log: Log) -> int:
             raise
         print(f"no engine built: {err}; the validated ONNX folder {folder} is kept "
               f"(retry: cvdvae export --engine-only {shlex.quote(str(folder))})", file=sys.stderr)
-        return 0
+        return
     print(f"wrote {folder / PLAN_NAME} (TensorRT {record['tensorrt_version']}, {record['gpu']})")
-    return 0
 
 
 def warn(message: str) -> None:
     print(f"cvdvae export: warning: {message}", file=sys.stderr)
 
 
-def engine_only(args: argparse.Namespace) -> int:
+def engine_only(args: argparse.Namespace) -> Path:
     """Add engine.plan to a folder exported earlier (e.g. on a machine without a GPU), with the
     profile recorded there unless flags override it. Any failure is an error (exit 1)."""
     folder: Path = args.engine_only
@@ -242,7 +260,8 @@ def engine_only(args: argparse.Namespace) -> int:
     if reason:
         raise CVDVAEError(f"no TensorRT engine can be built here: {reason}")
     args.require_engine = True
-    return engine_step(args, folder, Log(args.quiet))
+    engine_step(args, folder, Log(args.quiet))
+    return folder
 
 
 if __name__ == "__main__":

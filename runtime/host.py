@@ -33,12 +33,22 @@ class HostCalls:
         self.noise = NoiseCache()
 
     def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
-        batch, n = 1 if lr is None else lr.shape[0], temperature.shape[0]
+        batch = 1 if lr is None else lr.shape[0]
+        return self.sample_rows(lr, [seed] * batch, first_sample,
+                                np.broadcast_to(temperature.astype(np.float32), (batch, temperature.shape[0])))
+
+    def sample_rows(self, lr: np.ndarray | None, seeds: list[int], first_sample: int,
+                    temperature: np.ndarray) -> np.ndarray:
+        """Row b of the call is image ``lr[b]`` with the noise of ``seeds[b]`` and ``temperature[b]``
+        ([B, n]): requests with different seeds share one call (the service's batching)."""
+        n = temperature.shape[1]
         start = time.perf_counter()
-        noise = self.noise.get_or_make((seed, first_sample, n),
-                                       lambda: noise_numpy(seed, n, self.files.noise_dim, first_sample))
-        feeds = {"noise": np.ascontiguousarray(np.broadcast_to(noise, (batch, n, noise.shape[1]))),
-                 "temperature": np.ascontiguousarray(np.broadcast_to(temperature.astype(np.float32), (batch, n)))}
+        rows = [self.noise.get_or_make((seed, first_sample, n),
+                                       lambda seed=seed: noise_numpy(seed, n, self.files.noise_dim, first_sample))
+                for seed in seeds]
+        noise = rows[0][None] if len(set(seeds)) == 1 else np.stack(rows)
+        feeds = {"noise": np.ascontiguousarray(np.broadcast_to(noise, (len(seeds), n, noise.shape[2]))),
+                 "temperature": np.ascontiguousarray(temperature, dtype=np.float32)}
         if lr is not None:
             feeds["lr"] = np.ascontiguousarray(lr, dtype=np.float32)
         middle = time.perf_counter()

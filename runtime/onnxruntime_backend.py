@@ -102,3 +102,7 @@ class OnnxRuntimeBackend:
 
     def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
         return self._calls.sample(lr, seed, first_sample, temperature)
+
+    def sample_rows(self, lr: np.ndarray | None, seeds: list[int], first_sample: int,
+                    temperature: np.ndarray) -> np.ndarray:
+        return self._calls.sample_rows(lr, seeds, first_sample, temperature)

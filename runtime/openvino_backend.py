@@ -45,6 +45,7 @@ class OpenVINOBackend:
     profile: bool = False              # keep OpenVINO's per-layer performance counters
     name: str = "openvino"
     provider: str = "CPU"
+    rows_independent: bool = True  # row b of a call is bit-identical alone (measured: serve/batching.py)
     timings: Timings = field(default_factory=Timings)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,10 @@ class OpenVINOBackend:
 
     def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
         return self._calls.sample(lr, seed, first_sample, temperature)
+
+    def sample_rows(self, lr: np.ndarray | None, seeds: list[int], first_sample: int,
+                    temperature: np.ndarray) -> np.ndarray:
+        return self._calls.sample_rows(lr, seeds, first_sample, temperature)
 
     def layer_times(self) -> list[dict[str, Any]]:
         """The last call's per-layer times (with ``profile``): name, type, kernel, microseconds."""

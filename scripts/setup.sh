@@ -13,5 +13,5 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
-.venv/bin/python -m pip install --quiet -e ".[cpu,dev]"
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev,serve]"
 echo "$want" > "$stamp"

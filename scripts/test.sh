@@ -9,4 +9,7 @@ bash scripts/setup.sh
 # The face-detection tests need the MTCNN graphs: the facenet-pytorch wheel (sha256-pinned, 1.9 MB)
 # built into ONNX once; when present and verified this downloads nothing and exits 0.
 .venv/bin/python -m cvdvae.fetch mtcnn
-exec .venv/bin/python -m pytest -q "$@"
+# The web page test drives Debian's chromium through selenium (tests/test_web_page.py skips without).
+bash scripts/browser.sh || echo "scripts/browser.sh: no browser; tests/test_web_page.py will skip" >&2
+# Two workers (pytest-xdist): the suite takes ~5 min on this 2-core machine instead of ~9.
+exec .venv/bin/python -m pytest -q -n "${CVDVAE_TEST_WORKERS:-2}" "$@"

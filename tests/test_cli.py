@@ -14,7 +14,8 @@ from cvdvae.cli import command_app, run_app
 from conftest import REPO
 
 ALIASES = {"fetch": "cvdvae.fetch", "export": "export.cli", "run": "runtime.cli", "demo": "commands.demo",
-           "convert": "cvdvae.convert", "train": "cvdvae.train.cli", "eval": "cvdvae.evaluation.cli"}
+           "convert": "cvdvae.convert", "train": "cvdvae.train.cli", "eval": "cvdvae.evaluation.cli",
+           "serve": "serve.cli"}
 
 
 def alias(verb):

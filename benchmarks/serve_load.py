@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Load test of ``cvdvae serve`` with and without dynamic batching (bounded, 127.0.0.1 only).
+
+    python benchmarks/serve_load.py --clients 32 --requests 8 --json benchmarks/results/mine-serve.json
+
+A local Ray (``--num-cpus``, no dashboard) serves the demo model (or ``--engine-dir``) twice in
+turn: batching off (one request per batch) and on (up to ``--max-batch-size`` requests, waiting
+at most ``--wait-ms``). Each of ``--clients`` threads sends ``--requests`` JSON requests (its own
+face and seed, n = ``--n``) one after the other; every answer is checked against the samples
+the runtime computes for that request alone (0 lost, 0 mismatched is the pass). Reported:
+requests/s, p50/p99 latency, batch sizes seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from machine import environment  # noqa: E402
+
+
+def face_png(seed: int, size: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def expected_samples(engine_dir: Path, seeds: list[int], n: int, size: int) -> dict[int, list[str]]:
+    """Each request's PNGs (base64) computed alone by the runtime: the answer it must get."""
+    from PIL import Image
+
+    from runtime.backends import open_backend
+    from runtime.model_files import locate
+    from runtime.outputs import to_uint8
+    from serve.app import png_bytes
+
+    backend, _ = open_backend(locate(engine_dir), "auto")
+    out = {}
+    for seed in seeds:
+        lr = np.asarray(Image.open(io.BytesIO(face_png(seed, size))).convert("RGB")).transpose(2, 0, 1)
+        samples = backend.sample(lr[None].astype(np.float32), seed, 0, np.full(n, 0.8, np.float32))[0]
+        out[seed] = [base64.b64encode(png_bytes(to_uint8(s))).decode() for s in samples]
+    return out
+
+
+def one_client(url: str, seeds: list[int], n: int, size: int) -> list[tuple[int, int, bool, float]]:
+    results = []
+    for seed in seeds:
+        body = json.dumps({"image": base64.b64encode(face_png(seed, size)).decode(), "n": n, "seed": seed}).encode()
+        start = time.perf_counter()
+        request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                answer = json.loads(r.read())
+            results.append((seed, r.status, answer.get("seed") == seed, time.perf_counter() - start))
+            results[-1] = (*results[-1][:2], answer["samples"], results[-1][3])
+        except Exception as err:  # noqa: BLE001 - counted as lost
+            results.append((seed, getattr(err, "code", 0), None, time.perf_counter() - start))
+    return results
+
+
+def load(url: str, clients: int, requests: int, n: int, size: int) -> tuple[list, float]:
+    plans = [[1000 * c + r for r in range(requests)] for c in range(clients)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [row for rows in pool.map(lambda seeds: one_client(url, seeds, n, size), plans) for row in rows]
+    return results, time.perf_counter() - start
+
+
+def batch_sizes(metrics_url: str) -> dict:
+    text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("cvdvae_batch_requests_sum", "cvdvae_batch_requests_count"))}
+    return {"batches": int(values["cvdvae_batch_requests_count"]),
+            "mean_requests_per_batch": round(values["cvdvae_batch_requests_sum"] / values["cvdvae_batch_requests_count"], 2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine-dir", type=Path, help="an export folder (default: export the demo model)")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=8, help="per client")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--wait-ms", type=float, default=20.0)
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    import ray
+    from ray import serve
+
+    from runtime.model_files import locate
+    from serve.app import ServeOptions, build_app
+
+    with tempfile.TemporaryDirectory(prefix="cvdvae-load-") as tmp:
+        engine_dir = args.engine_dir
+        if engine_dir is None:
+            from export.cli import main as export_main
+
+            engine_dir = Path(tmp) / "demo"
+            export_main(["--demo", "--out", str(engine_dir), "--onnx-only", "--quiet", "--no-validate"])
+        size = locate(engine_dir).lr_size
+        seeds = [1000 * c + r for c in range(args.clients) for r in range(args.requests)]
+        expected = expected_samples(engine_dir, seeds, args.n, size)
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+        rows = []
+        try:
+            for label, batch in (("no batching", 1), ("batching", args.max_batch_size)):
+                options = ServeOptions(str(engine_dir), max_batch_size=batch, batch_wait_s=args.wait_ms / 1000,
+                                       max_batch=batch)
+                serve.run(build_app(options), name="load", route_prefix="/", blocking=False)
+                url = "http://127.0.0.1:8123/v1/samples"
+                one_client(url, [7], args.n, size)  # warm up
+                results, wall = load(url, args.clients, args.requests, args.n, size)
+                latencies = np.array([r[3] for r in results])
+                ok = [r for r in results if r[1] == 200]
+                mismatched = sum(1 for seed, _, samples, _ in ok if samples != expected[seed])
+                rows.append({"mode": label, "max_batch_size": batch, "wait_ms": args.wait_ms,
+                             "requests": len(results), "ok": len(ok), "lost": len(results) - len(ok),
+                             "mismatched": mismatched, "wall_s": round(wall, 3),
+                             "requests_per_s": round(len(results) / wall, 2),
+                             "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+                             "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+                             **batch_sizes("http://127.0.0.1:8123/metrics")})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+                serve.delete("load")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    speedup = rows[1]["requests_per_s"] / rows[0]["requests_per_s"]
+    result = {"environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+              "clients": args.clients, "requests_per_client": args.requests, "n": args.n, "rows": rows,
+              "batching_speedup": round(speedup, 2)}
+    print(f"batching: {speedup:.2f}x the requests/s of no batching", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if all(r["lost"] == 0 and r["mismatched"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

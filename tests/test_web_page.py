@@ -1,0 +1,231 @@
+"""The sampling page (serve/static/index.html) in headless Chromium against a running `cvdvae serve`.
+
+The service is the real one, `python -m serve.cli` on an export of the demo model (8x8 LR in,
+32x32 out), or the one at $CVDVAE_SERVE_URL. Chromium, chromedriver and selenium come from
+scripts/browser.sh; without them the test skips, saying which is missing. The screenshot of the
+page with its samples is kept in outputs/test-artifacts/web_page.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACT = REPO / "outputs" / "test-artifacts" / "web_page.png"
+START_TIMEOUT_S = 120
+WAIT_S = 30
+
+
+def skip(reason: str) -> None:
+    print(f"skipped: {reason}")
+    pytest.skip(reason)
+
+
+def browser_missing_reason() -> str | None:
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium")
+    return f"{', '.join(missing)} not installed (scripts/browser.sh installs them)" if missing else None
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
+    """Headless Chromium; its downloads land in ``downloads``."""
+    reason = browser_missing_reason()
+    if reason:
+        skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def readyz(base: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl-C first (the service shuts Ray Serve down), then SIGTERM, then SIGKILL; each bounded."""
+    for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(scope="module")
+def served(browser, tmp_path_factory):
+    """The base URL of a running service: $CVDVAE_SERVE_URL, else `serve.cli` on the demo model,
+    started here and stopped at the end. ``browser`` comes first so a missing browser skips
+    before anything is exported or started."""
+    if os.environ.get("CVDVAE_SERVE_URL"):
+        yield os.environ["CVDVAE_SERVE_URL"].rstrip("/")
+        return
+    from export.cli import main as export_main
+
+    tmp = tmp_path_factory.mktemp("served")
+    model = tmp / "demo"
+    assert export_main(["--demo", "--out", str(model), "--onnx-only", "--quiet", "--no-validate"]) == 0
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "serve.cli", str(model), "--port", str(port),
+                                    "--host", "127.0.0.1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while readyz(base) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                what = f"exited with {process.returncode}" if process.poll() is not None else \
+                    f"not ready after {START_TIMEOUT_S} s"
+                pytest.fail(f"serve.cli {what}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop(process)
+        # captured: pytest shows it with a failure
+        print(f"serve.cli log (tail):\n{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def png_file(path: Path, size: int) -> Path:
+    pixels = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def wait(driver, condition, what: str):
+    """``condition(driver)`` once truthy, else a failure that says what the page showed."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        shown = {name: driver.find_element("id", name).text for name in ("model", "error", "status")}
+        pytest.fail(f"waited {WAIT_S} s for {what}; the page showed {shown}")
+
+
+def set_value(driver, element_id: str, value: str) -> None:
+    element = driver.find_element("id", element_id)
+    element.clear()
+    element.send_keys(value)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+SAMPLES_JS = """return Array.from(document.querySelectorAll('#samples .sample'), img => ({
+    complete: img.complete, width: img.naturalWidth, height: img.naturalHeight, src: img.src, alt: img.alt,
+    shown: img.getBoundingClientRect().width, rendering: getComputedStyle(img).imageRendering,
+    download: img.closest('a') && img.closest('a').getAttribute('download')}));"""
+
+
+def test_page_draws_samples_and_shows_errors(browser, served, downloads, tmp_path):
+    driver = browser
+    ready = readyz(served)
+    assert ready and ready["lr_size"] == 8 and ready["hr_size"] == 32, ready
+    driver.get(served + "/")
+    model_line = wait(driver, lambda d: d.find_element("id", "model").text.startswith("Model:")
+                      and d.find_element("id", "model").text, "the model line from /readyz")
+    assert ready["model"] in model_line
+
+    # An 8x8 LR face, n = 3, seed 5: three 32x32 samples, drawn large with hard pixel edges.
+    driver.find_element("id", "image").send_keys(str(png_file(tmp_path / "lr.png", 8)))
+    wait(driver, lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") == 8,
+         "the preview")
+    set_value(driver, "n", "3")
+    set_value(driver, "seed", "5")
+    driver.find_element("id", "submit").click()
+    samples = wait(driver, lambda d: (s := d.execute_script(SAMPLES_JS)) and len(s) == 3
+                   and all(x["complete"] and x["width"] for x in s) and s, "three loaded .sample images")
+    for k, sample in enumerate(samples):
+        assert (sample["width"], sample["height"]) == (32, 32)
+        assert sample["rendering"] == "pixelated" and sample["shown"] >= 4 * 32
+        assert sample["download"] == f"sample_s5_{k:02d}.png"
+        assert sample["alt"].startswith(f"Sample {k + 1} of 3, seed 5")
+        assert sample["src"].startswith("data:image/png;base64,")
+    status = driver.find_element("id", "status").text
+    assert ready["model"] in status and "3 samples" in status and "seed 5" in status, status
+    assert driver.find_element("id", "submit").is_enabled()
+    assert not driver.find_element("id", "error").is_displayed()
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] == "javascript"]
+    assert not errors, errors
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(tmp_path / "web_page.png"))
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / "web_page.png", ARTIFACT)
+
+    # "Download all (zip)" asks again with Accept: application/zip; the seed fixes the samples,
+    # so the zip holds the images shown.
+    driver.find_element("id", "download-all").click()
+    zip_path = downloads / "samples_s5.zip"
+    wait(driver, lambda d: zip_path.exists() and zipfile.is_zipfile(zip_path), "samples_s5.zip")
+    with zipfile.ZipFile(zip_path) as archive:
+        pngs = sorted(name for name in archive.namelist() if name.endswith(".png"))
+        assert pngs == [f"sample_s5_{k:02d}.png" for k in range(3)]
+        for k, sample in enumerate(samples):
+            shown = decode_png(base64.b64decode(sample["src"].split(",", 1)[1]))
+            zipped = decode_png(archive.read(f"sample_s5_{k:02d}.png"))
+            assert zipped.shape == shown.shape == (32, 32, 3)
+            assert np.abs(zipped - shown).max() <= 2, f"sample {k}: the zip differs from the page"
+
+    # A 9x9 image: the server's error line is shown and the button is free again. The submit
+    # handler disables the button before its first await, so it reads disabled right after.
+    driver.find_element("id", "image").send_keys(str(png_file(tmp_path / "wrong.png", 9)))
+    disabled_while_running = driver.execute_script(
+        "document.getElementById('sample-form').requestSubmit();"
+        "return document.getElementById('submit').disabled;")
+    assert disabled_while_running
+    error = wait(driver, lambda d: d.find_element("id", "error").is_displayed()
+                 and d.find_element("id", "error").text, "the error line")
+    assert "9x9" in error, error
+    assert driver.find_element("id", "submit").is_enabled()
+    assert driver.find_element("id", "status").text == ""
