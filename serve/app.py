@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
 
+from cvdvae.errors import CVDVAEError
 from runtime import outputs
 from runtime.backends import open_backend
 from runtime.consistency import project
@@ -65,13 +66,15 @@ def png_bytes(hwc: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def zipped(pngs: list[bytes], summary: dict) -> bytes:
+def _zip_response(files: dict[str, bytes], summary: dict) -> Response:
+    """The PNGs and ``request.json`` (the summary) as one stored zip (PNGs are compressed already)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-        for k, png in enumerate(pngs):
-            archive.writestr(f"sample_s{summary['seed']}_{k:02d}.png", png)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
         archive.writestr("request.json", json.dumps(summary, indent=2))
-    return buffer.getvalue()
+    return Response(buffer.getvalue(), media_type="application/zip",
+                    headers={"content-disposition": f'attachment; filename="samples_s{summary["seed"]}.zip"'})
 
 
 def _replica_name() -> str:
@@ -98,6 +101,7 @@ class Sampler:
         self.model_id = f"cvdvae-{files.meta.get('onnx_sha256', 'model')[:12]}"
         self.metrics = Metrics(_replica_name())
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
+        self.detector = None  # MTCNN, loaded with the first photo
         self.run_batch.set_max_batch_size(options.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(options.batch_wait_s)
 
@@ -108,8 +112,11 @@ class Sampler:
         try:
             self._check_token(request)
             sample_request = await self._read(request)
-            samples = await self._sample(sample_request)
-            response = self._respond(request, sample_request, samples, time.perf_counter() - start)
+            if sample_request.photo is not None:
+                response, count = await self._photo(request, sample_request, start)
+            else:
+                samples = await self._sample(sample_request)
+                response, count = self._respond(request, sample_request, samples, time.perf_counter() - start)
         except RequestError as err:
             self.metrics.finished(err.status, time.perf_counter() - start, kind=err.kind)
             return JSONResponse({"error": err.message, "kind": err.kind}, status_code=err.status)
@@ -117,7 +124,7 @@ class Sampler:
             self.metrics.finished(500, time.perf_counter() - start, kind="internal")
             message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             return JSONResponse({"error": message, "kind": "internal"}, status_code=500)
-        self.metrics.finished(200, time.perf_counter() - start, samples=len(samples))
+        self.metrics.finished(200, time.perf_counter() - start, samples=count)
         return response
 
     @api.get("/healthz", summary="the replica's process is up")
@@ -190,30 +197,85 @@ class Sampler:
         return parse_fields(fields, None, self.model, self.options.limits)
 
     async def _sample(self, request: SampleRequest) -> np.ndarray:
-        self.metrics.queue(+1)
-        try:
-            samples = await asyncio.wait_for(self.run_batch(Job(request.lr, request.seed, request.temperature)),
-                                             self.options.limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s") from None
-        finally:
-            self.metrics.queue(-1)
-        if outputs.non_finite_samples(samples):
-            raise RequestError(500, "non_finite", "the engine produced NaN/Inf samples (numerically broken)")
+        (samples,) = await self._batched([Job(request.lr, request.seed, request.temperature)])
         if request.consistent:
             samples = project(samples, request.lr, self.model.scale)
         return samples
 
+    async def _batched(self, jobs: list[Job]) -> list[np.ndarray]:
+        """The jobs' samples through the batcher, within the request's time; never NaN/Inf."""
+        self.metrics.queue(+len(jobs))
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(self.run_batch(job) for job in jobs)),
+                                             self.options.limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s") from None
+        finally:
+            self.metrics.queue(-len(jobs))
+        if any(outputs.non_finite_samples(samples) for samples in results):
+            raise RequestError(500, "non_finite", "the engine produced NaN/Inf samples (numerically broken)")
+        return results
+
+    async def _photo(self, request: Request, sample_request: SampleRequest, start: float) -> tuple[Response, int]:
+        """``faces``: every face of the photo aligned, sampled (its faces share batches) and pasted
+        back, as ``cvdvae run --faces`` does: whole photo k is made of sample k of each face."""
+        from runtime.faces.photos import (PhotoOptions, align_face, composites, face_record, find_faces,
+                                          no_face_message)
+
+        options = PhotoOptions(Path("."), sample_request.seed, sample_request.temperature, float(self.model.scale),
+                               max_faces=sample_request.max_faces)
+        loop = asyncio.get_running_loop()
+        photo, shape = sample_request.photo, self.model
+        out_pixels = photo.shape[0] * photo.shape[1] * options.upscale**2
+        if out_pixels > self.options.limits.max_output_pixels:
+            raise bad(f"faces: {photo.shape[1]}x{photo.shape[0]} at x{options.upscale:g} is {out_pixels / 1e6:.0f} "
+                      f"megapixels, more than the {self.options.limits.max_output_pixels / 1e6:.0f} returned",
+                      "too_large", 413)
+        found = await loop.run_in_executor(None, find_faces, photo, self._detector(), options)
+        if not found:
+            raise RequestError(422, "no_face", no_face_message(options).split(";")[0])
+        faces = [align_face(photo, face, shape.lr_size, shape.hr_size) for face in found]
+        results = await self._batched([Job(face.lr, sample_request.seed, sample_request.temperature)
+                                       for face in faces])
+        pixels = [[outputs.to_uint8(sample) for sample in samples] for samples in results]
+        photos = await loop.run_in_executor(None, lambda: [png_bytes(c) for c in composites(photo, faces, pixels,
+                                                                                            options)])
+        records = [face_record(j, face, options.upscale, shape.hr_size) for j, face in enumerate(faces)]
+        face_pngs = [[png_bytes(tile) for tile in tiles] for tiles in pixels]
+        summary = {"model": self.model_id, "seed": sample_request.seed, "n": len(photos),
+                   "temperatures": [round(float(t), 6) for t in sample_request.temperature],
+                   "size": [photo.shape[1], photo.shape[0]], "upscale": options.upscale, "faces": records,
+                   "elapsed_s": round(time.perf_counter() - start, 4)}
+        if "application/zip" in request.headers.get("accept", ""):
+            files = {f"photo_s{sample_request.seed}_{k:02d}.png": png for k, png in enumerate(photos)}
+            files.update({f"face{j}_s{sample_request.seed}_{k:02d}.png": png
+                          for j, pngs in enumerate(face_pngs) for k, png in enumerate(pngs)})
+            return _zip_response(files, summary), len(photos)
+        for record, pngs in zip(records, face_pngs):
+            record["samples"] = [base64.b64encode(p).decode() for p in pngs]
+        return JSONResponse({**summary, "samples": [base64.b64encode(p).decode() for p in photos]}), len(photos)
+
+    def _detector(self):
+        """The MTCNN detector, loaded on the first photo."""
+        if self.detector is None:
+            from runtime.faces.detector import FaceDetector
+
+            try:
+                self.detector = FaceDetector.from_folder()
+            except CVDVAEError as err:
+                raise RequestError(503, "no_detector", f"this server has no face detector: {err}") from None
+        return self.detector
+
     def _respond(self, request: Request, sample_request: SampleRequest, samples: np.ndarray,
-                 elapsed: float) -> Response:
+                 elapsed: float) -> tuple[Response, int]:
         pngs = [png_bytes(outputs.to_uint8(sample)) for sample in samples]
         summary = {"model": self.model_id, "seed": sample_request.seed, "n": len(pngs),
                    "temperatures": [round(float(t), 6) for t in sample_request.temperature],
                    "consistent": sample_request.consistent, "elapsed_s": round(elapsed, 4)}
         if "application/zip" in request.headers.get("accept", ""):
-            return Response(zipped(pngs, summary), media_type="application/zip",
-                            headers={"content-disposition": f'attachment; filename="samples_s{summary["seed"]}.zip"'})
-        return JSONResponse({**summary, "samples": [base64.b64encode(p).decode() for p in pngs]})
+            files = {f"sample_s{sample_request.seed}_{k:02d}.png": png for k, png in enumerate(pngs)}
+            return _zip_response(files, summary), len(pngs)
+        return JSONResponse({**summary, "samples": [base64.b64encode(p).decode() for p in pngs]}), len(pngs)
 
 
 def build_app(options: ServeOptions, replicas: int = 1, cpus_per_replica: float = 1.0,

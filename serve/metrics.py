@@ -78,7 +78,8 @@ class Metrics:
             lines = ["# HELP cvdvae_requests_total Sample requests answered, by HTTP status.",
                      "# TYPE cvdvae_requests_total counter"]
             lines += [f'cvdvae_requests_total{{{r},status="{s}"}} {c}' for s, c in sorted(self.requests.items())]
-            lines += ["# HELP cvdvae_errors_total Failed sample requests, by kind.", "# TYPE cvdvae_errors_total counter"]
+            lines += ["# HELP cvdvae_errors_total Failed sample requests, by kind.",
+                      "# TYPE cvdvae_errors_total counter"]
             lines += [f'cvdvae_errors_total{{{r},kind="{k}"}} {c}' for k, c in sorted(self.errors.items())]
             lines += ["# HELP cvdvae_samples_total Samples returned.", "# TYPE cvdvae_samples_total counter",
                       f"cvdvae_samples_total{{{r}}} {self.samples}",
@@ -90,8 +91,10 @@ class Metrics:
                       "# HELP cvdvae_samples_per_second Samples per second of engine time.",
                       "# TYPE cvdvae_samples_per_second gauge",
                       f"cvdvae_samples_per_second{{{r}}} {self.samples / self.busy_s if self.busy_s else 0:.4f}",
-                      "# HELP cvdvae_batch_requests Requests per engine batch.", "# TYPE cvdvae_batch_requests histogram"]
+                      "# HELP cvdvae_batch_requests Requests per engine batch.",
+                      "# TYPE cvdvae_batch_requests histogram"]
             lines += self.batches.lines("cvdvae_batch_requests", r)
-            lines += ["# HELP cvdvae_request_seconds Sample request latency.", "# TYPE cvdvae_request_seconds histogram"]
+            lines += ["# HELP cvdvae_request_seconds Sample request latency.",
+                      "# TYPE cvdvae_request_seconds histogram"]
             lines += self.latency.lines("cvdvae_request_seconds", r)
         return "\n".join(lines) + "\n"

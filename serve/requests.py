@@ -32,6 +32,8 @@ class RequestError(Exception):
 class Limits:
     max_body_bytes: int = 8 * 2**20
     max_image_pixels: int = 4096 * 4096   # header size checked before any pixel is decoded
+    max_faces: int = 16                   # faces super-resolved per photo (``faces``)
+    max_output_pixels: int = 64_000_000   # a whole photo returned (``faces``), after upscaling
     max_n: int = 16
     timeout_s: float = 120.0
 
@@ -51,6 +53,8 @@ class SampleRequest:
     temperature: np.ndarray        # [n] float32
     consistent: bool
     from_hr: bool
+    photo: np.ndarray | None = None  # ``faces``: the photo, HWC uint8, upright (then ``lr`` is None)
+    max_faces: int = 16
 
     @property
     def n(self) -> int:
@@ -64,12 +68,9 @@ def bad(message: str, kind: str = "bad_request", status: int = 400) -> RequestEr
 def parse_fields(fields: Mapping[str, Any], image: bytes | None, model: ModelShape, limits: Limits) -> SampleRequest:
     """``fields`` from a form (strings) or a JSON object (numbers, lists, booleans); ``image`` the
     uploaded file's bytes, else ``fields["image"]`` in base64."""
-    unknown = set(fields) - {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces"}
+    unknown = set(fields) - {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces"}
     if unknown:
         raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
-    if _boolean(fields, "faces"):
-        raise bad("faces: photos are not served yet; send aligned face crops (cvdvae run --faces does photos)",
-                  "unsupported")
     n = _integer(fields, "n", DEFAULT_N, 1, limits.max_n)
     seed = _integer(fields, "seed", 0, 0, MAX_SEED)
     temperature = _temperatures(fields.get("temperature"), n)
@@ -84,6 +85,12 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, model: ModelSha
         raise bad("image: missing (a file field 'image', or base64 in JSON)")
     if len(image) > limits.max_body_bytes:
         raise bad(f"image: {len(image)} bytes is more than the {limits.max_body_bytes} taken", "too_large", 413)
+    if _boolean(fields, "faces"):
+        if from_hr or consistent:
+            raise bad("faces: a photo's faces are aligned and degraded as they need; drop from_hr and consistent")
+        max_faces = _integer(fields, "max_faces", limits.max_faces, 1, limits.max_faces)
+        return SampleRequest(None, seed, temperature, False, False, _decoded(image, limits, None, upright=True),
+                             max_faces)
     return SampleRequest(_lr_image(image, model, from_hr, limits), seed, temperature, consistent, from_hr)
 
 
@@ -142,9 +149,19 @@ def _base64(text: Any) -> bytes:
 
 def _lr_image(data: bytes, model: ModelShape, from_hr: bool, limits: Limits) -> np.ndarray:
     """The LR input [3, h, w] float32: the image as sent, or with ``from_hr`` its bicubic downscale."""
-    from PIL import Image, UnidentifiedImageError
-
     want = model.hr_size if from_hr else model.lr_size
+    what = "HR crops (from_hr)" if from_hr else "LR faces (or a photo: faces)"
+    chw = np.ascontiguousarray(_decoded(data, limits, (want, what)).transpose(2, 0, 1))
+    if from_hr:
+        return bicubic.downscale_uint8(chw, model.hr_size // model.lr_size).astype(np.float32)
+    return chw.astype(np.float32)
+
+
+def _decoded(data: bytes, limits: Limits, size: tuple[int, str] | None, upright: bool = False) -> np.ndarray:
+    """HWC uint8 RGB; the pixel count (and ``size``: the side required, and what it is) checked
+    from the header, before any pixel is decoded; ``upright`` applies the EXIF orientation."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,17 +169,14 @@ def _lr_image(data: bytes, model: ModelShape, from_hr: bool, limits: Limits) -> 
                 if img.width * img.height > limits.max_image_pixels:
                     raise bad(f"image: {img.width}x{img.height} pixels is more than the "
                               f"{limits.max_image_pixels} taken", "too_large", 413)
-                if img.size != (want, want):
-                    raise bad(f"image: {img.width}x{img.height}, the model takes {want}x{want} "
-                              f"{'HR crops (from_hr)' if from_hr else 'LR faces'}", "wrong_size", 422)
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                if size is not None and img.size != (size[0], size[0]):
+                    raise bad(f"image: {img.width}x{img.height}, the model takes {size[0]}x{size[0]} {size[1]}",
+                              "wrong_size", 422)
+                img.load()
+                return np.asarray((ImageOps.exif_transpose(img) if upright else img).convert("RGB"), np.uint8)
     except RequestError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
             ValueError, SyntaxError) as err:
         raise bad(f"image: not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
                   "bad_image") from None
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-    if from_hr:
-        return bicubic.downscale_uint8(chw, model.hr_size // model.lr_size).astype(np.float32)
-    return chw.astype(np.float32)

@@ -318,6 +318,37 @@ def test_a_replica_killed_mid_run_fails_requests_cleanly_and_comes_back(service,
     assert status == 200
 
 
+def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_makes(service, demo, tmp_path):
+    """``faces``: the service's whole photos and face samples are, pixel for pixel, what
+    ``cvdvae run --faces`` writes for the same photo and seed."""
+    from cvdvae.fileio import cvdvae_home
+    from runtime.faces.detector import FaceDetector
+    from runtime.faces.photos import PhotoOptions, super_resolve_photo
+
+    if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+        pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
+    astronaut = __import__("pathlib").Path(__import__("skimage").__file__).parent / "data" / "astronaut.png"
+    photo_path = tmp_path / "astronaut.jpg"  # under the fixture's 200 kB body limit
+    Image.open(astronaut).convert("RGB").save(photo_path, quality=90)
+    data, kind = multipart({"n": "2", "seed": "3", "faces": "true"}, photo_path.read_bytes())
+    status, content_type, body = post(service + "/v1/samples", data, kind)
+    assert status == 200, body[:300]
+    answer = json.loads(body)
+    assert answer["n"] == 2 and len(answer["faces"]) == 1 and answer["faces"][0]["mode"] == "hr"
+    backend, _ = open_backend(locate(demo), "auto")
+    options = PhotoOptions(tmp_path / "run", 3, np.full(2, 0.8, np.float32), 4.0)
+    super_resolve_photo(photo_path, FaceDetector.from_folder(), backend, 8, 32, options)
+    for k in range(2):
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["samples"][k]))))
+        np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "run" / f"astronaut_s3_{k:02d}.png")))
+        face = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["faces"][0]["samples"][k]))))
+        written = tmp_path / "run" / f"astronaut_face0_s3_{k:02d}.png"
+        np.testing.assert_array_equal(face, np.asarray(Image.open(written)))
+    data, kind = multipart({"n": "1", "faces": "true"}, face_png(0, size=64))
+    status, _, body = post(service + "/v1/samples", data, kind)
+    assert status == 422 and json.loads(body)["kind"] == "no_face"
+
+
 def test_the_config_for_serve_deploy_is_valid(demo, tmp_path):
     import yaml
     from ray.serve.schema import ServeDeploySchema

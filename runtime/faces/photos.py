@@ -135,11 +135,9 @@ def super_resolve_photo(path: Path, detector: FaceDetector, backend: Any, lr_siz
                          f"{out_pixels / 1e6:.0f} megapixels, more than the {MAX_OUTPUT_PIXELS / 1e6:.0f} written; "
                          "lower --upscale or use --no-paste")
     with timed(timings, "detect"):
-        found = [face for face in detector.detect(photo, min_face=options.min_face)
-                 if face.score >= options.min_score][:options.max_faces]
+        found = find_faces(photo, detector, options)
     if not found:
-        raise InputError(f"{path}: no face found (faces of at least {options.min_face} px scoring at least "
-                         f"{options.min_score} are searched for; --min-face and --min-score set them)")
+        raise InputError(f"{path}: {no_face_message(options)}")
     n = len(options.temperatures)
     planned = photo_outputs(options.out, path.stem, options.seed, n, len(found), options)
     existing = [p for p in planned if p.exists()]
@@ -163,6 +161,17 @@ def super_resolve_photo(path: Path, detector: FaceDetector, backend: Any, lr_siz
     return result
 
 
+def find_faces(photo: np.ndarray, detector: FaceDetector, options: PhotoOptions) -> list[DetectedFace]:
+    """The faces kept: at least ``min_score``, the ``max_faces`` most confident."""
+    return [face for face in detector.detect(photo, min_face=options.min_face)
+            if face.score >= options.min_score][:options.max_faces]
+
+
+def no_face_message(options: PhotoOptions) -> str:
+    return (f"no face found (faces of at least {options.min_face} px scoring at least {options.min_score} are "
+            "searched for; --min-face and --min-score set them)")
+
+
 def write_face(face: AlignedFace, tiles: list[np.ndarray], stem: str, scale: int,
                options: PhotoOptions) -> list[Path]:
     written = []
@@ -179,30 +188,38 @@ def write_face(face: AlignedFace, tiles: list[np.ndarray], stem: str, scale: int
 
 def paste_photos(photo: np.ndarray, faces: list[AlignedFace], pixels: list[list[np.ndarray]], stem: str,
                  options: PhotoOptions, timings: dict[str, float]) -> list[Path]:
-    """One whole photo per sample k, each face's sample k blended in; the canvas is kept once and
-    only the faces' regions are restored between samples."""
-    with timed(timings, "paste"):
-        if options.paste == "photo":
-            canvas = upscale(photo, options.upscale)
-        else:
-            height, width = photo.shape[:2]
-            canvas = np.zeros((round(height * options.upscale), round(width * options.upscale), 4), np.uint8)
-        hr_size = pixels[0][0].shape[0]
-        order = paste_order([face.square for face in faces])
-        placements: list[tuple[int, Placement]] = [
-            (j, p) for j in order
-            if (p := place(faces[j].square, options.upscale, hr_size, canvas.shape[:2])) is not None]
-        pristine = [canvas[p.rows, p.cols].copy() for _, p in placements]
+    """One whole photo per sample k, written as it is made."""
     written = []
-    compress = 1 if canvas.shape[0] * canvas.shape[1] > FAST_PNG_PIXELS else 6
-    for k in range(len(options.temperatures)):
+    canvases = composites(photo, faces, pixels, options)
+    compress = None
+    while True:
         with timed(timings, "paste"):
-            for j, placement in placements:
-                (blend if options.paste == "photo" else blend_over)(canvas, placement, pixels[j][k])
+            canvas = next(canvases, None)
+        if canvas is None:
+            return written
+        compress = compress or (1 if canvas.shape[0] * canvas.shape[1] > FAST_PNG_PIXELS else 6)
         with timed(timings, "write_photos"):
-            written.append(outputs.sample_path(options.out, stem, options.seed, k))
+            written.append(outputs.sample_path(options.out, stem, options.seed, len(written)))
             write_png_streamed(written[-1], canvas, compress)
-        with timed(timings, "paste"):
-            for (_, placement), original in zip(placements, pristine):
-                canvas[placement.rows, placement.cols] = original
-    return written
+
+
+def composites(photo: np.ndarray, faces: list[AlignedFace], pixels: list[list[np.ndarray]],
+               options: PhotoOptions) -> Iterator[np.ndarray]:
+    """Whole photo k for each sample k, each face's sample k blended in. One canvas is kept: each
+    yield lends it until the next, when only the faces' regions are restored."""
+    if options.paste == "photo":
+        canvas = upscale(photo, options.upscale)
+    else:
+        height, width = photo.shape[:2]
+        canvas = np.zeros((round(height * options.upscale), round(width * options.upscale), 4), np.uint8)
+    hr_size = pixels[0][0].shape[0]
+    order = paste_order([face.square for face in faces])
+    placements: list[tuple[int, Placement]] = [
+        (j, p) for j in order if (p := place(faces[j].square, options.upscale, hr_size, canvas.shape[:2])) is not None]
+    pristine = [canvas[p.rows, p.cols].copy() for _, p in placements]
+    for k in range(len(pixels[0])):
+        for j, placement in placements:
+            (blend if options.paste == "photo" else blend_over)(canvas, placement, pixels[j][k])
+        yield canvas
+        for (_, placement), original in zip(placements, pristine):
+            canvas[placement.rows, placement.cols] = original
