@@ -189,18 +189,17 @@ def write_face(face: AlignedFace, tiles: list[np.ndarray], stem: str, scale: int
 def paste_photos(photo: np.ndarray, faces: list[AlignedFace], pixels: list[list[np.ndarray]], stem: str,
                  options: PhotoOptions, timings: dict[str, float]) -> list[Path]:
     """One whole photo per sample k, written as it is made."""
-    written = []
+    height, width = (round(side * options.upscale) for side in photo.shape[:2])
+    compress = 1 if height * width > FAST_PNG_PIXELS else 6
     canvases = composites(photo, faces, pixels, options)
-    compress = None
-    while True:
+    written = []
+    for k in range(len(options.temperatures)):
         with timed(timings, "paste"):
-            canvas = next(canvases, None)
-        if canvas is None:
-            return written
-        compress = compress or (1 if canvas.shape[0] * canvas.shape[1] > FAST_PNG_PIXELS else 6)
+            canvas = next(canvases)
         with timed(timings, "write_photos"):
-            written.append(outputs.sample_path(options.out, stem, options.seed, len(written)))
+            written.append(outputs.sample_path(options.out, stem, options.seed, k))
             write_png_streamed(written[-1], canvas, compress)
+    return written
 
 
 def composites(photo: np.ndarray, faces: list[AlignedFace], pixels: list[list[np.ndarray]],
