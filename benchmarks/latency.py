@@ -71,7 +71,7 @@ def available_backends() -> list[str]:
     """The default set: every backend that runs here."""
     import torch
 
-    from runtime.gpu import tensorrt_unavailable_reason
+    from runtime.backends.gpu import tensorrt_unavailable_reason
 
     names = ["torch", "torch-compile"]
     if torch.cuda.is_available():
@@ -95,28 +95,27 @@ def available_backends() -> list[str]:
     return names
 
 
-def export_for(args: argparse.Namespace, workdir: Path) -> Path:
-    if args.engine_dir:
-        return args.engine_dir
-    out = workdir / f"export-{args.precision}"
-    cmd = [sys.executable, "-m", "export.cli", "--out", str(out), "--quiet", "--no-validate"]
-    if args.precision != "fp32":
-        cmd.append(f"--{args.precision}")
-    if args.tf32:
-        cmd.append("--tf32")
-    if args.demo:
-        cmd.append("--demo")
-    elif args.checkpoint:
-        cmd += ["--checkpoint", str(args.checkpoint)] + (["--vdvae", str(args.vdvae)] if args.vdvae else []) + \
-               (["--config", str(args.config)] if args.config else [])
-    else:
-        weights = workdir / "random.safetensors"
-        _write_random_weights(args.preset, weights)
-        cmd += ["--checkpoint", str(weights), "--preset", args.preset]
+def export_for(workdir: Path, *, precision: str = "fp32", tf32: bool = False, demo: bool = False,
+               checkpoint: Path | None = None, vdvae: Path | None = None, config: Path | None = None,
+               preset: str = "ffhq256-x8") -> Path:
+    """The model exported (unvalidated: the benchmark compares every backend itself) into ``workdir``,
+    with an engine where TensorRT and a GPU exist. Without weights: ``preset`` with seeded random ones."""
+    from export.engine import EngineSettings
+    from export.exporter import ExportSpec, export_folder
+    from export.model_source import ModelChoice
+
+    if not demo and checkpoint is None:
+        checkpoint = workdir / "random.safetensors"
+        _write_random_weights(preset, checkpoint)
+        vdvae = config = None
+    choice = ModelChoice(demo=demo, checkpoint=checkpoint, vdvae=vdvae, config=config,
+                         preset=None if demo or config else preset)
+    spec = ExportSpec(choice, precision, validate=False, out=workdir / f"export-{precision}",
+                      engine_settings=EngineSettings(tf32=tf32, validate=False, progress=False))
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    print(f"exported {out} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return out
+    exported = export_folder(spec, log=lambda message: None, warn=lambda message: print(message, file=sys.stderr))
+    print(f"exported {exported.folder} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return exported.folder
 
 
 def _write_random_weights(preset_name: str, path: Path) -> None:
@@ -175,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if any(not b.startswith("torch") for b in backends):
-            spec["engine_dir"] = str(export_for(args, workdir))
+            spec["engine_dir"] = str(args.engine_dir or export_for(
+                workdir, precision=args.precision, tf32=args.tf32, demo=args.demo, checkpoint=args.checkpoint,
+                vdvae=args.vdvae, config=args.config, preset=args.preset))
         results = summarise(run_backends(backends, spec, workdir), work, peaks, env, device)
     results.update(model={"preset": None if args.checkpoint or args.demo else args.preset,
                           "checkpoint": spec["checkpoint"], "demo": args.demo, "config": model_config.to_dict(),

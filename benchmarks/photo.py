@@ -3,11 +3,11 @@
 
     python benchmarks/photo.py --preset ffhq256-x4 --n 8 --json benchmarks/results/mine-photo.json
 
-Photos are made from scikit-image's astronaut (one face): 1024 x 1024 (the issue's case) and,
-with ``--megapixels 12``, a 4000 x 3000 one at 4x (a 192-megapixel output, for the memory
-peak). Each photo runs in its own process through ``runtime.faces.photos`` (what ``cvdvae
-run --faces`` calls), on the backend ``auto`` picks, and reports its stage timings and peak
-RSS. The model is exported with seeded random weights (or ``--engine-dir``): speed does not
+Photos are made from scikit-image's astronaut (one face): 1024 x 1024 and, with
+``--megapixels 12``, a 4000 x 3000 one at 4x (a 192-megapixel output, for the memory peak).
+Each photo runs in its own process through ``Pipeline.detect_faces`` / ``sample_faces`` and
+``runtime.faces.photos.write_photo`` (what ``cvdvae run --faces`` calls), on the backend
+``auto`` picks, and reports its stage timings and peak RSS. The model is exported with seeded random weights (or ``--engine-dir``): speed does not
 depend on the weights.
 """
 
@@ -52,26 +52,24 @@ def make_photo(path: Path, width: int, height: int) -> None:
 
 def run_case(spec: dict) -> dict:
     """One photo, in this process: the stage timings of two runs (the first warms up) and the peak RSS."""
-    from runtime.backends import open_backend
-    from runtime.faces.detector import FaceDetector
-    from runtime.faces.photos import PhotoOptions, super_resolve_photo
-    from runtime.model_files import locate
+    from runtime.faces.photos import write_photo
+    from runtime.pipeline import Pipeline
 
-    files = locate(spec["engine_dir"])
-    backend, _ = open_backend(files, "auto")
-    detector = FaceDetector.from_folder()
+    pipe = Pipeline.from_pretrained(spec["engine_dir"])
+    photo = Path(spec["photo"])
     runs = []
     for repeat in range(spec["repeats"]):
-        options = PhotoOptions(Path(spec["out"]) / str(repeat), 0, np.full(spec["n"], 0.8, np.float32),
-                               float(files.scale))
-        result = super_resolve_photo(Path(spec["photo"]), detector, backend, files.lr_size, files.hr_size, options)
+        out = Path(spec["out"]) / str(repeat)
+        out.mkdir(parents=True, exist_ok=True)
+        found = pipe.detect_faces(photo)
+        result = pipe.sample_faces(found, 0, np.full(spec["n"], 0.8, np.float32))
+        for path in write_photo(result, out, photo.stem, True, pipe.shape.scale):
+            path.unlink()  # keep the disk free: 192-megapixel PNGs
         runs.append({k: round(v, 4) for k, v in result.timings.items()})
-        for path in result.written:  # keep the disk free: 192-megapixel PNGs
-            path.unlink()
     last = runs[-1]
     around = sum(last[k] for k in AROUND_SAMPLING)
     return {"photo": spec["name"], "size": list(result.size), "faces": len(result.faces),
-            "modes": [f.mode for f in result.faces], "n": spec["n"], "backend": backend.name,
+            "modes": [f.mode for f in result.faces], "n": spec["n"], "backend": pipe.backend.name,
             "timings_s": runs, "around_sampling_s": round(around, 4),
             "around_over_sampling": round(around / last["sample"], 4),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
@@ -93,9 +91,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="cvdvae-photo-") as tmp:
         work = Path(tmp)
-        export_args = argparse.Namespace(engine_dir=args.engine_dir, precision="fp32", tf32=False, demo=args.demo,
-                                         checkpoint=None, preset=args.preset)
-        engine_dir = export_for(export_args, work)
+        engine_dir = args.engine_dir or export_for(work, demo=args.demo, preset=args.preset)
         cases = [("1024x1024", 1024, 1024)] + ([("4000x3000", 4000, 3000)] if args.megapixels else [])
         rows = []
         for name, width, height in cases:

@@ -57,7 +57,7 @@ def _row(backend: str, result: dict, s: dict, baseline: dict, raw: dict, work, p
         if optional in s:
             row[optional] = s[optional]
     for optional in ("cuda_graphs", "samples_per_call"):
-        if optional in result:
+        if result.get(optional) is not None:
             row[optional] = result[optional]
     peak_key = matching_peak(result["device"], result["precision"])
     if peak_key in peaks:

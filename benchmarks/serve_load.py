@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from latency import export_for  # noqa: E402 - after the path set-up
 from machine import environment  # noqa: E402
 
 
@@ -43,21 +44,13 @@ def face_png(seed: int, size: int) -> bytes:
 
 
 def expected_samples(engine_dir: Path, seeds: list[int], n: int, size: int) -> dict[int, list[str]]:
-    """Each request's PNGs (base64) computed alone by the runtime: the answer it must get."""
-    from PIL import Image
+    """Each request's PNGs (base64) made alone by the Pipeline: the answer it must get."""
+    from runtime.pipeline import Pipeline
+    from runtime.serve.app import png_bytes
 
-    from runtime.backends import open_backend
-    from runtime.model_files import locate
-    from runtime.outputs import to_uint8
-    from serve.app import png_bytes
-
-    backend, _ = open_backend(locate(engine_dir), "auto")
-    out = {}
-    for seed in seeds:
-        lr = np.asarray(Image.open(io.BytesIO(face_png(seed, size))).convert("RGB")).transpose(2, 0, 1)
-        samples = backend.sample(lr[None].astype(np.float32), seed, 0, np.full(n, 0.8, np.float32))[0]
-        out[seed] = [base64.b64encode(png_bytes(to_uint8(s))).decode() for s in samples]
-    return out
+    pipe = Pipeline.from_pretrained(engine_dir)
+    return {seed: [base64.b64encode(png_bytes(s)).decode() for s in pipe(face_png(seed, size), n, seed).samples[0]]
+            for seed in seeds}
 
 
 def one_client(url: str, seeds: list[int], n: int, size: int) -> list[tuple[int, int, list | None, float]]:
@@ -108,15 +101,10 @@ def main() -> int:
     from ray import serve
 
     from runtime.model_files import locate
-    from serve.app import ServeOptions, build_app
+    from runtime.serve.app import ServeOptions, build_app
 
     with tempfile.TemporaryDirectory(prefix="cvdvae-load-") as tmp:
-        engine_dir = args.engine_dir
-        if engine_dir is None:
-            from export.cli import main as export_main
-
-            engine_dir = Path(tmp) / "demo"
-            export_main(["--demo", "--out", str(engine_dir), "--onnx-only", "--quiet", "--no-validate"])
+        engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)
         size = locate(engine_dir).lr_size
         seeds = [1000 * c + r for c in range(args.clients) for r in range(args.requests)]
         expected = expected_samples(engine_dir, seeds, args.n, size)

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", type=Path, help="write the split here")
     args = p.parse_args(argv)
+    from runtime.backends.openvino import OpenVINOBackend
     from runtime.model_files import locate
-    from runtime.openvino_backend import OpenVINOBackend
 
     files = locate(args.engine_dir)
     backend = OpenVINOBackend(files, threads=args.threads, profile=True)

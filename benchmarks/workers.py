@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from machine import sync
 
 SEED, TEMPERATURE = 0, 0.8
@@ -164,28 +163,18 @@ def faster_memory_format(model, lr, noise, t):
 
 
 def runtime_worker(spec: dict, backend: str) -> dict:
-    """ONNX Runtime or TensorRT through the product's own runtime (what users run)."""
-    from runtime.batching import sample_planned
+    """An exported graph through the product's own runtime (what users run): the backend ``backend``
+    names, called through the one sampling path."""
+    from runtime.backends import open_backend
     from runtime.model_files import locate
+    from runtime.sampling import sample_images
 
     files = locate(spec["engine_dir"])
-    extra: dict[str, Any] = {}
-    if backend == "openvino":
-        from runtime.openvino_backend import OpenVINOBackend
-
-        runner, device = OpenVINOBackend(files, threads=spec["threads"]), "cpu"
-        extra.update(provider="CPU", tf32=False)
-    elif backend.startswith("onnxruntime"):
-        from runtime.onnxruntime_backend import CUDA, OnnxRuntimeBackend
-
-        device = "cuda" if backend == "onnxruntime-cuda" else "cpu"
-        runner = OnnxRuntimeBackend(files, threads=spec["threads"], device=device, tf32=spec["tf32"])
-        extra.update(provider=runner.provider, tf32=spec["tf32"] and runner.provider == CUDA)
-    else:
-        from runtime.tensorrt_backend import TensorRTBackend
-
-        runner, device = TensorRTBackend(files), "cuda"
-        extra.update(provider="tensorrt", tf32=bool(files.meta["engine"].get("tf32")))
+    runner = open_backend(files, backend, threads=spec["threads"], tf32=spec["tf32"])
+    device = "cpu" if runner.provider in ("CPU", "CPUExecutionProvider") else "cuda"
+    if backend == "onnxruntime-cuda" and device != "cuda":
+        raise RuntimeError(f"onnxruntime-cuda ran on {runner.provider}")
+    tf32 = bool(files.meta["engine"].get("tf32")) if backend == "tensorrt" else spec["tf32"] and device == "cuda"
     results = []
     for batch, n in spec["shapes"]:
         lr, t = make_inputs(files.lr_size, batch, n)
@@ -196,7 +185,7 @@ def runtime_worker(spec: dict, backend: str) -> dict:
         runner.timings.noise = 0.0
 
         def call():  # in calls within the backend's limits, as cvdvae run makes them
-            return sample_planned(runner, lr, SEED, t)
+            return sample_images(runner, lr, SEED, t)
 
         # The first (warm-up) call generates the noise, later calls reuse it as a run does.
         warmup = max(spec["warmup"], 1)
@@ -208,9 +197,8 @@ def runtime_worker(spec: dict, backend: str) -> dict:
 
             entry["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         results.append(entry)
-    if backend == "tensorrt":
-        extra["cuda_graphs"] = runner.cuda_graphs
-    return {"device": device, "load_s": runner.timings.load, "precision": files.precision, **extra,
+    return {"device": device, "load_s": runner.timings.load, "precision": files.precision,
+            "provider": runner.provider, "tf32": tf32, "cuda_graphs": runner.cuda_graphs,
             "samples_per_call": runner.max_batch * runner.max_n, "shapes": results}
 
 

@@ -1,8 +1,16 @@
 """cvdvae: diverse face super-resolution with a hierarchical VAE prior (CVDVAE on VD-VAE).
 
-The public names below are imported on first use, so torch-free parts of the package
-(``cvdvae.seeding``, ``cvdvae.errors``, ``cvdvae.config``) can be used by the ONNX Runtime
-runtime on machines without PyTorch.
+    from cvdvae import Pipeline
+
+    pipe = Pipeline.from_pretrained("engines/x4-fp32")
+    out = pipe("face.png", n=8, seed=0)          # out.samples: uint8 [1, 8, 256, 256, 3]
+
+This package is the model and its maths, at the bottom of the layers (``export`` and
+``runtime`` sit above it). The public names below are imported on first use, so torch-free
+parts (``cvdvae.seeding``, ``cvdvae.errors``, ``cvdvae.config``) serve the runtime on machines
+without PyTorch. ``Pipeline`` (and its output types) is the one name from above: it lives in
+``runtime.pipeline`` and is re-exported here, lazily, so ``from cvdvae import Pipeline`` is the
+library's front door; nothing in this package imports ``runtime``.
 """
 
 from __future__ import annotations
@@ -24,11 +32,14 @@ _PUBLIC = {
     "bicubic_degradation": "degradation",
     "demo_model": "random_weights", "random_model": "random_weights",
 }
+_FROM_RUNTIME = ("Pipeline", "PipelineOutput", "FacesOutput", "NonFiniteSamples")
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["__version__", *_PUBLIC, *_FROM_RUNTIME]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _FROM_RUNTIME:
+        return getattr(importlib.import_module("runtime.pipeline"), name)
     if name not in _PUBLIC:
         raise AttributeError(f"module 'cvdvae' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

@@ -1,5 +1,4 @@
-"""File helpers: where our files live, atomic writes (an output appears complete or not at
-all) and hashing."""
+"""File helpers: atomic writes (an output appears complete or not at all) and hashing."""
 
 from __future__ import annotations
 
@@ -10,11 +9,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
-
-
-def cvdvae_home() -> Path:
-    """``$CVDVAE_HOME``, by default ``~/.cache/cvdvae``: weights the commands look for."""
-    return Path(os.environ.get("CVDVAE_HOME", Path.home() / ".cache" / "cvdvae")).expanduser()
 
 
 def _umask() -> int:

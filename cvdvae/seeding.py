@@ -118,6 +118,7 @@ _MASK32 = 0xFFFFFFFF
 _TWO_POW_M32 = 2.0**-32  # exact in float64
 _TWO_PI = 2.0 * math.pi
 _MAX_U64 = (1 << 64) - 1
+MAX_SEED = _MAX_U64  # seeds are 0 .. 2^64-1: the Philox key
 
 # Blocks per chunk: 2**16 blocks -> 512 KiB per 64-bit temporary, so the
 # handful of live temporaries of a round fit in L2/L3 instead of streaming

@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import torch
 
-from .fileio import atomic_path
 from .config import FIELD_NAMES, CVDVAEConfig, config_from_mapping, preset_values, read_config_mapping
 from .errors import CVDVAEError, WeightsError
+from .fileio import atomic_path
 from .model import CVDVAE
 
 CONFIG_METADATA_KEY = "cvdvae_config"
@@ -159,7 +159,7 @@ def check_tensors(expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str,
                 if names]
     if problems:
         raise WeightsError(f"{source} does not match the model config: {'; '.join(problems)}. "
-                           f"Check --preset/--config against the checkpoint")
+                           "Check the preset or config against the checkpoint")
 
 
 # -------------------------------------------------------------------- loading
@@ -179,7 +179,7 @@ def resolve_weights(checkpoint: str | Path | None = None, vdvae: str | Path | No
     Tensors: the VD-VAE file first, then the checkpoint (which wins where both have one).
     """
     if checkpoint is None and vdvae is None:
-        raise CVDVAEError("no weights given: pass --checkpoint (and/or --vdvae)")
+        raise CVDVAEError("no weights given: name a checkpoint and/or a VD-VAE file")
     files = [read_weight_file(p) for p in (vdvae, checkpoint) if p is not None]
     if isinstance(config, CVDVAEConfig):
         cfg, ignored = config, []

@@ -1,5 +1,5 @@
 """Faces from Triton Inference Server: a small HTTP client for a model repository that
-``cvdvae export --triton-repo`` (or ``python -m export.triton``) wrote.
+``cvdvae export --triton-repo`` (or ``python -m runtime.cli.triton``) wrote.
 
 The server runs the graph alone. This client makes the contract's seeded noise itself, with the
 runtime's generator (``cvdvae.seeding.noise_numpy``, contracts.md 4), so a seed gives the faces
@@ -20,10 +20,11 @@ from typing import Annotated, Any, Optional, Sequence
 import numpy as np
 import typer
 
-from cvdvae.cli import Quiet, Samples, Seed, Temperatures, command_app, examples, parse_temperatures, run_app
 from cvdvae.seeding import noise_numpy
-from runtime.images import MAX_PIXELS, InputError, read_rgb
-from runtime.outputs import non_finite_samples, sample_path, to_uint8, write_png
+from runtime.cli.common import Quiet, Samples, Seed, Temperatures, command_app, examples, parse_temperatures, run_app
+from runtime.images.decode import InputError, decode_image
+from runtime.images.outputs import write_samples
+from runtime.pipeline import Limits, non_finite_samples, to_uint8_samples
 
 
 def build_inputs(lr_uint8_chw: np.ndarray | None, seed: int, n: int, noise_dim: int,
@@ -56,7 +57,7 @@ def read_lr(path: Path, size: int) -> np.ndarray:
         if img.size != (size, size):
             raise InputError(f"{path}: is {img.width}x{img.height}, the model takes {size}x{size} LR images")
 
-    return np.ascontiguousarray(read_rgb(path, MAX_PIXELS, check)[0].transpose(2, 0, 1))
+    return np.ascontiguousarray(decode_image(path, Limits().max_image_pixels, check).pixels.transpose(2, 0, 1))
 
 
 def infer(client: Any, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -104,11 +105,9 @@ def client_command(
     broken = non_finite_samples(sr)
     out.mkdir(parents=True, exist_ok=True)
     stem = "sample" if input is None else input.stem
-    kept = [k for k in range(len(sr)) if k not in broken]
-    for k in kept:
-        write_png(sample_path(out, stem, seed, k), to_uint8(sr[k]))
+    written = write_samples(out, stem, seed, to_uint8_samples(sr, broken), None, frozenset(broken))
     if not quiet:
-        print(f"wrote {len(kept)} samples to {out}/ ({stem}_s{seed}_NN.png)")
+        print(f"wrote {len(written)} samples to {out}/ ({stem}_s{seed}_NN.png)")
     if broken:
         print(f"triton_client.py: error: {len(broken)} samples held NaN or Inf and were not written", file=sys.stderr)
         return 1

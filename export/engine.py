@@ -1,5 +1,4 @@
-"""Adding a checked ``engine.plan`` to a finished export folder (``cvdvae export``,
-``--engine-only``).
+"""Adding a checked ``engine.plan`` to a finished export folder (``export.exporter``).
 
 Build with Polygraphy (``export.tensorrt``), run the new plan through the runtime against the
 folder's FP32 reference (``export.engine_check``), and only when it passes replace
@@ -19,10 +18,10 @@ from typing import Any, Callable
 
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_path, sha256_file, write_bytes
-from runtime.cuda import TorchCuda
-from runtime.model_files import META_NAME, ONNX_NAME, PLAN_NAME, ModelFiles, locate
+from runtime.backends.cuda import TorchCuda
+from runtime.model_files import META_NAME, ONNX_NAME, PLAN_NAME, ModelFiles, locate, write_meta
 
-from . import metadata, profile, reference
+from . import profile, reference
 from .engine_check import check_engine
 from .tensorrt import BuildOptions, build_plan, polygraphy_version
 
@@ -49,14 +48,14 @@ def load_reference(folder: Path, validate: bool) -> tuple[list[reference.Case] |
         return None, None
     path = folder / reference.REFERENCE_NAME
     if not path.is_file():
-        raise CVDVAEError(f"{path} not found (the folder was exported with --no-validate or by an older cvdvae), "
-                          "so the engine cannot be checked: re-export, or pass --no-validate to build an "
-                          "unchecked engine")
+        raise CVDVAEError(f"{path} not found (the folder was exported without validation, or by an older "
+                          "cvdvae), so the engine cannot be checked: re-export, or set {validate} to build an "
+                          "unchecked engine", validate=False)
     return reference.load(path)
 
 
-def add_engine(folder: Path, settings: EngineSettings, log: Callable[[str], None],
-               warn: Callable[[str], None], *, cuda: Any = None, trt: Any = None) -> dict[str, Any]:
+def build_engine(folder: Path, settings: EngineSettings, log: Callable[[str], None],
+                 warn: Callable[[str], None], *, cuda: Any = None, trt: Any = None) -> dict[str, Any]:
     """Build, check and record an engine for ``folder``; returns meta.json's ``engine`` entry.
     ``cuda`` and ``trt`` stand in for CUDA and TensorRT in tests."""
     built_with = f"polygraphy {polygraphy_version()}"
@@ -85,7 +84,7 @@ def add_engine(folder: Path, settings: EngineSettings, log: Callable[[str], None
         candidate = ModelFiles(folder, {**meta, "engine": record}, files.onnx, plan, "plan")
         record["validation"] = check_candidate(candidate, cases, source, settings.tf32, log, warn, cuda=cuda, trt=trt)
     meta.update(profile=request, engine=record)
-    metadata.write_json(folder / META_NAME, meta)
+    write_meta(folder / META_NAME, meta)
     if built.timing_cache is not None and settings.timing_cache is not None:
         try:
             write_bytes(settings.timing_cache, built.timing_cache)
@@ -98,9 +97,9 @@ def check_candidate(candidate: ModelFiles, cases: list[reference.Case] | None, s
                     log: Callable[[str], None], warn: Callable[[str], None], *, cuda: Any, trt: Any) -> dict[str, Any]:
     """Run a plan not yet in place through the runtime against the reference; raise when it fails."""
     if cases is None:
-        warn("the engine was not checked (--no-validate); meta.json records it as unchecked")
-        return {"skipped": "--no-validate", "passed": None}
-    from runtime.tensorrt_backend import TensorRTBackend
+        warn("the engine was not checked (validation off); meta.json records it as unchecked")
+        return {"skipped": "validation off", "passed": None}
+    from runtime.backends.tensorrt import TensorRTBackend
 
     check = check_engine(TensorRTBackend(candidate, cuda=cuda, trt=trt), cases, source, candidate.precision, tf32)
     log(check.summary())

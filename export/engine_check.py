@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.batching import sample_planned
+from runtime.sampling import sample_images
 
 from .precision import MIN_PSNR_DB, compare
 from .reference import Case
@@ -121,7 +121,7 @@ def judge(sr: np.ndarray, case: Case, arithmetic: str) -> CaseResult:
 def run_case(backend: Any, case: Case) -> np.ndarray:
     """The engine's samples for a case, in calls within its profile (as cvdvae run makes them).
     A prior-only case's rows share their noise: one B = 1 draw stands for each of them."""
-    sr = sample_planned(backend, case.lr, case.seed, case.temperature)
+    sr = sample_images(backend, case.lr, case.seed, case.temperature)
     return np.broadcast_to(sr, case.sr.shape) if case.lr is None else sr
 
 

@@ -1,4 +1,5 @@
-"""What an exported graph says about itself: ``metadata_props`` in the ONNX and ``meta.json``.
+"""What an exported graph says about itself: ``metadata_props`` in the ONNX and ``meta.json``
+(written through ``runtime.model_files``, the folder format's one owner).
 
 Both hold the config, ``D``, the per-block noise offsets, scale, precision and package
 version. A file cannot contain its own hash, so the ONNX carries ``graph_sha256`` (of its
@@ -10,16 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import onnx
 
 import cvdvae
-from cvdvae.fileio import atomic_path
 from cvdvae.model import CVDVAE
-
-META_FORMAT = 1
+from runtime.model_files import META_FORMAT
 
 
 def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256: str) -> dict[str, Any]:
@@ -66,7 +64,3 @@ def read_stamp(proto: onnx.ModelProto) -> dict[str, Any]:
 def graph_sha256(proto: onnx.ModelProto) -> str:
     return hashlib.sha256(proto.graph.SerializeToString()).hexdigest()
 
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")

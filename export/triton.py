@@ -1,4 +1,4 @@
-"""A Triton Inference Server model repository for an export folder (``python -m export.triton``,
+"""A Triton Inference Server model repository for an export folder (``python -m runtime.cli.triton``,
 ``cvdvae export --triton-repo``).
 
 ``REPO/NAME/config.pbtxt`` with ``REPO/NAME/1/model.plan`` (TensorRT backend) when the folder
@@ -16,14 +16,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
-
-import typer
+from typing import Any
 
 import cvdvae
-from cvdvae.cli import Debug, Overwrite, Quiet, check_choice, command_app, examples, run_app
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_folder, sha256_file
 from runtime.model_files import ModelFiles, locate
@@ -136,7 +132,7 @@ def write_repository(export_dir: Path, repo: Path, *, name: str = DEFAULT_NAME, 
     kind, source, recorded = pick_model(files, prefer)
     target = Path(repo) / name
     if target.exists() and not overwrite:
-        raise CVDVAEError(f"{target} exists; pass --overwrite to replace it")
+        raise CVDVAEError(f"{target} exists; pass {{overwrite}} to replace it", overwrite=True)
     limit, max_n = call_limits(files.meta, kind)
     if kind == "plan" and max_batch is not None and max_batch > limit:
         raise CVDVAEError(f"the engine takes at most {limit} images per call (its profile), not {max_batch}; "
@@ -160,44 +156,3 @@ def write_repository(export_dir: Path, repo: Path, *, name: str = DEFAULT_NAME, 
 def listing(folder: Path) -> str:
     return ", ".join(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()))
 
-
-app = command_app("Write a Triton Inference Server model repository (REPO/NAME/config.pbtxt and REPO/NAME/1/"
-                  "model.plan or model.onnx) for a folder cvdvae export wrote.")
-
-
-@app.command("triton", epilog=examples(
-    "python -m export.triton engines/x4-fp16 --out triton-models              # the engine where there is one",
-    "python -m export.triton engines/demo-x4-fp32 --out triton-models --name demo --prefer onnx"))
-def triton_command(
-    export_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, metavar="EXPORT_DIR",
-                                               help="a folder cvdvae export wrote")],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="REPO", file_okay=False,
-                                      help="the model repository (tritonserver --model-repository)")],
-    name: Annotated[str, typer.Option(help="the model's name: its folder in REPO")] = DEFAULT_NAME,
-    prefer: Annotated[str, typer.Option(help="plan: engine.plan where the folder has one (TensorRT backend); "
-                                             "onnx: model.onnx (ONNX Runtime backend)")] = "plan",
-    max_batch: Annotated[Optional[int], typer.Option(min=1, help=(
-        "max_batch_size, images per call (default: the engine's profile; for ONNX the export's --max-batch, "
-        "else 2)"))] = None,
-    max_queue_delay_us: Annotated[int, typer.Option(min=0, help="how long the dynamic batcher waits to fill a "
-                                                                "batch, microseconds")] = 2000,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-    debug: Debug = False,
-) -> int:
-    check_choice(prefer, tuple(PLATFORMS), "--prefer")
-    if not NAME.match(name):
-        raise typer.BadParameter(f"{name!r}: letters, digits, _ . - only", param_hint="'--name'")
-    target = write_repository(export_dir, out, name=name, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                              overwrite=overwrite, prefer=prefer)
-    if not quiet:
-        print(f"wrote {target}/: {listing(target)}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_app(app, argv, prog="python -m export.triton")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

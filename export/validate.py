@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from cvdvae.dmol import mixture_choice, mixture_margin
 from cvdvae.model import CVDVAE
 from cvdvae.seeding import noise_torch
-from runtime.onnxruntime_backend import import_onnxruntime
+from runtime.backends.onnxruntime import import_onnxruntime
 
-from . import cleanup
+from . import onnx_passes
 from .precision import MIN_PSNR_DB, compare
 from .reference import Case
 
@@ -149,10 +149,10 @@ def onnxruntime_session(path: Path, expose_choice: bool = True, providers: Seque
     proto = onnx.load(str(path))
     argmax = [node for node in proto.graph.node if node.op_type == "ArgMax"]
     proto.graph.output.append(onnx.helper.make_tensor_value_info(argmax[-1].output[0], onnx.TensorProto.INT64, None))
-    if not cleanup.needs_external_data(proto):
+    if not onnx_passes.needs_external_data(proto):
         return ort.InferenceSession(proto.SerializeToString(), providers=providers)
     with tempfile.TemporaryDirectory() as tmp:  # ORT reads external data while it builds the session
-        cleanup.save(proto, Path(tmp) / "model.onnx")
+        onnx_passes.save(proto, Path(tmp) / "model.onnx")
         return ort.InferenceSession(str(Path(tmp) / "model.onnx"), providers=providers)
 
 

@@ -1,5 +1,9 @@
-"""Running exported models: ``engine.plan`` with TensorRT, ``model.onnx`` with ONNX Runtime.
+"""Running models: ``cvdvae.Pipeline`` (``runtime.pipeline``) and everything it stands on.
 
-Imports neither PyTorch nor the model-building code: with ONNX Runtime on a CPU the
-runtime needs numpy, Pillow and onnxruntime only. ``cvdvae run`` is ``runtime.cli``.
+``backends`` (TensorRT, OpenVINO, ONNX Runtime, PyTorch behind one interface), ``sampling`` (the
+one path from requests to engine calls), ``model_files`` (the export folder's format),
+``images`` (the one decoder, output files), ``faces`` (detection, alignment, paste-back),
+``consistency``, ``evaluation`` (the paper's metrics); on top, ``serve`` (the HTTP service) and
+``cli`` (the ``cvdvae`` command). Running an exported graph needs no PyTorch: numpy, Pillow and
+ONNX Runtime or OpenVINO.
 """

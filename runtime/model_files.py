@@ -1,4 +1,12 @@
-"""What ``MODEL`` names: an ``engine.plan``, a ``model.onnx`` or an export folder, and its meta.json."""
+"""The export folder: its file names and ``meta.json``, written by ``export`` and read here.
+
+A folder holds ``model.onnx`` (the graph, contracts.md section 3), ``meta.json`` (what the
+graph is: sizes, ``D``, precision, the ONNX file's sha256, an engine's record) and, when
+built, ``engine.plan``. ``meta.json`` carries a format number; a reader refuses one it does
+not know, naming the cvdvae version that wrote it.
+
+``MODEL`` (what a user points at) is an ``engine.plan``, a ``model.onnx`` or the folder.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cvdvae import __version__
 from cvdvae.errors import CVDVAEError
-from cvdvae.fileio import sha256_file
+from cvdvae.fileio import atomic_path, sha256_file
 
 ONNX_NAME, META_NAME, PLAN_NAME = "model.onnx", "meta.json", "engine.plan"
+META_FORMAT = 1  # bump when meta.json changes in a way an older reader would misread
+REQUIRED = ("lr_size", "hr_size", "scale", "noise_dim", "precision")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model takes and gives, whatever runs it."""
+
+    conditional: bool        # takes LR images (False: a prior-only VD-VAE draws from noise alone)
+    lr_size: int | None
+    hr_size: int
+    scale: int | None
+    consistent: bool = False  # the LR-consistency projection is part of the graph
 
 
 @dataclass(frozen=True)
@@ -47,11 +69,52 @@ class ModelFiles:
     def precision(self) -> str:
         return str(self.meta["precision"])
 
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(self.conditional, self.lr_size, self.hr_size, self.scale,
+                          bool(self.meta.get("consistent", False)))
+
+    @property
+    def model_id(self) -> str:
+        """A short name for this graph: its file's sha256 prefix."""
+        return f"cvdvae-{str(self.meta.get('onnx_sha256', 'model'))[:12]}"
+
     def activation_bytes_per_sample(self, bytes_per_value: int = 4) -> int:
         """A sample keeps about eight width x H x W tensors alive at its largest resolution
-        (FFHQ-256 in float32: 1.1 GB, as measured)."""
+        (FFHQ-256 in float32: 1.1 GB)."""
         width = int(self.meta.get("config", {}).get("width", 512))
         return 8 * bytes_per_value * width * self.hr_size**2
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """``meta.json``, stamped with this format and version, written atomically."""
+    stamped = {"format": META_FORMAT, **meta}
+    stamped["format"] = META_FORMAT
+    stamped.setdefault("cvdvae_version", __version__)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(stamped, indent=2) + "\n")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json``, checked: readable, of a known format, with the sizes every reader needs."""
+    if not path.is_file():
+        raise CVDVAEError(f"{path} not found: the model must come from cvdvae export (re-run it)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CVDVAEError(f"{path} is not readable JSON ({err}); re-run cvdvae export") from None
+    if not isinstance(meta, dict):
+        raise CVDVAEError(f"{path} is not a JSON object; re-run cvdvae export")
+    written_by = f"cvdvae {meta['cvdvae_version']}" if "cvdvae_version" in meta else "an unknown cvdvae"
+    if meta.get("format") != META_FORMAT:
+        found = "no format number" if "format" not in meta else f"format {meta['format']!r}"
+        raise CVDVAEError(f"{path} has {found} (written by {written_by}); this cvdvae {__version__} reads "
+                          f"format {META_FORMAT}: re-export the model with this version, or use the one that "
+                          "wrote it")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise CVDVAEError(f"{path} lacks {', '.join(missing)}; re-run cvdvae export")
+    return meta
 
 
 def locate(model: str | Path) -> ModelFiles:
@@ -64,16 +127,7 @@ def locate(model: str | Path) -> ModelFiles:
         raise CVDVAEError(f"model not found: {path} (give an engine.plan, a model.onnx or an export folder)")
     else:
         raise CVDVAEError(f"{path}: expected an engine.plan, a model.onnx or an export folder")
-    meta_path = folder / META_NAME
-    if not meta_path.is_file():
-        raise CVDVAEError(f"{meta_path} not found: MODEL must come from cvdvae export (re-run it)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CVDVAEError(f"{meta_path} is not readable JSON ({err}); re-run cvdvae export") from None
-    missing = [k for k in ("lr_size", "hr_size", "scale", "noise_dim", "precision") if k not in meta]
-    if missing:
-        raise CVDVAEError(f"{meta_path} lacks {', '.join(missing)}; re-run cvdvae export")
+    meta = read_meta(folder / META_NAME)
     onnx = path if requested == "onnx" else folder / ONNX_NAME
     plan = path if requested == "plan" else folder / PLAN_NAME
     return ModelFiles(folder, meta, onnx if onnx.is_file() else None, plan if plan.is_file() else None, requested)

@@ -119,7 +119,27 @@ def nan_model(folder):
         [helper.make_tensor_value_info("sr", TensorProto.FLOAT, ["B", "n", 3, hr_size, hr_size])], init)
     folder.mkdir()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(folder / "model.onnx"))
-    meta = {"lr_size": lr_size, "hr_size": hr_size, "scale": 2, "noise_dim": dim, "precision": "fp32",
+    meta = {"format": 1, "lr_size": lr_size, "hr_size": hr_size, "scale": 2, "noise_dim": dim, "precision": "fp32",
             "onnx_sha256": sha256_file(folder / "model.onnx")}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory):
+    """The built-in demo model exported (ONNX only, unvalidated): 8x8 LR faces in, 32x32 samples out."""
+    from export.exporter import ExportSpec, export_folder
+    from export.model_source import ModelChoice
+
+    folder = tmp_path_factory.mktemp("demo-export") / "demo"
+    export_folder(ExportSpec(ModelChoice(demo=True), validate=False, out=folder, engine=False),
+                  log=lambda message: None, warn=lambda message: None)
+    return folder
+
+
+def copy_export(folder, to):
+    """A test's own copy of an export folder (so it may change it)."""
+    import shutil
+
+    shutil.copytree(folder, to)
+    return to

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cvdvae.seeding import noise_torch
-from runtime.cuda import CaptureRefused
+from runtime.backends.cuda import CaptureRefused
 from runtime.model_files import ModelFiles
 
 # ------------------------------------------------------------------------------ CUDA
@@ -276,5 +276,5 @@ def write_plan(folder: Path, spec: dict[str, Any], meta: dict[str, Any], trt: Fa
 
 
 def toy_meta(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64) -> dict[str, Any]:
-    return {"lr_size": lr_size, "hr_size": hr_size, "scale": hr_size // lr_size if lr_size else None,
+    return {"format": 1, "lr_size": lr_size, "hr_size": hr_size, "scale": hr_size // lr_size if lr_size else None,
             "noise_dim": noise_dim, "precision": "fp32", "config": {"width": 4}, "conditional": lr_size is not None}

@@ -2,26 +2,27 @@
 
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
 import typer
+from conftest import REPO, copy_export
 from PIL import Image
 
-from commands.app import VERBS
-from commands.app import main as cvdvae
-from cvdvae.cli import command_app, run_app
-from conftest import REPO
+from runtime.cli.app import VERBS
+from runtime.cli.app import main as cvdvae
+from runtime.cli.common import command_app, run_app
 
-ALIASES = {"fetch": "cvdvae.fetch", "export": "export.cli", "run": "runtime.cli", "demo": "commands.demo",
-           "convert": "cvdvae.convert", "train": "cvdvae.train.cli", "eval": "cvdvae.evaluation.cli",
-           "serve": "serve.cli"}
+SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
 def alias(verb):
+    """The ``main`` the installed ``cvdvae-<verb>`` script runs (pyproject.toml's entry point)."""
     import importlib
 
-    return importlib.import_module(ALIASES[verb]).main
+    module, function = SCRIPTS[f"cvdvae-{verb}"].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @pytest.mark.parametrize("verb", list(VERBS))
@@ -45,12 +46,8 @@ def test_the_umbrella_lists_every_verb_and_its_version(capsys):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from export.cli import main as export_main
-
-    out = tmp_path_factory.mktemp("cli") / "demo"
-    assert export_main(["--demo", "--out", str(out), "--onnx-only", "--quiet", "--no-validate"]) == 0
-    return out
+def model(tmp_path_factory, demo_export):
+    return copy_export(demo_export, tmp_path_factory.mktemp("cli") / "demo")
 
 
 def faces(folder, count):
@@ -159,7 +156,7 @@ def test_cvdvae_run_through_the_umbrella_imports_no_torch(model, tmp_path):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-from commands.app import main
+from runtime.cli.app import main
 assert main(["run", {str(model)!r}, "--input", {str(a)!r}, "--n", "2", "--out", {str(tmp_path / 'o')!r},
              "--quiet"]) == 0
 print("ok")

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 import torch
-
-from cvdvae.convert import main as convert_main
-from commands.demo import main as demo_main
-from cvdvae.weights import load_model, read_weight_file
 from conftest import REPO, custom_config
 from test_weights import official_state, write_ckpt, write_th
+
+from cvdvae.weights import load_model, read_weight_file
+from runtime.cli.convert import main as convert_main
+from runtime.cli.demo import main as demo_main
 
 
 def test_convert_ckpt_to_safetensors(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_convert_vdvae_prior_only(tmp_path):
 
 
 def run_convert(*args):
-    return subprocess.run([sys.executable, "-m", "cvdvae.convert", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "runtime.cli.convert", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO)
 
 

@@ -15,15 +15,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fakes import COMPUTE, FakeCuda, FakeTensorRT
 
 from export import engine as engine_module
 from export import profile
-from export.cli import main as export_main
 from export.tensorrt import BuiltPlan, EngineBuildFailed, configure
+from runtime.backends.tensorrt import TensorRTBackend
+from runtime.cli.export import main as export_main
 from runtime.model_files import locate
-from runtime.tensorrt_backend import TensorRTBackend
-
-from fakes import COMPUTE, FakeCuda, FakeTensorRT
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -149,7 +148,7 @@ def gpu(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(engine_module, "build_plan", build_plan)
     monkeypatch.setattr(engine_module, "TorchCuda", lambda: cuda)
-    monkeypatch.setattr("export.cli.unavailable_reason", lambda: None)
+    monkeypatch.setattr("export.exporter.tensorrt_unavailable_reason", lambda: None)
     gpu.compute, gpu.fail_build, gpu.builds, gpu.cuda, gpu.trt = "ort", False, builds, cuda, trt
     return gpu
 
@@ -259,7 +258,7 @@ def test_an_unchecked_engine_is_recorded_as_unchecked(tmp_path, gpu, capsys):
     assert "reference.npz not found" in capsys.readouterr().err
     assert export_main(["--engine-only", str(folder), "--quiet", "--no-validate"]) == 0
     assert json.loads((folder / "meta.json").read_text())["engine"]["validation"] == {
-        "skipped": "--no-validate", "passed": None}
+        "skipped": "validation off", "passed": None}
     assert "not checked" in capsys.readouterr().err
 
 
@@ -268,13 +267,13 @@ def test_polygraphy_run_on_the_reference_inputs_reproduces_the_reference(exporte
     export.polygraphy_inputs gives exactly the reference the engine check uses."""
     import subprocess
 
+    from conftest import REPO
     from polygraphy.json import load_json
 
     from export.reference import load
-    from conftest import REPO
 
     inputs, outputs = tmp_path / "inputs.json", tmp_path / "ort.json"
-    run = [sys.executable, "-m", "export.polygraphy_inputs", str(exported), "--out", str(inputs)]
+    run = [sys.executable, "-m", "runtime.cli.polygraphy_inputs", str(exported), "--out", str(inputs)]
     assert subprocess.run(run, cwd=REPO, capture_output=True).returncode == 0
     polygraphy = [str(Path(sys.executable).parent / "polygraphy"), "run", str(exported / "model.onnx"), "--onnxrt",
                   "--load-inputs", str(inputs), "--save-outputs", str(outputs)]

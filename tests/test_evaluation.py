@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from cvdvae.evaluation.scores import score
 from conftest import REPO, nan_model
 from test_train import faces
+
+from runtime.evaluation.scores import score
 
 
 def oracle_scores(samples, lr, hr, scale):
@@ -48,7 +48,7 @@ def test_identical_samples_have_no_diversity():
 
 
 def eval_cli(*args):
-    return subprocess.run([sys.executable, "-m", "cvdvae.evaluation.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "runtime.cli.eval", *map(str, args)], capture_output=True,
                           text=True, cwd=REPO)
 
 
@@ -69,7 +69,7 @@ def test_eval_is_the_same_on_pytorch_and_the_graph(tiny_weights, tmp_path, backe
     if backend == "openvino":
         pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[cpu]')")
     root, data = tiny_weights
-    from export.cli import main as export_main
+    from runtime.cli.export import main as export_main
 
     assert export_main(["--checkpoint", str(root / "tiny.safetensors"), "--out", str(tmp_path / "e"), "--onnx-only",
                         "--quiet", "--no-validate"]) == 0
@@ -85,10 +85,10 @@ def test_eval_is_the_same_on_pytorch_and_the_graph(tiny_weights, tmp_path, backe
 
 
 def test_eval_with_lpips(tiny_weights, tmp_path):
-    from cvdvae.metrics.lpips import default_weights_path
+    from cvdvae.hub.lpips import default_weights_path
 
     if not default_weights_path().is_file():
-        pytest.skip("LPIPS weights not fetched (python -m cvdvae.metrics.lpips_weights)")
+        pytest.skip("LPIPS weights not fetched (cvdvae fetch lpips-alex)")
     root, data = tiny_weights
     r = eval_cli(root / "tiny.safetensors", "--data", data, "--count", "2", "--n", "2", "--out", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr

@@ -10,18 +10,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import REPO, custom_config, require_hardware
 
 from cvdvae.config import preset
+from cvdvae.fileio import sha256_file
 from cvdvae.random_weights import demo_model, random_model
 from cvdvae.weights import load_model, save_safetensors
-from export import cleanup
-from export.cli import main as export_main
+from export import onnx_passes
 from export.graph import io_signature, random_ops
-from cvdvae.fileio import sha256_file
 from export.metadata import read_stamp
-from runtime.gpu import tensorrt_unavailable_reason as unavailable_reason
 from export.validate import onnxruntime_session, torch_reference, validation_inputs
-from conftest import REPO, custom_config, require_hardware
+from runtime.backends.gpu import tensorrt_unavailable_reason as unavailable_reason
+from runtime.cli.export import main as export_main
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -186,7 +186,7 @@ def test_fp16_overflow_the_onnxruntime_cpu_fallback_hides_is_caught(tmp_path):
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "export.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runtime.cli.export", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, **(env or {})})
 
 
@@ -243,7 +243,7 @@ def test_weights_found_in_cvdvae_home(tmp_path, monkeypatch):
 
 def test_external_data_path(tmp_path, monkeypatch):
     """Graphs over 2 GiB go to model.onnx + model.onnx.data; force it with a tiny limit."""
-    monkeypatch.setattr(cleanup, "PROTOBUF_LIMIT", 10_000)
+    monkeypatch.setattr(onnx_passes, "PROTOBUF_LIMIT", 10_000)
     out = tmp_path / "ext"
     assert export("--demo", "--out", out, "--onnx-only") == 0
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.onnx", "model.onnx.data", "reference.npz"]

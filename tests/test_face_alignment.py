@@ -183,7 +183,7 @@ def test_blending_in_bands_is_blending_at_once(monkeypatch):
 def test_the_streamed_png_reads_back_exactly(tmp_path, shape):
     from PIL import Image
 
-    from runtime.png import write_png_streamed
+    from runtime.images.png import write_png_streamed
 
     pixels = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
     write_png_streamed(tmp_path / "x.png", pixels, level=1)

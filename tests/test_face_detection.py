@@ -20,14 +20,15 @@ import pytest
 import skimage
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from onnx import numpy_helper
 from PIL import Image
 
-from cvdvae import fetch as fetch_module
-from cvdvae import mtcnn_weights
 from cvdvae.errors import CVDVAEError
-from cvdvae.fileio import cvdvae_home
-from conftest import REPO
+from cvdvae.hub import assets
+from cvdvae.hub import mtcnn as mtcnn_weights
+from cvdvae.hub.home import cvdvae_home
+from runtime.cli import fetch as fetch_command
 from runtime.faces import boxes as bx
 from runtime.faces.detector import FaceDetector
 
@@ -317,7 +318,7 @@ def test_square_regress_round_and_crop():
 
 # ------------------------------------------------------------------ cvdvae fetch mtcnn
 def fetch(*args) -> int:
-    return fetch_module.main(list(args))
+    return fetch_command.main(list(args))
 
 
 def test_fetch_from_a_local_wheel_then_keep_it(tmp_path, monkeypatch, capsys):

@@ -15,12 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-
-from cvdvae import fetch as fetch_module
-from cvdvae.config import preset
-from cvdvae.weights import read_weight_file
 from conftest import REPO
 from test_weights import official_state, write_th
+
+from cvdvae.config import preset
+from cvdvae.hub import assets
+from cvdvae.weights import read_weight_file
+from runtime.cli import fetch as fetch_command
 
 OFFICIAL = "ffhq256-iter-1700000-model-ema.th"
 
@@ -108,13 +109,13 @@ def home(tmp_path, monkeypatch):
     """$CVDVAE_HOME in tmp_path, and vdvae-ffhq256 checked against the tiny prior's config."""
     home = tmp_path / "home"
     monkeypatch.setenv("CVDVAE_HOME", str(home))
-    asset = fetch_module.ASSETS["vdvae-ffhq256"]
-    monkeypatch.setitem(fetch_module.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, config=tiny_prior()))
+    asset = assets.ASSETS["vdvae-ffhq256"]
+    monkeypatch.setitem(assets.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, config=tiny_prior()))
     return home
 
 
 def fetch(*args):
-    return fetch_module.main(["vdvae-ffhq256", "--quiet", "--retries", "1", *args])
+    return fetch_command.main(["vdvae-ffhq256", "--quiet", "--retries", "1", *args])
 
 
 def test_a_complete_download_is_checked_converted_and_recorded(server, home, files):
@@ -128,7 +129,7 @@ def test_a_complete_download_is_checked_converted_and_recorded(server, home, fil
     manifest = json.loads((home / "fetched.json").read_text())["vdvae-ffhq256"]
     assert manifest["sha256"] == hashlib.sha256(files["good.th"]).hexdigest()
     assert sorted(p.name for p in home.iterdir()) == sorted([OFFICIAL, "fetched.json", "vdvae-ffhq256.safetensors"])
-    assert fetch_module.fetched_file("vdvae-ffhq256") == home / "vdvae-ffhq256.safetensors"
+    assert assets.fetched_file("vdvae-ffhq256") == home / "vdvae-ffhq256.safetensors"
 
 
 def test_a_download_cut_halfway_resumes_where_it_stopped(server, home, files):
@@ -141,7 +142,7 @@ def test_a_download_cut_halfway_resumes_where_it_stopped(server, home, files):
 def test_ctrl_c_keeps_the_partial_file_and_the_next_call_resumes(server, home, files):
     url = server.url("slow/good.th")
     part = home / OFFICIAL.replace(".th", ".part.th")
-    proc = subprocess.Popen([sys.executable, "-m", "cvdvae.fetch", "vdvae-ffhq256", "--url", url, "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.fetch", "vdvae-ffhq256", "--url", url, "--quiet"],
                             cwd=REPO, env={**os.environ, "CVDVAE_HOME": str(home)}, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (part.is_file() and part.stat().st_size >= len(files["good.th"]) // 2) and time.time() < deadline:
@@ -183,8 +184,8 @@ def test_a_local_file_and_no_overwrite_without_the_flag(home, tmp_path, files, c
 
 
 def test_a_pinned_sha256_that_does_not_match_removes_the_file(home, tmp_path, files, monkeypatch, capsys):
-    asset = fetch_module.ASSETS["vdvae-ffhq256"]
-    monkeypatch.setitem(fetch_module.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, pinned_sha256="0" * 64))
+    asset = assets.ASSETS["vdvae-ffhq256"]
+    monkeypatch.setitem(assets.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, pinned_sha256="0" * 64))
     local = tmp_path / "mirror.th"
     local.write_bytes(files["good.th"])
     assert fetch("--url", str(local)) == 2
@@ -192,13 +193,14 @@ def test_a_pinned_sha256_that_does_not_match_removes_the_file(home, tmp_path, fi
 
 
 def test_list_says_what_is_present(home, tmp_path, files, capsys):
-    assert fetch_module.main(["--list", "--json"]) == 0
+    assert fetch_command.main(["--list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"vdvae-ffhq256", "lpips-alex", "mtcnn"} and not rows["vdvae-ffhq256"]["present"]
+    assert set(rows) == {"vdvae-ffhq256", "lpips-alex", "lpips-calibration", "mtcnn"}
+    assert not rows["vdvae-ffhq256"]["present"]
     local = tmp_path / "mirror.th"
     local.write_bytes(files["good.th"])
     assert fetch("--url", str(local)) == 0
-    assert fetch_module.main(["--list", "--json"]) == 0
+    assert fetch_command.main(["--list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["vdvae-ffhq256"]["present"] and rows["vdvae-ffhq256"]["sha256"] == hashlib.sha256(
         files["good.th"]).hexdigest()

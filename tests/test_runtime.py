@@ -7,26 +7,26 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, copy_export, nan_model, onnxruntime_cuda_unavailable_reason, require_hardware
 from PIL import Image
 
 from cvdvae.degradation import bicubic_degradation
 from cvdvae.random_weights import demo_model
 from cvdvae.seeding import noise_torch
-from export.cli import main as export_main
 from runtime.backends import open_backend
-from runtime.batching import plan, sample_chunks
-from runtime.cli import main as run_main
-from runtime.gpu import tensorrt_unavailable_reason
+from runtime.backends.gpu import tensorrt_unavailable_reason
+from runtime.cli.export import main as export_main
+from runtime.cli.run import main as run_main
 from runtime.model_files import locate
-from conftest import REPO, nan_model, onnxruntime_cuda_unavailable_reason, require_hardware
+from runtime.sampling import Job, sample_chunks, sample_images, sample_jobs
 
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, demo_export):
     root = tmp_path_factory.mktemp("engines")
-    assert export_main(["--demo", "--out", str(root / "plain"), "--onnx-only", "--quiet", "--no-validate"]) == 0
+    copy_export(demo_export, root / "plain")
     assert export_main(["--demo", "--consistent", "--out", str(root / "consistent"), "--onnx-only", "--quiet",
                         "--no-validate"]) == 0
     return root
@@ -90,7 +90,8 @@ def test_samples_are_diverse_and_consistent_with_the_lr(exported, tmp_path):
 
 def test_runtime_equals_pytorch_for_the_same_seed(exported):
     files = locate(exported / "plain")
-    backend, note = open_backend(files, "onnxruntime")
+    backend = open_backend(files, "onnxruntime")
+    note = backend.note
     assert note is None and backend.name == "onnxruntime"
     rng = np.random.default_rng(3)
     lr = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
@@ -103,13 +104,47 @@ def test_runtime_equals_pytorch_for_the_same_seed(exported):
     assert np.abs(got - want).max() <= 1e-4
 
 
-def test_batching_covers_every_sample_within_the_profile():
-    groups = plan(num_images=7, n=10, max_batch=3, max_n=4)
-    assert [list(g[0].images) for g in groups] == [[0, 1, 2], [3, 4, 5], [6]]
-    for group in groups:
-        assert [list(c.samples) for c in group] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
-        assert all(len(c.images) <= 3 and len(c.samples) <= 4 for c in group)
+class RecordingBackend:
+    """Records each call's rows (seeds) and samples; a sample's value encodes (image, seed, k, t)."""
+
+    def __init__(self, max_batch: int, max_n: int, rows_independent: bool):
+        self.max_batch, self.max_n, self.rows_independent = max_batch, max_n, rows_independent
+        self.calls: list[tuple[tuple[int, ...], range]] = []
+
+    def sample_rows(self, lr, seeds, first_sample, temperature):
+        n = temperature.shape[1]
+        self.calls.append((tuple(seeds), range(first_sample, first_sample + n)))
+        k = np.arange(first_sample, first_sample + n)[None, :]
+        value = lr[:, :1, 0, 0] * 1000 + np.array(seeds)[:, None] * 100 + k + temperature
+        return np.broadcast_to(value[..., None, None, None], (*value.shape, 3, 2, 2)).astype(np.float64)
+
+
+def test_sampling_covers_every_sample_within_the_limits_in_order():
+    """7 images of one seed, n = 10, at most 3 rows x 4 samples per call: rows share calls (one
+    noise block), samples in balanced chunks 3 + 4 + 3; each result row is its own image's."""
+    backend = RecordingBackend(max_batch=3, max_n=4, rows_independent=False)
+    lr = np.arange(7, dtype=np.float32)[:, None, None, None] * np.ones((7, 3, 2, 2), np.float32)
+    t = np.linspace(0, 0.9, 10).astype(np.float32)
+    out = sample_images(backend, lr, 5, t)
+    chunks = [range(0, 3), range(3, 7), range(7, 10)]
+    assert backend.calls == [((5,) * rows, c) for rows in (3, 3, 1) for c in chunks]
+    want = np.arange(7)[:, None] * 1000 + 500 + np.arange(10)[None, :] + t[None, :]
+    np.testing.assert_allclose(out[:, :, 0, 0, 0], want, atol=1e-6)
     assert sample_chunks(8, 8) == [range(0, 8)]
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_requests_of_different_seeds_share_calls_only_where_rows_are_independent(independent):
+    backend = RecordingBackend(max_batch=4, max_n=8, rows_independent=independent)
+    image = np.zeros((3, 2, 2), np.float32)
+    jobs = [Job(image, seed, np.full(n, 0.5, np.float32)) for seed, n in [(1, 2), (2, 2), (3, 5), (4, 2)]]
+    out = sample_jobs(backend, jobs)
+    if independent:  # grouped by n: seeds 1, 2, 4 (n = 2) in one call, seed 3 (n = 5) in another
+        assert backend.calls == [((1, 2, 4), range(0, 2)), ((3,), range(0, 5))]
+    else:
+        assert backend.calls == [((1,), range(0, 2)), ((2,), range(0, 2)), ((4,), range(0, 2)), ((3,), range(0, 5))]
+    for job, samples in zip(jobs, out):  # each job's own seed and samples 0 .. n-1, in the order given
+        np.testing.assert_allclose(samples[:, 0, 0, 0], job.seed * 100 + np.arange(job.n) + 0.5)
 
 
 def test_folder_glob_json_and_batching_give_the_same_pixels(exported, tmp_path):
@@ -122,7 +157,7 @@ def test_folder_glob_json_and_batching_give_the_same_pixels(exported, tmp_path):
     assert run(exported / "plain", "--input", str(inputs / "face*.png"), "--n", "3", "--out", tmp_path / "b",
                "--max-batch", "4") == 0
     assert pngs(tmp_path / "a") == pngs(tmp_path / "b") and len(pngs(tmp_path / "a")) == 5 * 4
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", str(exported / "plain"), "--input", str(inputs),
+    r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(exported / "plain"), "--input", str(inputs),
                         "--n", "2", "--out", str(tmp_path / "c"), "--json"], capture_output=True, text=True, cwd=REPO)
     summary = json.loads(r.stdout)
     assert r.returncode == 0 and summary["inputs"] == 5 and summary["samples"] == 10
@@ -162,11 +197,11 @@ def test_other_modes_are_converted_once(exported, tmp_path, mode, capsys):
                      "--out", str(tmp_path / "o")])
     assert code == 0 and sorted(pngs(tmp_path / "o")) == ["a_s0_00.png", "a_s0_grid.png", "b_s0_00.png",
                                                          "b_s0_grid.png"]
-    assert capsys.readouterr().err.count("are converted to RGB") == 1
+    assert capsys.readouterr().err.count("are converted to 8-bit sRGB") == 1
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runtime.cli.run", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO)
 
 
@@ -231,8 +266,8 @@ def test_runtime_needs_no_torch(exported, tmp_path):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-import runtime, runtime.cli, runtime.backends, runtime.images, runtime.outputs
-assert runtime.cli.main([{str(exported / 'plain')!r}, "--input", {str(tmp_path / 'a.png')!r}, "--n", "2",
+import runtime, runtime.cli.run, runtime.backends, runtime.images.decode, runtime.images.outputs
+assert runtime.cli.run.main([{str(exported / 'plain')!r}, "--input", {str(tmp_path / 'a.png')!r}, "--n", "2",
                          "--out", {str(tmp_path / 'o')!r}, "--quiet"]) == 0
 banned = [m for m in sys.modules if m.split(".")[0] == "export" or m in ("cvdvae.model", "cvdvae.weights")]
 assert not banned, banned
@@ -265,8 +300,8 @@ def test_tensorrt_backend_matches_onnxruntime_and_replays_new_inputs(tmp_path):
     out = tmp_path / "trt"
     assert export_main(["--demo", "--out", str(out), "--require-engine", "--quiet"]) == 0
     files = locate(out)
-    trt_backend, _ = open_backend(files, "tensorrt")
-    ort_backend, _ = open_backend(files, "onnxruntime-cpu")
+    trt_backend = open_backend(files, "tensorrt")
+    ort_backend = open_backend(files, "onnxruntime-cpu")
     rng = np.random.default_rng(0)
     for seed, t in [(0, 0.8), (1, 1.2), (2, 0.0), (3, 0.5)]:  # one shape: capture, then replays
         lr = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
@@ -280,8 +315,9 @@ def test_tensorrt_backend_matches_onnxruntime_and_replays_new_inputs(tmp_path):
 def test_onnxruntime_cuda_matches_the_cpu(exported):
     require_hardware(onnxruntime_cuda_unavailable_reason(), "ONNX Runtime's CUDA provider")
     files = locate(exported / "plain")
-    cuda, note = open_backend(files, "onnxruntime-cuda")
-    cpu, _ = open_backend(files, "onnxruntime-cpu")
+    cuda = open_backend(files, "onnxruntime-cuda")
+    note = cuda.note
+    cpu = open_backend(files, "onnxruntime-cpu")
     assert note is None and cuda.provider == "CUDAExecutionProvider" and cpu.provider == "CPUExecutionProvider"
     lr = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
     t = np.array([0.8, 0.0, 1.2], np.float32)
@@ -299,7 +335,7 @@ def test_onnxruntime_cuda_without_cuda_says_why(exported):
 
 
 def test_the_noise_cache_is_bounded_by_bytes_and_keeps_the_newest():
-    from runtime.noise_cache import NoiseCache
+    from runtime.backends.noise_cache import NoiseCache
 
     made = []
     cache = NoiseCache(max_bytes=8 * 4 * 1000)  # eight one-sample blocks of 1000 float32

@@ -16,19 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import REPO, copy_export
 from PIL import Image
 
-from export.cli import main as export_main
 from runtime.backends import open_backend
 from runtime.model_files import locate
-from serve.batching import Job, run_jobs
-from serve.requests import Limits
-from conftest import REPO
+from runtime.sampling import Job, sample_jobs
+from runtime.serve.requests import Limits
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -e '.[serve]')")
 from ray import serve  # noqa: E402
 
-from serve.app import ServeOptions, build_app  # noqa: E402
+from runtime.serve.app import ServeOptions, build_app  # noqa: E402
 
 TOKEN = "s3cret"
 
@@ -46,10 +45,8 @@ def face_png(seed, size=8):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "demo"
-    assert export_main(["--demo", "--out", str(out), "--onnx-only", "--quiet", "--no-validate"]) == 0
-    return out
+def demo(tmp_path_factory, demo_export):
+    return copy_export(demo_export, tmp_path_factory.mktemp("serve") / "demo")
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +119,10 @@ def b64(data):
 
 def local_samples(demo, seed, n, temperature=0.8):
     """What ``cvdvae run`` computes for this face, as PNG bytes: the oracle for the service."""
-    from runtime.outputs import to_uint8
-    from serve.app import png_bytes
+    from runtime.images.outputs import to_uint8
+    from runtime.serve.app import png_bytes
 
-    backend, _ = open_backend(locate(demo), "auto")
+    backend = open_backend(locate(demo), "auto")
     lr = np.asarray(Image.open(io.BytesIO(face_png(seed))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
     out = backend.sample(lr[None], seed, 0, np.full(n, temperature, np.float32))[0]
     return [png_bytes(to_uint8(s)) for s in out]
@@ -137,13 +134,13 @@ def test_batched_jobs_are_the_jobs_run_alone(demo, engine):
     """Rows of one call with different seeds, n and temperatures equal each request alone; where
     rows are not independent (ONNX Runtime), each request gets its own calls."""
     pytest.importorskip(engine)
-    backend, _ = open_backend(locate(demo), engine, max_batch=4, max_n=3)
+    backend = open_backend(locate(demo), engine, max_batch=4, max_n=3)
     rng = np.random.default_rng(0)
     jobs = [Job(rng.uniform(0, 255, (3, 8, 8)).astype(np.float32), seed, rng.uniform(0, 1, n).astype(np.float32))
             for seed, n in [(1, 5), (2, 5), (3, 2), (4, 5), (5, 5), (6, 5), (7, 2)]]
-    together = run_jobs(backend, jobs)
+    together = sample_jobs(backend, jobs)
     calls = backend.timings.calls
-    alone = [run_jobs(backend, [job])[0] for job in jobs]
+    alone = [sample_jobs(backend, [job])[0] for job in jobs]
     for a, b in zip(together, alone):
         np.testing.assert_array_equal(a, b)
     # n=5: 5 jobs, each in 2 sample chunks (3 + 2); n=2: 2 jobs in 1 chunk
@@ -173,11 +170,11 @@ def test_consistent_samples_are_the_models_projection(service, demo):
     import torch
 
     from cvdvae.degradation import bicubic_degradation
-    from runtime.outputs import to_uint8
+    from runtime.images.outputs import to_uint8
 
     status, body = sample_json(service, image=b64(face_png(6)), n=2, seed=6, consistent=True, temperature=[0.5, 1.0])
     assert status == 200 and body["consistent"] is True
-    backend, _ = open_backend(locate(demo), "auto")
+    backend = open_backend(locate(demo), "auto")
     lr = np.asarray(Image.open(io.BytesIO(face_png(6))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
     plain = torch.from_numpy(backend.sample(lr[None], 6, 0, np.array([0.5, 1.0], np.float32))[0]).double()
     projected = bicubic_degradation(32, 4).project(plain * 255, torch.from_numpy(lr).double()) / 255
@@ -318,12 +315,12 @@ def test_a_replica_killed_mid_run_fails_requests_cleanly_and_comes_back(service,
     assert status == 200
 
 
-def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_makes(service, demo, tmp_path):
-    """``faces``: the service's whole photos and face samples are, pixel for pixel, what
-    ``cvdvae run --faces`` writes for the same photo and seed."""
-    from cvdvae.fileio import cvdvae_home
-    from runtime.faces.detector import FaceDetector
-    from runtime.faces.photos import PhotoOptions, super_resolve_photo
+def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(service, demo, tmp_path):
+    """``faces``: the service's whole photos and face samples are, pixel for pixel, what ``cvdvae run
+    --faces`` writes and what ``Pipeline.faces`` returns for the same photo and seed."""
+    from cvdvae.hub.home import cvdvae_home
+    from runtime.cli.run import main as run_main
+    from runtime.pipeline import Pipeline
 
     if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
         pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
@@ -335,30 +332,57 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_makes(service, demo, tm
     assert status == 200, body[:300]
     answer = json.loads(body)
     assert answer["n"] == 2 and len(answer["faces"]) == 1 and answer["faces"][0]["mode"] == "hr"
-    backend, _ = open_backend(locate(demo), "auto")
-    options = PhotoOptions(tmp_path / "run", 3, np.full(2, 0.8, np.float32), 4.0)
-    super_resolve_photo(photo_path, FaceDetector.from_folder(), backend, 8, 32, options)
+    assert run_main([str(demo), "--input", str(photo_path), "--faces", "--n", "2", "--seed", "3", "--out",
+                     str(tmp_path / "run"), "--quiet"]) == 0
+    api = Pipeline.from_pretrained(demo).faces(photo_path.read_bytes(), n=2, seed=3)
     for k in range(2):
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["samples"][k]))))
         np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "run" / f"astronaut_s3_{k:02d}.png")))
+        np.testing.assert_array_equal(got, api.photos[k])
         face = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["faces"][0]["samples"][k]))))
         written = tmp_path / "run" / f"astronaut_face0_s3_{k:02d}.png"
         np.testing.assert_array_equal(face, np.asarray(Image.open(written)))
+        np.testing.assert_array_equal(face, api.faces[0].samples[k])
+    assert answer["faces"][0]["box"] == np.round(api.faces[0].box, 4).tolist()
     data, kind = multipart({"n": "1", "faces": "true"}, face_png(0, size=64))
     status, _, body = post(service + "/v1/samples", data, kind)
     assert status == 422 and json.loads(body)["kind"] == "no_face"
+
+
+def test_each_kind_of_image_gives_the_pixels_run_and_the_api_give(service, demo, tmp_path):
+    """One decoder: a 16-bit grey PNG (mid-grey was white through the service once), a palette, alpha,
+    CMYK and an ICC-profiled image give the service the samples ``cvdvae run`` writes and the API returns."""
+    from test_images import CASES
+
+    from runtime.cli.run import main as run_main
+    from runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(demo)
+    for kind in ("16-bit grey", "palette", "alpha", "CMYK", "ICC profile", "grey"):
+        data, suffix, _, _ = CASES[kind]
+        status, body = sample_json(service, image=b64(data), n=2, seed=9)
+        assert status == 200, (kind, body)
+        served = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in body["samples"]])
+        path = tmp_path / kind.replace(" ", "-") / f"face{suffix}"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        assert run_main([str(demo), "--input", str(path), "--n", "2", "--seed", "9", "--out", str(path.parent),
+                         "--quiet"]) == 0
+        written = np.stack([np.asarray(Image.open(path.parent / f"face_s9_{k:02d}.png")) for k in range(2)])
+        np.testing.assert_array_equal(served, written, err_msg=kind)
+        np.testing.assert_array_equal(served, pipe(data, n=2, seed=9).samples[0], err_msg=kind)
 
 
 def test_the_config_for_serve_deploy_is_valid(demo, tmp_path):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    r = __import__("subprocess").run([sys.executable, "-m", "serve.cli", str(demo), "--replicas", "2",
+    r = __import__("subprocess").run([sys.executable, "-m", "runtime.cli.serve", str(demo), "--replicas", "2",
                                       "--config-out", str(tmp_path / "serve.yaml")], capture_output=True, text=True,
                                      cwd=REPO)
     assert r.returncode == 0, r.stderr
     config = ServeDeploySchema.parse_obj(yaml.safe_load((tmp_path / "serve.yaml").read_text()))
     (application,) = config.applications
-    assert application.import_path == "serve.app:app_builder" and application.deployments[0].num_replicas == 2
+    assert application.import_path == "runtime.serve.app:app_builder" and application.deployments[0].num_replicas == 2
     rebuilt = ServeOptions.from_args(application.args)
     assert rebuilt.model == str(demo.resolve()) and rebuilt.limits == Limits()

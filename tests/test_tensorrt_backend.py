@@ -6,15 +6,14 @@ nothing of contexts, buffers, padding or graphs, which are what these tests exer
 
 import numpy as np
 import pytest
+from fakes import FakeCuda, FakeTensorRT, engine_spec, toy_meta, toy_model, write_plan
 
 from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import noise_numpy
-from runtime import tensorrt_backend
-from runtime.batching import sample_planned
-from runtime.cli import main as run_main
-from runtime.tensorrt_backend import TensorRTBackend
-
-from fakes import FakeCuda, FakeTensorRT, engine_spec, toy_meta, toy_model, write_plan
+from runtime.backends import tensorrt as tensorrt_backend
+from runtime.backends.tensorrt import TensorRTBackend
+from runtime.cli.run import main as run_main
+from runtime.sampling import sample_images
 
 
 def oracle(lr, seed, first, temperature, meta=None):
@@ -72,7 +71,7 @@ def test_a_short_last_chunk_as_cvdvae_run_plans_it(fake):
     backend = make(max_batch=2, max_n=3)
     lr = images(5, 3)
     temperatures = np.array([0.8, 0.0, 1.2, 0.5, 1.0], np.float32)
-    out = sample_planned(backend, lr, 11, temperatures)
+    out = sample_images(backend, lr, 11, temperatures)
     np.testing.assert_allclose(out, oracle(lr, 11, 0, temperatures), atol=1e-6)
     assert sorted(set(trt.executions)) == [(1, 2), (1, 3), (2, 2), (2, 3)] and trt.violations == []
 

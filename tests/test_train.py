@@ -8,15 +8,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from cvdvae.config import preset
-from cvdvae.train.cli import main as train_main
+from cvdvae.random_weights import random_model
 from cvdvae.train.data import split_indices
 from cvdvae.train.objective import PosteriorKL, gaussian_kl, trainable_parameters
-from cvdvae.random_weights import random_model
 from cvdvae.weights import read_weight_file
-from conftest import REPO
+from runtime.cli.train import main as train_main
 
 
 def test_kl_of_identical_gaussians_is_zero():
@@ -141,7 +141,7 @@ def test_interrupt_saves_a_resumable_checkpoint(trained, tmp_path, monkeypatch):
 def test_refusals(trained, tmp_path):
     root, data = trained
     env = {**os.environ, "CVDVAE_HOME": str(tmp_path / "home")}  # no fetched prior there
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cvdvae.train.cli", *map(str, a)], capture_output=True,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "runtime.cli.train", *map(str, a)], capture_output=True,
                                     text=True, cwd=REPO, env=env)
     r = run("--data", data, "--out", root / "run", *COMMON)
     assert r.returncode == 2 and "exists; a new run needs a new folder" in r.stderr
@@ -154,8 +154,8 @@ def test_refusals(trained, tmp_path):
 
 def test_trained_checkpoint_exports_and_samples(trained, tmp_path):
     root, _ = trained
-    from export.cli import main as export_main
-    from runtime.cli import main as run_main
+    from runtime.cli.export import main as export_main
+    from runtime.cli.run import main as run_main
 
     assert export_main(["--checkpoint", str(root / "run" / "best.safetensors"), "--out", str(tmp_path / "e"),
                         "--onnx-only", "--quiet"]) == 0
@@ -169,7 +169,7 @@ def test_data_parallel_with_torchrun(trained, tmp_path):
     """Two CPU processes (gloo) train the same run; rank 0 writes it."""
     _, data = trained
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "cvdvae.train.cli", "--data", str(data), "--out", str(tmp_path / "ddp"), "--steps", "6",
+                        "-m", "runtime.cli.train", "--data", str(data), "--out", str(tmp_path / "ddp"), "--steps", "6",
                         "--val-every", "6", *COMMON], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     logged = metrics(tmp_path / "ddp")

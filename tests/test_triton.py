@@ -13,23 +13,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
-from commands.app import main as cvdvae
 from conftest import REPO
+from PIL import Image
+from test_engine_build import gpu  # noqa: F401 - TensorRT and a GPU, faked (tests/fakes.py)
+from test_fetch import tiny_prior
+
 from cvdvae.errors import CVDVAEError
 from cvdvae.random_weights import random_model
 from export import metadata
-from export.cli import main as export_main
 from export.graph import io_signature
-from export.triton import main as triton_main
 from export.triton import write_repository
-from runtime.host import HostCalls
+from runtime.backends.host_memory import HostCalls
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.backends.timings import Timings
+from runtime.cli.app import main as cvdvae
+from runtime.cli.export import main as export_main
+from runtime.cli.triton import main as triton_main
 from runtime.model_files import locate
-from runtime.onnxruntime_backend import OnnxRuntimeBackend
-from runtime.timings import Timings
-from test_engine_build import gpu  # noqa: F401 - TensorRT and a GPU, faked (tests/fakes.py)
-from test_fetch import tiny_prior
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -236,8 +236,8 @@ def runtime_feeds(files, lr, seed, temperatures):
         fed.update(feeds)
         return np.zeros(1, np.float32)
 
-    HostCalls(files, run, Timings()).sample(None if lr is None else lr[None].astype(np.float32), seed, 0,
-                                            np.asarray(temperatures, np.float32))
+    HostCalls(files, run, Timings()).sample_rows(None if lr is None else lr[None].astype(np.float32), [seed], 0,
+                                                 np.asarray(temperatures, np.float32)[None])
     return fed
 
 

@@ -1,6 +1,6 @@
 """The sampling page (serve/static/index.html) in headless Chromium against a running `cvdvae serve`.
 
-The service is the real one, `python -m serve.cli` on an export of the demo model (8x8 LR in,
+The service is the real one, `python -m runtime.cli.serve` on an export of the demo model (8x8 LR in,
 32x32 out), or the one at $CVDVAE_SERVE_URL. Chromium, chromedriver and selenium come from
 scripts/browser.sh; without them the test skips, saying which is missing. The screenshot of the
 page with its samples is kept in outputs/test-artifacts/web_page.png.
@@ -108,7 +108,7 @@ def served(browser, tmp_path_factory):
     if os.environ.get("CVDVAE_SERVE_URL"):
         yield os.environ["CVDVAE_SERVE_URL"].rstrip("/")
         return
-    from export.cli import main as export_main
+    from runtime.cli.export import main as export_main
 
     tmp = tmp_path_factory.mktemp("served")
     model = tmp / "demo"
@@ -117,7 +117,7 @@ def served(browser, tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "serve.cli", str(model), "--port", str(port),
+        process = subprocess.Popen([sys.executable, "-m", "runtime.cli.serve", str(model), "--port", str(port),
                                     "--host", "127.0.0.1"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

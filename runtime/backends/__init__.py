@@ -1,0 +1,79 @@
+"""One small interface over the engines that run a model, and the choice between them.
+
+A backend (``interface.Backend``) takes host LR images, a seed per row and a slice of sample
+indices and returns samples; it makes the contract's seeded noise itself (on the device where
+it has one), so that the same seed gives the same faces on every backend. ``runtime.sampling``
+packs a request into calls within ``max_batch`` x ``max_n``; nothing else calls a backend.
+
+Engines: ``tensorrt`` (``engine.plan``), ``openvino`` and ``onnxruntime`` (``model.onnx``),
+``torch`` (weight files, through PyTorch on the CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+from cvdvae.errors import CVDVAEError
+
+from ..model_files import ModelFiles
+from .gpu import tensorrt_unavailable_reason
+from .interface import Backend
+
+GRAPH_CHOICES = ("auto", "tensorrt", "openvino", "onnxruntime", "onnxruntime-cuda", "onnxruntime-cpu")
+CHOICES = (*GRAPH_CHOICES, "torch")
+ORT_DEVICES = {"onnxruntime": "auto", "onnxruntime-cuda": "cuda", "onnxruntime-cpu": "cpu"}
+
+
+def open_backend(files: ModelFiles, choice: str = "auto", *, max_batch: int | None = None,
+                 max_n: int | None = None, threads: int = 0, tf32: bool = False) -> Backend:
+    """The backend that runs this export folder; ``note`` says why, when ``auto`` had to fall back.
+
+    ``auto`` takes TensorRT when the folder has an engine and TensorRT runs here; else ONNX
+    Runtime's CUDA provider where it is installed; else, on the CPU, OpenVINO where it is
+    installed (the fastest CPU engine in this project's benchmark, README), else ONNX Runtime.
+    Naming an ``engine.plan`` asks for TensorRT.
+    """
+    if choice not in GRAPH_CHOICES:
+        raise CVDVAEError(f"unknown backend {choice!r} for an exported graph: choose one of "
+                          f"{', '.join(GRAPH_CHOICES)}")
+    if choice == "auto" and files.requested == "plan":
+        choice = "tensorrt"
+    note = None
+    if choice in ("auto", "tensorrt"):
+        reason = tensorrt_unavailable_reason()
+        if files.plan is None:
+            reason = f"no engine.plan in {files.folder} (build one: cvdvae export --engine-only {files.folder})"
+        if reason is None:
+            from .tensorrt import TensorRTBackend
+
+            return TensorRTBackend(files, max_batch=max_batch, max_n=max_n)
+        if choice == "tensorrt":
+            raise CVDVAEError(f"cannot run TensorRT here: {reason}; choose {{backend}}", backend="onnxruntime")
+        note = f"no TensorRT: {reason}" if files.plan is not None else None
+        choice = cpu_choice()
+    if choice == "openvino":
+        from .openvino import OpenVINOBackend
+
+        backend = OpenVINOBackend(files, max_batch=max_batch, max_n=max_n, threads=threads)
+    else:
+        from .onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(files, max_batch=max_batch, max_n=max_n, threads=threads,
+                                     device=ORT_DEVICES[choice], tf32=tf32)
+    backend.note = "; ".join(text for text in (note, backend.note) if text) or None
+    return backend
+
+
+def cpu_choice() -> str:
+    """Without TensorRT: ONNX Runtime when it has CUDA, else OpenVINO when installed, else ONNX Runtime."""
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "onnxruntime"
+    except ImportError:
+        pass
+    try:
+        import openvino  # noqa: F401
+
+        return "openvino"
+    except ImportError:
+        return "onnxruntime"

@@ -1,0 +1,83 @@
+"""``model.onnx`` through OpenVINO on the CPU: compiled once, one inference request reused.
+
+FP32 unless asked (``INFERENCE_PRECISION_HINT``: OpenVINO would otherwise pick bf16 on CPUs
+that have it), threads set, the same seeded noise as every backend. The graph keeps its
+dynamic B and n: reshaped to static shapes, OpenVINO 2026.4 returns correct samples on
+the first call and different, wrong ones on later calls of the same compiled model with
+the same inputs; with dynamic shapes every call is bit-identical (tests hold it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from cvdvae.errors import CVDVAEError
+
+from ..model_files import ModelFiles, verify_onnx
+from .host_memory import HostCalls, activation_limited_samples
+from .interface import Backend
+from .timings import Timings
+
+PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+# OpenVINO gains a little per sample with bigger calls while memory grows with them: four
+# FFHQ-256 samples per call (README, "Benchmark": the call sizes measured).
+CALL_BUDGET = int(4.5 * 2**30)
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise CVDVAEError("OpenVINO is not installed: pip install 'cvdvae[cpu]' (or openvino)") from None
+    return openvino
+
+
+@dataclass
+class OpenVINOBackend(Backend):
+    files: ModelFiles
+    max_batch: int | None = None
+    max_n: int | None = None
+    threads: int = 0
+    inference_precision: str = "fp32"  # what OpenVINO computes in; the graph's own precision is the floor
+    profile: bool = False              # keep OpenVINO's per-layer performance counters
+    name: str = "openvino"
+    provider: str | None = "CPU"
+    note: str | None = None
+    rows_independent: bool = True  # measured: row b of a call is bit-identical alone (runtime.sampling)
+    timings: Timings = field(default_factory=Timings)
+
+    def __post_init__(self) -> None:
+        ov = import_openvino()
+        start = time.perf_counter()
+        path = verify_onnx(self.files)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[self.inference_precision],
+                                  "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": self.profile}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except RuntimeError as err:
+            raise CVDVAEError(f"OpenVINO cannot load {path}: {str(err).strip().splitlines()[0]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.precision = self.files.precision
+        self.max_n, self.max_batch = activation_limited_samples(self.files, self.max_n, self.max_batch, CALL_BUDGET)
+        self._calls = HostCalls(self.files, self.run, self.timings)
+        self.timings.load = time.perf_counter() - start
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph on explicit inputs (noise included): what ``sample`` calls with seeded noise."""
+        return self.request.infer(feeds)[self.compiled.output("sr")].copy()
+
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+                    temperature: np.ndarray) -> np.ndarray:
+        return self._calls.sample_rows(lr, seeds, first_sample, temperature)
+
+    def layer_times(self) -> list[dict[str, Any]]:
+        """The last call's per-layer times (with ``profile``): name, type, kernel, microseconds."""
+        return [{"name": p.node_name, "type": p.node_type, "kernel": p.exec_type,
+                 "us": p.real_time.total_seconds() * 1e6} for p in self.request.get_profiling_info()]

@@ -1,0 +1,331 @@
+"""``cvdvae.Pipeline``: LR faces or whole photos in, seeded samples out.
+
+    from cvdvae import Pipeline
+
+    pipe = Pipeline.from_pretrained("engines/x4-fp32")      # an export folder, model.onnx, engine.plan or weights
+    out = pipe("face.png", n=8, seed=0, temperature=0.8)    # out.samples: uint8 [B, n, H, W, 3]
+    photos = pipe.faces("photo.jpg", n=8, seed=0)           # detection, alignment, paste-back, in memory
+
+The pipeline composes the parts and owns no maths. ``__call__`` reads as its steps:
+``check_settings`` (n, seed, temperatures), ``prepare`` (decode, size check, the MATLAB
+bicubic degradation with ``from_hr``), ``jobs`` and the one sampling path
+(``runtime.sampling``), ``finish`` (the LR-consistency projection, 8-bit pixels, the NaN/Inf
+check). ``faces`` is ``detect_faces``, then ``face_jobs`` sampled, then ``finish_faces``.
+``cvdvae run``, ``cvdvae serve`` (which puts its own batching between the steps), ``cvdvae
+eval``, the demo and the benchmarks all go through here, so the same seed, n and input give
+the same pixels whichever of them is used.
+
+Samples are 8-bit like the files ``cvdvae run`` writes: ``round(clip(x, 0, 1) * 255)``,
+half to even, as the official sampler saves them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cvdvae import bicubic
+from cvdvae.errors import CVDVAEError
+from cvdvae.seeding import MAX_SEED
+
+from .backends import CHOICES, Backend, open_backend
+from .consistency import project
+from .faces.photos import PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, output_size, timed
+from .images.decode import ImageSource, InputError, decode_image, source_name
+from .images.outputs import input_grid, to_uint8
+from .model_files import ModelShape, locate
+from .sampling import Job, sample_jobs
+
+DEFAULT_N, DEFAULT_TEMPERATURE = 8, 0.8
+
+
+class NonFiniteSamples(CVDVAEError):
+    """Samples came out with NaN or Inf: the model is numerically broken. ``output`` holds every
+    sample (the broken ones as zeros) and says which are broken, so the finite ones can be kept."""
+
+    def __init__(self, message: str, output: Any):
+        super().__init__(message)
+        self.output = output
+
+
+class NoFaceFound(InputError):
+    """The photo has no face the search settings accept."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_pixels: int = 4096 * 4096     # an LR face or HR crop (headers above are refused undecoded)
+    max_photo_pixels: int = 100_000_000     # a photo for ``faces``
+    max_output_pixels: int = 400_000_000    # a whole-photo output of ``faces`` (1.2 GB in 8-bit RGB)
+
+
+@dataclass(frozen=True)
+class LRInput:
+    """One input as the model takes it."""
+
+    lr: np.ndarray | None       # [3, h, w] float32 0..255 (None: a prior-only model's draw)
+    hr: np.ndarray | None       # [H, W, 3] uint8, the HR image ``lr`` was degraded from (``from_hr``)
+    name: str                   # the file name, or what the input was
+    converted: str | None = None  # what the decoder did to reach 8-bit sRGB
+
+
+@dataclass
+class PipelineOutput:
+    samples: np.ndarray                  # [B, n, H, W, 3] uint8
+    inputs: list[LRInput]
+    seed: int
+    temperatures: np.ndarray             # [n] float32
+    scale: int | None
+    timings: dict[str, float] = field(default_factory=dict)
+    non_finite: list[list[int]] = field(default_factory=list)  # per input, the samples that held NaN/Inf
+
+    @property
+    def images(self) -> list[list[Any]]:
+        """Per input, its n samples as PIL images."""
+        from PIL import Image
+
+        return [[Image.fromarray(sample) for sample in row] for row in self.samples]
+
+    def grid(self, index: int) -> np.ndarray:
+        """Input ``index``'s grid (HWC uint8): its LR image enlarged (nearest), its HR image with
+        ``from_hr``, then its finite samples."""
+        source, broken = self.inputs[index], set(self.non_finite[index]) if self.non_finite else set()
+        finite = [sample for k, sample in enumerate(self.samples[index]) if k not in broken]
+        return input_grid(source.lr, source.hr, finite, self.scale)
+
+
+class Pipeline:
+    """A model and the engine that runs it; ``__call__`` and ``faces`` turn images into samples."""
+
+    def __init__(self, backend: Backend, shape: ModelShape, model_id: str, limits: Limits | None = None):
+        self.backend, self.shape, self.model_id = backend, shape, model_id
+        self.limits = limits or Limits()
+        self._detector: Any = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None, *,
+                        max_batch: int | None = None, max_n: int | None = None, tf32: bool = False,
+                        vdvae: str | Path | None = None, config: str | Path | None = None,
+                        preset: str | None = None, limits: Limits | None = None) -> "Pipeline":
+        """``path``: an export folder, a ``model.onnx`` or an ``engine.plan`` (run by ``backend``:
+        ``auto`` picks the fastest engine here), or a weight file (``.safetensors``, ``.ckpt``,
+        ``.th``: run by PyTorch, on CUDA when present; ``vdvae``, ``config`` and ``preset`` complete
+        it as ``cvdvae.load_model`` does)."""
+        from .backends.torch import WEIGHT_SUFFIXES, TorchBackend
+
+        path = Path(path)
+        if backend not in CHOICES:
+            raise CVDVAEError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
+        if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+            if backend not in ("auto", "torch"):
+                raise CVDVAEError(f"{path} holds weights: only {{backend}} runs them (export for the others)",
+                                  backend="torch")
+            engine = TorchBackend.from_weights(path, vdvae=vdvae, config=config, preset=preset, tf32=tf32)
+            return cls(engine, engine.shape, f"torch-{path.stem}", limits)
+        if backend == "torch":
+            raise CVDVAEError(f"PyTorch runs weight files ({', '.join(WEIGHT_SUFFIXES)}), not {path}")
+        files = locate(path)
+        engine = open_backend(files, backend, max_batch=max_batch, max_n=max_n, threads=threads or 0, tf32=tf32)
+        return cls(engine, files.shape, files.model_id, limits)
+
+    # ------------------------------------------------------------------ samples of LR faces
+    def __call__(self, images: ImageSource | LRInput | Sequence[ImageSource | LRInput] | None = None,
+                 n: int | None = None, seed: int = 0, temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
+                 from_hr: bool = False, consistent: bool = False) -> PipelineOutput:
+        """n samples of each image (PIL images, HWC uint8 arrays, paths or bytes; one or a list), or
+        with ``images`` None, n faces drawn from noise by a prior-only model. ``n`` defaults to 8,
+        or to one sample per temperature when ``temperature`` is a list. Raises ``InputError`` for
+        an unusable image and ``NonFiniteSamples`` when the model produced NaN/Inf."""
+        temperatures = self.check_settings(n, seed, temperature)
+        timings: dict[str, float] = {}
+        with timed(timings, "prepare"):
+            inputs = self.prepare(images, from_hr)
+        with timed(timings, "sample"):
+            samples = sample_jobs(self.backend, self.jobs(inputs, seed, temperatures))
+        return self.finish(inputs, samples, seed, temperatures, consistent, timings)
+
+    def check_settings(self, n: int | None, seed: int, temperature: float | Sequence[float]) -> np.ndarray:
+        """The temperatures, one per sample ``[n]`` float32, after checking n and seed."""
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise CVDVAEError(f"seed must be a whole number in 0 .. 2^64-1, not {seed!r}")
+        return check_temperatures(temperature, n)
+
+    def prepare(self, images: Any, from_hr: bool = False) -> list[LRInput]:
+        """Every image decoded, checked against the model's input size, and degraded with ``from_hr``
+        (inputs already prepared pass as they are)."""
+        if isinstance(images, list) and images and all(isinstance(item, LRInput) for item in images):
+            if any((item.lr is None) == self.shape.conditional for item in images):
+                raise CVDVAEError("these inputs were prepared for another kind of model")
+            return images
+        if not self.shape.conditional:
+            if images is not None or from_hr:
+                raise CVDVAEError("this is a prior-only model: it draws faces from noise alone; pass no images")
+            return [LRInput(None, None, "sample")]
+        if images is None:
+            raise CVDVAEError("this model super-resolves LR images: pass one or a list")
+        many = isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
+        return [self.prepare_one(image, from_hr) for image in (images if many else [images])]
+
+    def prepare_one(self, image: ImageSource | LRInput, from_hr: bool = False, name: str | None = None) -> LRInput:
+        if isinstance(image, LRInput):
+            return image
+        shape = self.shape
+        want = shape.hr_size if from_hr else shape.lr_size
+
+        def check_size(img: Any) -> None:
+            if img.size == (want, want):
+                return
+            message = (f"{decoded_name}: is {img.width}x{img.height}, the model takes {want}x{want} "
+                       f"{'HR' if from_hr else 'LR'} images")
+            if not from_hr and img.size == (shape.hr_size, shape.hr_size):
+                raise InputError(message + " (an HR image? add {from_hr})", "wrong_size", from_hr=True)
+            if min(img.size) > shape.hr_size:
+                raise InputError(message + " (a photo? add {faces})", "wrong_size", faces=True)
+            raise InputError(message, "wrong_size")
+
+        decoded_name = name or source_name(image)
+        decoded = decode_image(image, self.limits.max_image_pixels, check_size, decoded_name)
+        chw = np.ascontiguousarray(decoded.pixels.transpose(2, 0, 1))
+        if from_hr:
+            return LRInput(bicubic.downscale_uint8(chw, shape.hr_size // shape.lr_size), decoded.pixels,
+                           decoded.name, decoded.converted)
+        return LRInput(chw.astype(np.float32), None, decoded.name, decoded.converted)
+
+    @staticmethod
+    def jobs(inputs: list[LRInput], seed: int, temperatures: np.ndarray) -> list[Job]:
+        return [Job(item.lr, seed, temperatures) for item in inputs]
+
+    def finish(self, inputs: list[LRInput], samples: list[np.ndarray], seed: int, temperatures: np.ndarray,
+               consistent: bool = False, timings: dict[str, float] | None = None) -> PipelineOutput:
+        """The samples ``[n, 3, H, W]`` per input as 8-bit pixels; ``NonFiniteSamples`` when any held NaN/Inf."""
+        if consistent:
+            if not self.shape.conditional:
+                raise CVDVAEError("consistent needs LR images to be consistent with; a prior-only model has none")
+            if not self.shape.consistent:  # a graph exported consistent projects already
+                samples = [project(s, item.lr, self.shape.scale) for s, item in zip(samples, inputs)]
+        broken = [non_finite_samples(s) for s in samples]
+        pixels = np.stack([to_uint8_samples(s, bad) for s, bad in zip(samples, broken)])
+        output = PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken)
+        if any(broken):
+            raise NonFiniteSamples(non_finite_message(samples, broken), output)
+        return output
+
+    # ------------------------------------------------------------------ photos
+    def faces(self, photo: ImageSource, n: int | None = None, seed: int = 0,
+              temperature: float | Sequence[float] = DEFAULT_TEMPERATURE, *, min_face: int = 20,
+              max_faces: int | None = None, min_score: float = 0.9, upscale: float | None = None,
+              paste: str = "photo") -> FacesOutput:
+        """Every face of ``photo`` found, aligned as FFHQ was, sampled n times and pasted back: n whole
+        photos (``paste``: "photo" on the photo upscaled by ``upscale``, default the model's
+        factor; "transparent": the faces alone, RGBA; "none": no whole photos) and per face its
+        box, landmarks, mode and samples. Nothing is written to disk."""
+        temperatures = self.check_settings(n, seed, temperature)
+        found = self.detect_faces(photo, FaceSearch(min_face, max_faces, min_score), upscale, paste)
+        return self.sample_faces(found, seed, temperatures, upscale, paste)
+
+    def detect_faces(self, photo: ImageSource, search: FaceSearch = FaceSearch(), upscale: float | None = None,
+                     paste: str = "photo", name: str | None = None) -> PhotoFaces:
+        """The photo decoded (upright, sRGB) and its faces found and aligned; ``NoFaceFound`` when none.
+        ``upscale`` and ``paste`` are checked here, before any work, against the output limit."""
+        if not self.shape.conditional:
+            raise CVDVAEError("this is a prior-only model: it takes no photos")
+        if paste not in PASTE_MODES:
+            raise CVDVAEError(f"paste must be one of {', '.join(PASTE_MODES)}, not {paste!r}")
+        timings: dict[str, float] = {}
+        with timed(timings, "read"):
+            decoded = decode_image(photo, self.limits.max_photo_pixels, name=name)
+        factor = self.upscale_factor(upscale)
+        height, width = output_size(decoded.pixels, factor)
+        if paste != "none" and height * width > self.limits.max_output_pixels:
+            raise InputError(f"{decoded.name}: {decoded.pixels.shape[1]}x{decoded.pixels.shape[0]} at x{factor:g} is "
+                             f"{height * width / 1e6:.0f} megapixels, more than the "
+                             f"{self.limits.max_output_pixels / 1e6:.0f} written; lower {{upscale}} or use {{paste}}",
+                             "too_large", upscale=None, paste="none")
+        with timed(timings, "detect"):
+            detected = find_faces(decoded.pixels, self.detector, search)
+        with timed(timings, "align"):
+            faces = [align_face(decoded.pixels, face, self.shape.lr_size, self.shape.hr_size) for face in detected]
+        if not faces:
+            raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", "no_face", min_face=None, min_score=None)
+        return PhotoFaces(decoded.pixels, faces, decoded.name, timings)
+
+    def sample_faces(self, found: PhotoFaces, seed: int, temperatures: np.ndarray, upscale: float | None = None,
+                     paste: str = "photo") -> FacesOutput:
+        """The found faces sampled together (``temperatures`` [n]) and made into whole photos."""
+        with timed(found.timings, "sample"):
+            samples = sample_jobs(self.backend, self.face_jobs(found, seed, temperatures))
+        return self.finish_faces(found, samples, seed, temperatures, upscale, paste)
+
+    @staticmethod
+    def face_jobs(found: PhotoFaces, seed: int, temperatures: np.ndarray) -> list[Job]:
+        """One job per face: sample k of every face has the noise of ``(seed, k)``."""
+        return [Job(face.lr, seed, temperatures) for face in found.faces]
+
+    def finish_faces(self, found: PhotoFaces, samples: list[np.ndarray], seed: int, temperatures: np.ndarray,
+                     upscale: float | None = None, paste: str = "photo") -> FacesOutput:
+        broken = [non_finite_samples(s) for s in samples]
+        for face, face_samples, bad in zip(found.faces, samples, broken):
+            face.samples = to_uint8_samples(face_samples, bad)
+        output = FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
+                             found.name, found.timings, broken)
+        if any(broken):
+            raise NonFiniteSamples(f"{found.name}: " + non_finite_message(samples, broken, "face samples"), output)
+        return output
+
+    def upscale_factor(self, upscale: float | None) -> float:
+        factor = float(self.shape.scale if upscale is None else upscale)
+        if not (math.isfinite(factor) and factor > 0):
+            raise CVDVAEError(f"upscale must be a positive number, not {upscale!r}")
+        return factor
+
+    @property
+    def detector(self) -> Any:
+        """The MTCNN face detector, loaded on first use (``cvdvae fetch mtcnn`` puts it in place)."""
+        if self._detector is None:
+            from .faces.detector import FaceDetector
+
+            self._detector = FaceDetector.from_folder()
+        return self._detector
+
+
+def check_temperatures(temperature: float | Sequence[float], n: int | None) -> np.ndarray:
+    """One temperature per sample, ``[n]`` float32: a number for every sample, or a list of n."""
+    values = list(temperature) if isinstance(temperature, (list, tuple, np.ndarray)) else [temperature]
+    if n is not None and (not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1):
+        raise CVDVAEError(f"n must be a whole number >= 1, not {n!r}")
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float, np.number)) for v in values):
+        raise CVDVAEError(f"temperature must be a number or a list of numbers, not {temperature!r}")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
+        as_float32 = np.asarray(values, np.float64).astype(np.float32)
+    if not np.isfinite(as_float32).all() or (as_float32 < 0).any():
+        raise CVDVAEError(f"temperature must be finite (in float32) and >= 0, not {temperature!r}")
+    if len(values) == 1:
+        return np.full(n or DEFAULT_N, as_float32[0], np.float32)
+    if n is not None and n != len(values):
+        raise CVDVAEError(f"{len(values)} temperatures for n = {n}: give one, or one per sample")
+    return as_float32
+
+
+def non_finite_samples(samples: np.ndarray) -> list[int]:
+    """Indices of the samples [n, 3, H, W] holding any NaN or Inf."""
+    finite = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    return np.flatnonzero(~finite).tolist()
+
+
+def to_uint8_samples(samples: np.ndarray, broken: list[int]) -> np.ndarray:
+    """[n, 3, H, W] in [0, 1] -> [n, H, W, 3] uint8; a broken sample becomes zeros, never garbage."""
+    pixels = np.stack([to_uint8(np.nan_to_num(s)) for s in samples])
+    pixels[broken] = 0
+    return pixels
+
+
+def non_finite_message(samples: list[np.ndarray], broken: list[list[int]], what: str = "samples") -> str:
+    count = sum(len(b) for b in broken)
+    values = sum(int((~np.isfinite(s)).sum()) for s in samples)
+    total = sum(len(s) for s in samples)
+    return (f"{count} of {total} {what} contain NaN/Inf ({values:,} values): the model is numerically broken "
+            "(fp16 overflow?); re-export it in fp32 or bf16")
