@@ -75,12 +75,10 @@ and no Python work is done per element; on accelerators the chunks are much
 larger (``_CHUNK_BLOCKS_ACCELERATOR``) to amortise kernel launches. Chunking
 never changes values: every element is a function of (seed, k, e) alone.
 
-Cost, measured on a 2-core AMD EPYC VM for one sample of D = 5,322,784:
-about 0.14 s with numpy and 0.065-0.08 s with torch CPU (2 threads), i.e.
-under 3% of a ~5 s/sample CPU inference. The torch CPU path issues ~130 small
-elementwise ops per chunk, so when the CPU is oversubscribed by other
-processes its intra-op thread pool can make it many times slower (seen:
-seconds); the numpy path is single-threaded and unaffected.
+Cost: a small share of a CPU inference (README, "Sampling from explicit
+noise"). The torch CPU path issues many small elementwise ops per chunk, so
+when the CPU is oversubscribed by other processes its intra-op thread pool can
+make it many times slower; the numpy path is single-threaded and unaffected.
 
 Only numpy is imported at module level: the ONNX Runtime path uses this
 module without torch installed; torch is imported inside ``noise_torch``.

@@ -1,8 +1,8 @@
 """The engine's optimization profile: the range of B (images) and n (samples per image) it takes.
 
 The default keeps one call to at most 16 samples (B <= 2, n <= 8, opt B 1, n 8): an FFHQ-256
-sample holds roughly 1.1 GB of float32 activations at its largest resolution, so the old
-B <= 4 x n <= 16 needed tens of GiB for one call. Built on a GPU, the default also shrinks
+sample holds about 1.1 GB of float32 activations at its largest resolution (eight 512-channel
+256x256 tensors), so larger calls need tens of GiB. Built on a GPU, the default also shrinks
 to what half of the free device memory holds. A profile given with flags is kept as given;
 ``meta.json`` records which it was, so ``--engine-only`` rebuilds the same one.
 """

@@ -9,10 +9,9 @@ at most ``max_n`` samples; sample k of a job always has the noise of ``(seed, k)
 Rows share a call when they share one seed (one noise block serves them all: ``cvdvae run``
 over many images) or when the backend's rows are independent (``Backend.rows_independent``:
 row b of a call depends on row b's inputs alone, so a request gives the same bytes alone or
-beside any other). Measured on the demo graph: OpenVINO rows are bit-identical over 64 seeds
-in calls of 4 rows; ONNX Runtime rows differ by ~3e-6 in up to 1,246 values with their
-position in the call (its vectorised element-wise kernels round by position), so there
-requests of different seeds run one per call.
+beside any other). OpenVINO's rows are independent; ONNX Runtime's are not (its vectorised
+element-wise kernels round by position in the call), so there requests of different seeds
+run one per call. tests/test_serve.py checks both.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_TEMPERATURE = 0.8
 GREEDY_FLAGS = ("--input", "-i")
 
 # ------------------------------------------------------------------ the common flags
@@ -68,7 +67,7 @@ def check_preset(name: str | None) -> None:
 def parse_temperatures(values: list[str] | None, n: int | None) -> list[float]:
     """--temperature values (repeated and/or comma lists) -> one per sample, checked as the
     library checks them (``runtime.pipeline.check_temperatures``)."""
-    from runtime.pipeline import check_temperatures
+    from ..pipeline import DEFAULT_TEMPERATURE, check_temperatures
 
     try:
         parsed = [float(v) for text in values or [] for v in text.split(",") if v.strip()]

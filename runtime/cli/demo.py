@@ -47,7 +47,8 @@ def demo_engine(folder: Path) -> Path:
     """The demo model's export folder, made once."""
     from export.exporter import ExportSpec, export_folder
     from export.model_source import ModelChoice
-    from runtime.model_files import META_NAME
+
+    from ..model_files import META_NAME
 
     if not (folder / META_NAME).is_file():
         export_folder(ExportSpec(ModelChoice(demo=True), out=folder, overwrite=True, engine=False),
@@ -67,8 +68,8 @@ def demo_command(
     temperature: Temperatures = None,
     debug: Debug = False,
 ) -> int:
-    from runtime.images.outputs import write_samples
-    from runtime.pipeline import Pipeline
+    from ..images.outputs import write_samples
+    from ..pipeline import Pipeline
 
     temperatures = parse_temperatures(temperature, n)
     pipe = Pipeline.from_pretrained(demo_engine(out / "engine"))

@@ -17,8 +17,8 @@ from export import graph, profile, triton
 from export.engine import EngineSettings
 from export.exporter import ExportSpec, add_engine_to_folder, export_folder
 from export.model_source import ModelChoice
-from runtime.model_files import META_NAME, PLAN_NAME, read_meta
 
+from ..model_files import META_NAME, PLAN_NAME, read_meta
 from .common import (Checkpoint, ConfigFile, Debug, Overwrite, Quiet, Vdvae, check_choice, check_preset, command_app,
                      examples, run_app)
 

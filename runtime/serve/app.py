@@ -1,12 +1,12 @@
 """The HTTP routes (FastAPI) and the Ray Serve deployment that owns one ``Pipeline`` per replica.
 
 A request runs the pipeline's steps (``runtime.pipeline``): its image is decoded and checked
-(``prepare_one``, or ``detect_faces`` for a photo) on a worker thread, its jobs go to
-``run_batch``, which Ray Serve's ``@serve.batch`` calls with the jobs that arrived together
-(up to ``max_batch_size``, waiting at most ``batch_wait_s`` for more) and which runs them on
-the replica's one engine thread through the one sampling path; ``finish`` (8-bit pixels, the
-NaN/Inf check) and the PNG encoding run on a worker thread again. So a request gives the same
-pixels as ``cvdvae run`` and the Python API, and the event loop keeps accepting requests.
+(``prepare_one``; a photo's faces found and aligned by ``detect_faces`` on a worker thread), its
+jobs go to ``run_batch``, which Ray Serve's ``@serve.batch`` calls with the jobs that arrived
+together (up to ``max_batch_size``, waiting at most ``batch_wait_s`` for more) and which runs
+them on the replica's one engine thread through the one sampling path; then ``finish`` (8-bit
+pixels, the NaN/Inf check) and the PNG encoding. So a request gives the same pixels as ``cvdvae
+run`` and the Python API, and the event loop keeps accepting requests while engines run.
 """
 
 from __future__ import annotations
@@ -88,6 +88,16 @@ def _replica_name() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - outside a replica (tests)
         return "local"
+
+
+def library_call(work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, the library's errors about the request made into its 4xx (NaN/Inf: a 500)."""
+    try:
+        return work(*args)
+    except NonFiniteSamples:
+        raise RequestError(500, "non_finite", "the engine produced NaN/Inf samples (numerically broken)") from None
+    except CVDVAEError as err:
+        raise request_error(err) from None
 
 
 # Helpers above the deployment: Ray captures the class with the module's names defined so far.
@@ -173,13 +183,15 @@ class Sampler:
 
     # ---------------------------------------------------------------- the two kinds of request
     async def _lr_faces(self, request: Request, sample: SampleRequest, start: float) -> tuple[Response, int]:
-        """LR faces (or a prior-only model's draws): ``cvdvae run``'s samples for this image and seed."""
+        """LR faces (or a prior-only model's draws): ``cvdvae run``'s samples for this image and seed. An
+        LR face is small: its decoding and encoding stay on the event loop, where they cost less than
+        a trip to a worker thread."""
         pipe = self.pipe
         inputs = pipe.prepare(None) if sample.image is None else \
-            [await self._off_loop(pipe.prepare_one, sample.image, sample.from_hr, "image")]
+            [library_call(pipe.prepare_one, sample.image, sample.from_hr, "image")]
         samples = await self._batched(pipe.jobs(inputs, sample.seed, sample.temperature))
-        output = await self._off_loop(pipe.finish, inputs, samples, sample.seed, sample.temperature, sample.consistent)
-        pngs = await self._off_loop(lambda: [png_bytes(s) for s in output.samples[0]])
+        output = library_call(pipe.finish, inputs, samples, sample.seed, sample.temperature, sample.consistent)
+        pngs = [png_bytes(s) for s in output.samples[0]]
         summary = {"model": pipe.model_id, "seed": sample.seed, "n": len(pngs),
                    "temperatures": [round(float(t), 6) for t in sample.temperature],
                    "consistent": sample.consistent, "elapsed_s": round(time.perf_counter() - start, 4)}
@@ -200,8 +212,8 @@ class Sampler:
                                      "photo", "photo")
         samples = await self._batched(pipe.face_jobs(found, sample.seed, sample.temperature))
         output = await self._off_loop(pipe.finish_faces, found, samples, sample.seed, sample.temperature)
-        photos = await self._off_loop(lambda: [png_bytes(canvas) for canvas in output.composites()])
-        face_pngs = await self._off_loop(lambda: [[png_bytes(s) for s in face.samples] for face in output.faces])
+        photos, face_pngs = await self._off_loop(lambda: ([png_bytes(canvas) for canvas in output.composites()],
+                                                          [[png_bytes(s) for s in face.samples] for face in output.faces]))
         record = output.record(pipe.shape.hr_size)
         summary = {"model": pipe.model_id, "seed": sample.seed, "n": len(photos),
                    "temperatures": [round(float(t), 6) for t in sample.temperature], "size": record["size"],
@@ -222,13 +234,9 @@ class Sampler:
             raise RequestError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)")
 
     async def _off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
-        """``work(*args)`` on a worker thread; the library's errors about the request become its 4xx/5xx."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.workers, work, *args)
-        except NonFiniteSamples:
-            raise RequestError(500, "non_finite", "the engine produced NaN/Inf samples (numerically broken)") from None
-        except CVDVAEError as err:
-            raise request_error(err) from None
+        """``library_call(work, *args)`` on a worker thread: a photo's decoding, detection, alignment,
+        paste-back and encoding would hold the event loop for up to seconds."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, library_call, work, *args)
 
     async def _read(self, request: Request) -> SampleRequest:
         """The body, never more than the limit, then its fields."""

@@ -19,7 +19,7 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
 from ..images.decode import InputError
-from ..pipeline import check_temperatures
+from ..pipeline import DEFAULT_TEMPERATURE, check_temperatures
 
 DEFAULT_N = 4
 FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces"}
@@ -122,7 +122,7 @@ def _integer(fields: Mapping[str, Any], name: str, default: int, low: int, high:
 
 def _temperatures(value: Any, n: int) -> np.ndarray:
     if value is None or value == "":
-        value = 0.8
+        value = DEFAULT_TEMPERATURE
     items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
     try:
         parsed = [v if isinstance(v, bool) else float(v) for v in items]
