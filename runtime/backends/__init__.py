@@ -3,7 +3,8 @@
 A backend (``interface.Backend``) takes host LR images, a seed per row and a slice of sample
 indices and returns samples; it makes the contract's seeded noise itself (on the device where
 it has one), so that the same seed gives the same faces on every backend. ``runtime.sampling``
-packs a request into calls within ``max_batch`` x ``max_n``; nothing else calls a backend.
+packs requests into calls within ``max_batch`` x ``max_n``; the pipeline and the service go
+through it.
 
 Engines: ``tensorrt`` (``engine.plan``), ``openvino`` and ``onnxruntime`` (``model.onnx``),
 ``torch`` (weight files, through PyTorch on the CPU or CUDA).
