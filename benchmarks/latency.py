@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         peaks.update(gpu_fp32_gflops=matmul_peak("cuda", "float32", args.threads),
                      gpu_fp16_gflops=matmul_peak("cuda", "float16", args.threads))
-    spec = {"demo": args.demo, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-            "vdvae": str(args.vdvae) if args.vdvae else None, "config": str(args.config) if args.config else None,
+    # Workers run in the repository: paths are passed absolute.
+    spec = {"demo": args.demo, "checkpoint": str(args.checkpoint.resolve()) if args.checkpoint else None,
+            "vdvae": str(args.vdvae.resolve()) if args.vdvae else None,
+            "config": str(args.config.resolve()) if args.config else None,
             "preset": args.preset, "shapes": shapes, "warmup": args.warmup, "iters": args.iters,
             "min_time": args.min_time, "threads": args.threads, "tf32": args.tf32}
     model_config = load_model(spec).config

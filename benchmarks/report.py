@@ -87,7 +87,8 @@ def print_table(results: dict) -> None:
         if "error" in r:
             print(f"{r['backend']:<17}not run: {r['error']}")
             continue
-        flag = "  <-- disagrees with torch fp32" if r.get("flagged") else ""
+        flag = ("  <-- NaN/Inf samples" if r["non_finite_samples"] else "  <-- disagrees with torch fp32") \
+            if r.get("flagged") else ""
         precision = "tf32" if r["tf32"] and r["precision"] == "fp32" else r["precision"]
         print(f"{r['backend']:<17}{precision:<5}{r['batch']:>3}{r['n']:>4}{r['median_ms']:>11.1f}"
               f"{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['samples_per_s']:>8.3f}{r.get('speedup', float('nan')):>8.2f}"

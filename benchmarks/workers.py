@@ -64,13 +64,8 @@ def timed_calls(call: Callable[[], Any], count_non_finite: Callable[[Any], int],
 
 
 def non_finite_samples(out: Any) -> int:
-    """Samples [B, n, ...] with any NaN/Inf (numpy or torch)."""
-    flat = out.reshape(out.shape[0] * out.shape[1], -1)
-    if isinstance(flat, np.ndarray):
-        return int((~np.isfinite(flat)).any(axis=1).sum())
-    import torch
-
-    return int((~torch.isfinite(flat)).any(dim=1).sum())
+    """Samples the engine counted NaN/Inf in: ``out`` is (samples, counts [B, n]), numpy or torch."""
+    return int((out[1] > 0).sum())
 
 
 def torch_worker(spec: dict, backend: str) -> dict:
@@ -88,7 +83,7 @@ def torch_worker(spec: dict, backend: str) -> dict:
     model = load_model(spec).to(device)
     if backend in ("torch-fp16", "torch-bf16"):
         model.cast_weights(torch.float16 if backend == "torch-fp16" else torch.bfloat16)
-    runner = torch.compile(model) if backend == "torch-compile" else model
+    runner = torch.compile(model.sample) if backend == "torch-compile" else model.sample  # (sr, non_finite)
     load_s = time.perf_counter() - start
     results = []
     for batch, n in spec["shapes"]:
@@ -118,7 +113,7 @@ def torch_worker(spec: dict, backend: str) -> dict:
         times, first, broken = timed_calls(call, non_finite_samples, spec, device, spec["warmup"])
         entry = {"batch": batch, "n": n, **percentiles(times), "noise_ms": noise_s * 1000,
                  "non_finite_samples": broken, "channels_last": memory_format == torch.channels_last,
-                 "output": first.float().cpu().numpy()}
+                 "output": first[0].float().cpu().numpy()}
         if hook is not None:
             hook.remove()
             entry["margin"], entry["tails"] = mixture_margins(model, params["last"], noise, batch, n)
@@ -190,7 +185,7 @@ def runtime_worker(spec: dict, backend: str) -> dict:
         # The first (warm-up) call generates the noise, later calls reuse it as a run does.
         warmup = max(spec["warmup"], 1)
         times, first, broken = timed_calls(call, non_finite_samples, spec, device, warmup)
-        entry = {"batch": batch, "n": n, **percentiles(times), "non_finite_samples": broken, "output": first,
+        entry = {"batch": batch, "n": n, **percentiles(times), "non_finite_samples": broken, "output": first.samples,
                  "noise_ms": runner.timings.noise * 1000 / (warmup + len(times))}  # per call, made or reused
         if device == "cuda":
             import torch

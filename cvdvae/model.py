@@ -13,6 +13,12 @@ from .encoder import Encoder
 from .noise_layout import NoiseLayout
 
 
+def non_finite_count(x: torch.Tensor) -> torch.Tensor:
+    """``[N, ...] -> [N]`` float32: how many values of each row are NaN or Inf."""
+    bad = torch.isnan(x) | torch.isinf(x)
+    return bad.flatten(1).to(torch.float32).sum(dim=1)
+
+
 def _expand_samples(x: torch.Tensor, n: int) -> torch.Tensor:
     """``[B, ...] -> [B * n, ...]``, image b's rows first: the LR encoder ran once per image."""
     return x[:, None].expand(-1, n, *x.shape[1:]).reshape(-1, *x.shape[1:])
@@ -87,6 +93,17 @@ class CVDVAE(nn.Module):
         groups. No random number is drawn here. ``consistent`` applies the exact
         projection that makes each sample's bicubic downscale equal ``lr``.
         """
+        return self.sample(lr, noise, temperature, consistent)[0]
+
+    def sample(self, lr: torch.Tensor | None, noise: torch.Tensor, temperature: torch.Tensor,
+               consistent: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sr, non_finite)``: the samples as ``forward`` gives them, and ``[B, n]`` float32 counts of
+        the NaN and Inf values among each sample's pixel-head parameters and samples.
+
+        The parameters are counted before the mixture's argmax and the clamps, which turn NaN
+        into numbers on some engines (OpenVINO's CPU plugin among them): a fault anywhere above
+        the pixel head reaches them, so the count says a sample is broken whatever its pixels.
+        """
         self._check_inputs(lr, noise, temperature)
         batch, n = noise.shape[0], noise.shape[1]
         flat = noise.reshape(-1, noise.shape[2])
@@ -98,7 +115,8 @@ class CVDVAE(nn.Module):
         sr = ((x + 1.0) * 0.5).reshape(batch, n, *x.shape[1:])
         if consistent:
             sr = self.project_consistent(sr, lr)
-        return sr
+        non_finite = non_finite_count(params).reshape(batch, n) + non_finite_count(sr.flatten(0, 1)).reshape(batch, n)
+        return sr, non_finite
 
     def project_consistent(self, sr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """Replace each sample's row-space component so its downscale equals ``lr``, then clamp."""

@@ -21,10 +21,11 @@ import numpy as np
 import typer
 
 from cvdvae.seeding import noise_numpy
+from runtime.backends.interface import Sampled, sampled
 from runtime.cli.common import Quiet, Samples, Seed, Temperatures, command_app, examples, parse_temperatures, run_app
 from runtime.images.decode import InputError, decode_image
 from runtime.images.outputs import write_samples
-from runtime.pipeline import Limits, non_finite_samples, to_uint8_samples
+from runtime.pipeline import Limits, broken_samples, to_uint8_samples
 
 
 def build_inputs(lr_uint8_chw: np.ndarray | None, seed: int, n: int, noise_dim: int,
@@ -46,10 +47,12 @@ def build_inputs(lr_uint8_chw: np.ndarray | None, seed: int, n: int, noise_dim: 
     return inputs
 
 
-def model_signature(config: dict[str, Any]) -> tuple[int | None, int]:
-    """(LR size, or None for a prior-only model; D) from the server's model config (JSON)."""
+def model_signature(config: dict[str, Any]) -> tuple[int | None, int, bool]:
+    """(LR size, or None for a prior-only model; D; whether the graph counts NaN/Inf itself) from the
+    server's model config (JSON)."""
     dims = {tensor["name"]: [int(d) for d in tensor["dims"]] for tensor in config["input"]}
-    return (dims["lr"][-1] if "lr" in dims else None), dims["noise"][-1]
+    counts = any(tensor["name"] == "non_finite" for tensor in config["output"])
+    return (dims["lr"][-1] if "lr" in dims else None), dims["noise"][-1], counts
 
 
 def read_lr(path: Path, size: int) -> np.ndarray:
@@ -60,8 +63,9 @@ def read_lr(path: Path, size: int) -> np.ndarray:
     return np.ascontiguousarray(decode_image(path, Limits().max_image_pixels, check).pixels.transpose(2, 0, 1))
 
 
-def infer(client: Any, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """``sr`` float32 [1, n, 3, H, W] in [0, 1]."""
+def infer(client: Any, model: str, inputs: dict[str, np.ndarray], counts: bool) -> Sampled:
+    """``sr`` float32 [1, n, 3, H, W] in [0, 1] and each sample's NaN/Inf count (the graph's own
+    ``non_finite`` output where the model has it)."""
     import tritonclient.http as http
 
     tensors = []
@@ -69,8 +73,9 @@ def infer(client: Any, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         tensor = http.InferInput(name, list(array.shape), "FP32")
         tensor.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
         tensors.append(tensor)
-    result = client.infer(model, tensors, outputs=[http.InferRequestedOutput("sr", binary_data=True)])
-    return result.as_numpy("sr")
+    names = ["sr", "non_finite"] if counts else ["sr"]
+    result = client.infer(model, tensors, outputs=[http.InferRequestedOutput(name, binary_data=True) for name in names])
+    return sampled(result.as_numpy("sr"), result.as_numpy("non_finite") if counts else None)
 
 
 app = command_app("Sample faces from a cvdvae model served by Triton Inference Server (HTTP), with the seeded "
@@ -96,16 +101,17 @@ def client_command(
 
     temperatures = parse_temperatures(temperature, n)
     client = http.InferenceServerClient(url, network_timeout=timeout)
-    lr_size, noise_dim = model_signature(client.get_model_config(model))
+    lr_size, noise_dim, counts = model_signature(client.get_model_config(model))
     if (lr_size is None) != (input is None):
         raise typer.BadParameter(f"{model} is a prior-only model: it takes no LR image" if input else
                                  f"{model} needs an LR image of {lr_size}x{lr_size}", param_hint="'--input'")
     lr = None if input is None else read_lr(input, lr_size)
-    sr = infer(client, model, build_inputs(lr, seed, len(temperatures), noise_dim, temperatures))[0]
-    broken = non_finite_samples(sr)
+    result = infer(client, model, build_inputs(lr, seed, len(temperatures), noise_dim, temperatures), counts)
+    samples = Sampled(result.samples[0], result.non_finite[0])
+    broken = broken_samples(samples)
     out.mkdir(parents=True, exist_ok=True)
     stem = "sample" if input is None else input.stem
-    written = write_samples(out, stem, seed, to_uint8_samples(sr, broken), None, frozenset(broken))
+    written = write_samples(out, stem, seed, to_uint8_samples(samples.samples, broken), None, frozenset(broken))
     if not quiet:
         print(f"wrote {len(written)} samples to {out}/ ({stem}_s{seed}_NN.png)")
     if broken:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.interface import Sampled
 from runtime.sampling import sample_images
 
 from .precision import MIN_PSNR_DB, compare
@@ -103,9 +104,10 @@ def logistic_tails(pixel_noise: np.ndarray, num_mixtures: int, bound: float = LO
     return (np.abs(pixel_noise[:, num_mixtures:]) > bound).any(axis=1)
 
 
-def judge(sr: np.ndarray, case: Case, arithmetic: str) -> CaseResult:
-    """One engine output against its reference case."""
+def judge(result: Sampled, case: Case, arithmetic: str) -> CaseResult:
+    """One engine output against its reference case; the engine's own NaN/Inf counts fail it too."""
     batch, n = case.shape
+    sr = result.samples
     agreement = compare(sr, case.sr)
     tolerance = FP32_TOLERANCE if arithmetic == "fp32" else REDUCED_TOLERANCE
     max_abs, flips, _ = away_from_flips(sr, case.sr, case.margin, tolerance)
@@ -114,15 +116,18 @@ def judge(sr: np.ndarray, case: Case, arithmetic: str) -> CaseResult:
         passed = max_abs <= tolerance and flips <= max(1, pixels // 1000)
     else:
         passed = agreement.psnr_db >= MIN_PSNR_DB[_psnr_key(arithmetic)]
-    passed = passed and agreement.non_finite == 0
-    return CaseResult(batch, n, agreement.psnr_db, max_abs, flips, pixels, agreement.non_finite, bool(passed))
+    non_finite = max(agreement.non_finite, int(result.non_finite.sum()))
+    passed = passed and non_finite == 0
+    return CaseResult(batch, n, agreement.psnr_db, max_abs, flips, pixels, non_finite, bool(passed))
 
 
-def run_case(backend: Any, case: Case) -> np.ndarray:
+def run_case(backend: Any, case: Case) -> Sampled:
     """The engine's samples for a case, in calls within its profile (as cvdvae run makes them).
     A prior-only case's rows share their noise: one B = 1 draw stands for each of them."""
-    sr = sample_images(backend, case.lr, case.seed, case.temperature)
-    return np.broadcast_to(sr, case.sr.shape) if case.lr is None else sr
+    result = sample_images(backend, case.lr, case.seed, case.temperature)
+    if case.lr is not None:
+        return result
+    return Sampled(np.broadcast_to(result.samples, case.sr.shape), np.broadcast_to(result.non_finite, case.shape))
 
 
 def check_engine(backend: Any, cases: list[Case], reference: str, precision: str, tf32: bool) -> EngineCheck:

@@ -1,7 +1,9 @@
 """Tracing the sampler into one ONNX graph (contracts.md section 3).
 
-Inputs ``lr`` [B, 3, h, w], ``noise`` [B, n, D], ``temperature`` [B, n]; output ``sr``
-[B, n, 3, H, W]; B and n dynamic, everything float32 at the boundary. A prior-only VD-VAE
+Inputs ``lr`` [B, 3, h, w], ``noise`` [B, n, D], ``temperature`` [B, n]; outputs ``sr``
+[B, n, 3, H, W] and ``non_finite`` [B, n] (how many NaN/Inf values each sample's pixel-head
+parameters and pixels held, counted before any clamp: ``CVDVAE.sample``); B and n dynamic,
+everything float32 at the boundary. A prior-only VD-VAE
 traces to the unconditional graph, the same without ``lr`` (section 3.1). We use the
 ``torch.export`` (dynamo) exporter, the maintained one, which records the dynamic
 dimensions symbolically (the legacy tracer would bake in the example batch), at opset 18
@@ -22,7 +24,7 @@ from torch import nn
 
 from cvdvae.model import CVDVAE
 
-OUTPUT_NAME = "sr"
+OUTPUT_NAMES = ("sr", "non_finite")
 DEFAULT_OPSET = 18
 MIN_OPSET = {"bf16": 22}  # ONNX Conv accepts bfloat16 from opset 22
 
@@ -39,26 +41,27 @@ def input_names(model: CVDVAE) -> tuple[str, ...]:
 
 
 class SamplerGraph(nn.Module):
-    """The traced function: positional (lr, noise, temperature) -> sr, options frozen."""
+    """The traced function: positional (lr, noise, temperature) -> (sr, non_finite), options frozen."""
 
     def __init__(self, model: CVDVAE, consistent: bool = False):
         super().__init__()
         self.model = model
         self.consistent = consistent
 
-    def forward(self, lr: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        return self.model(lr, noise, temperature, consistent=self.consistent)
+    def forward(self, lr: torch.Tensor, noise: torch.Tensor,
+                temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.sample(lr, noise, temperature, consistent=self.consistent)
 
 
 class PriorSamplerGraph(nn.Module):
-    """The unconditional graph's function: (noise, temperature) -> sr."""
+    """The unconditional graph's function: (noise, temperature) -> (sr, non_finite)."""
 
     def __init__(self, model: CVDVAE):
         super().__init__()
         self.model = model
 
-    def forward(self, noise: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        return self.model(None, noise, temperature)
+    def forward(self, noise: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.sample(None, noise, temperature)
 
 
 def sampler_graph(model: CVDVAE, consistent: bool = False) -> nn.Module:
@@ -90,7 +93,7 @@ def trace_to_onnx(model: CVDVAE, *, consistent: bool = False, opset: int = DEFAU
         if not verbose:
             warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            graph, example_inputs(model), input_names=list(names), output_names=[OUTPUT_NAME],
+            graph, example_inputs(model), input_names=list(names), output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False,
             verbose=verbose,
         )

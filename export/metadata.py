@@ -37,7 +37,7 @@ def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256
         "consistent": consistent,
         "inputs": {**({"lr": ["B", 3, cfg.image_size_y, cfg.image_size_y]} if cfg.has_lr_encoder else {}),
                    "noise": ["B", "n", layout.dim], "temperature": ["B", "n"]},
-        "outputs": {"sr": ["B", "n", 3, cfg.image_size, cfg.image_size]},
+        "outputs": {"sr": ["B", "n", 3, cfg.image_size, cfg.image_size], "non_finite": ["B", "n"]},
         "graph_sha256": graph_sha256,
     }
 

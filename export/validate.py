@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -56,10 +56,12 @@ class ShapeResult:
     flipped_pixels: int
     pixels: int
     agreement: dict
+    graph_non_finite: int = 0     # the graph's own NaN/Inf count over the case (its non_finite output)
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_error <= FP32_TOLERANCE and self.flipped_pixels <= max(1, self.pixels // 1000)
+        return (self.max_abs_error <= FP32_TOLERANCE and self.flipped_pixels <= max(1, self.pixels // 1000)
+                and self.graph_non_finite == 0)
 
 
 @dataclass
@@ -171,18 +173,20 @@ def validate_fp32(onnx_path: Path, model: CVDVAE, shapes: Sequence[tuple[int, in
     report, cases = ValidationReport(backend="onnxruntime", precision="fp32"), []
     for batch, n in shapes:
         inputs = validation_inputs(model, batch, n)
-        sr, choice = session.run(None, _feeds(inputs))
+        sr, counts, choice = session.run(None, _feeds(inputs))  # sr, non_finite, the exposed ArgMax
         ref_sr, ref_choice, margin = torch_reference(model, inputs, consistent)
         flipped = (choice != ref_choice).reshape(batch, n, 1, *sr.shape[-2:])
         error = np.where(flipped, 0.0, np.abs(sr - ref_sr))
         report.shapes.append(ShapeResult(batch, n, float(error.max()), int(flipped.sum()), int(flipped.size),
-                                         compare(sr, ref_sr).to_dict()))
+                                         compare(sr, ref_sr).to_dict(), int(np.sum(counts))))
         cases.append(_case(inputs, sr, margin))
     return report, cases
 
 
-def _check(through: str, arithmetic: str, sr: np.ndarray, case: Case, precision: str) -> dict:
+def _check(through: str, arithmetic: str, sr: np.ndarray, case: Case, precision: str, counted: int = 0) -> dict:
+    """``sr`` against the case; ``counted``: NaN/Inf the graph's own output counted (before clamps)."""
     agreement = compare(sr, case.sr)
+    agreement = replace(agreement, non_finite=max(agreement.non_finite, counted))
     passed = agreement.non_finite == 0 and agreement.psnr_db >= MIN_PSNR_DB[precision]
     return {"through": through, "arithmetic": arithmetic, **agreement.to_dict(), "batch": case.shape[0],
             "n": case.shape[1], "min_psnr_db": MIN_PSNR_DB[precision], "passed": passed}
@@ -198,13 +202,14 @@ def reduced_precision_checks(onnx_path: Path, reduced: CVDVAE, precision: str, c
                      torch_reference(reduced, inputs, consistent)[0], case, precision)]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         session = onnxruntime_session(onnx_path, expose_choice=False, providers=["CUDAExecutionProvider"])
-        sr = session.run(["sr"], _feeds(inputs))[0]
-        checks.append(_check("onnxruntime-cuda", f"the graph, {dtype} kernels", sr, case, precision))
+        sr, counts = session.run(["sr", "non_finite"], _feeds(inputs))
+        checks.append(_check("onnxruntime-cuda", f"the graph, {dtype} kernels", sr, case, precision,
+                             int(np.sum(counts))))
     elif precision == "fp16":
         session = onnxruntime_session(onnx_path, expose_choice=False, providers=["CPUExecutionProvider"])
-        sr = session.run(["sr"], _feeds(inputs))[0]
+        sr, counts = session.run(["sr", "non_finite"], _feeds(inputs))
         checks.append(_check("onnxruntime-cpu", "the graph through float32 kernels (checks its structure)",
-                             sr, case, precision))
+                             sr, case, precision, int(np.sum(counts))))
     else:
         checks.append({"through": "onnxruntime-cpu", "skipped": "ONNX Runtime's CPU provider has no bfloat16 "
                        "kernels; the engine check on the GPU runs the graph"})

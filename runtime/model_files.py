@@ -3,7 +3,8 @@
 A folder holds ``model.onnx`` (the graph, contracts.md section 3), ``meta.json`` (what the
 graph is: sizes, ``D``, precision, the ONNX file's sha256, an engine's record) and, when
 built, ``engine.plan``. ``meta.json`` carries a format number; a reader refuses one it does
-not know, naming the cvdvae version that wrote it.
+not know, naming the cvdvae version that wrote it. Format 2 graphs have the ``non_finite``
+output; format 1 graphs (cvdvae 0.1) lack it and still run, their NaN/Inf seen only in ``sr``.
 
 ``MODEL`` (what a user points at) is an ``engine.plan``, a ``model.onnx`` or the folder.
 """
@@ -20,7 +21,8 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_path, sha256_file
 
 ONNX_NAME, META_NAME, PLAN_NAME = "model.onnx", "meta.json", "engine.plan"
-META_FORMAT = 1  # bump when meta.json changes in a way an older reader would misread
+META_FORMAT = 2  # bump when meta.json changes in a way an older reader would misread
+READABLE_FORMATS = (1, 2)
 REQUIRED = ("lr_size", "hr_size", "scale", "noise_dim", "precision")
 
 
@@ -70,6 +72,11 @@ class ModelFiles:
         return str(self.meta["precision"])
 
     @property
+    def reports_non_finite(self) -> bool:
+        """Whether the graph counts each sample's NaN/Inf itself (the ``non_finite`` output)."""
+        return "non_finite" in self.meta.get("outputs", {})
+
+    @property
     def shape(self) -> ModelShape:
         return ModelShape(self.conditional, self.lr_size, self.hr_size, self.scale,
                           bool(self.meta.get("consistent", False)))
@@ -106,10 +113,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CVDVAEError(f"{path} is not a JSON object; re-run cvdvae export")
     written_by = f"cvdvae {meta['cvdvae_version']}" if "cvdvae_version" in meta else "an unknown cvdvae"
-    if meta.get("format") != META_FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         found = "no format number" if "format" not in meta else f"format {meta['format']!r}"
+        readable = " and ".join(map(str, READABLE_FORMATS))
         raise CVDVAEError(f"{path} has {found} (written by {written_by}); this cvdvae {__version__} reads "
-                          f"format {META_FORMAT}: re-export the model with this version, or use the one that "
+                          f"formats {readable}: re-export the model with this version, or use the one that "
                           "wrote it")
     missing = [k for k in REQUIRED if k not in meta]
     if missing:

@@ -33,6 +33,7 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
 from .backends import CHOICES, Backend, open_backend
+from .backends.interface import Sampled
 from .consistency import project
 from .faces.photos import PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, output_size, timed
 from .images.decode import ImageSource, InputError, decode_image, source_name
@@ -41,6 +42,10 @@ from .model_files import ModelShape, locate
 from .sampling import Job, sample_jobs
 
 DEFAULT_N, DEFAULT_TEMPERATURE = 8, 0.8
+# A temperature scales the prior's standard deviation. The paper samples at t <= 1; at 10 the
+# latents already lie ten standard deviations out, where the prior decodes nothing it learnt,
+# and beyond it the latent draws only move towards float16/float32 overflow.
+MAX_TEMPERATURE = 10.0
 
 
 class NonFiniteSamples(CVDVAEError):
@@ -82,6 +87,7 @@ class PipelineOutput:
     scale: int | None
     timings: dict[str, float] = field(default_factory=dict)
     non_finite: list[list[int]] = field(default_factory=list)  # per input, the samples that held NaN/Inf
+    non_finite_values: np.ndarray | None = None  # [B, n]: how many NaN/Inf the engine counted per sample
 
     @property
     def images(self) -> list[list[Any]]:
@@ -199,19 +205,22 @@ class Pipeline:
     def jobs(inputs: list[LRInput], seed: int, temperatures: np.ndarray) -> list[Job]:
         return [Job(item.lr, seed, temperatures) for item in inputs]
 
-    def finish(self, inputs: list[LRInput], samples: list[np.ndarray], seed: int, temperatures: np.ndarray,
+    def finish(self, inputs: list[LRInput], results: list[Sampled], seed: int, temperatures: np.ndarray,
                consistent: bool = False, timings: dict[str, float] | None = None) -> PipelineOutput:
-        """The samples ``[n, 3, H, W]`` per input as 8-bit pixels; ``NonFiniteSamples`` when any held NaN/Inf."""
+        """Each input's samples as 8-bit pixels; ``NonFiniteSamples`` when the engine counted NaN/Inf
+        in any of them (its pixels are then never used)."""
         if consistent:
             if not self.shape.conditional:
                 raise CVDVAEError("consistent needs LR images to be consistent with; a prior-only model has none")
             if not self.shape.consistent:  # a graph exported consistent projects already
-                samples = [project(s, item.lr, self.shape.scale) for s, item in zip(samples, inputs)]
-        broken = [non_finite_samples(s) for s in samples]
-        pixels = np.stack([to_uint8_samples(s, bad) for s, bad in zip(samples, broken)])
-        output = PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken)
+                results = [Sampled(project(r.samples, item.lr, self.shape.scale), r.non_finite)
+                           for r, item in zip(results, inputs)]
+        broken = [broken_samples(r) for r in results]
+        pixels = np.stack([to_uint8_samples(r.samples, bad) for r, bad in zip(results, broken)])
+        output = PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken,
+                                np.stack([r.non_finite for r in results]))
         if any(broken):
-            raise NonFiniteSamples(non_finite_message(samples, broken), output)
+            raise NonFiniteSamples(non_finite_message(results, broken, self.backend.precision), output)
         return output
 
     # ------------------------------------------------------------------ photos
@@ -265,15 +274,16 @@ class Pipeline:
         """One job per face: sample k of every face has the noise of ``(seed, k)``."""
         return [Job(face.lr, seed, temperatures) for face in found.faces]
 
-    def finish_faces(self, found: PhotoFaces, samples: list[np.ndarray], seed: int, temperatures: np.ndarray,
+    def finish_faces(self, found: PhotoFaces, results: list[Sampled], seed: int, temperatures: np.ndarray,
                      upscale: float | None = None, paste: str = "photo") -> FacesOutput:
-        broken = [non_finite_samples(s) for s in samples]
-        for face, face_samples, bad in zip(found.faces, samples, broken):
-            face.samples = to_uint8_samples(face_samples, bad)
+        broken = [broken_samples(r) for r in results]
+        for face, result, bad in zip(found.faces, results, broken):
+            face.samples = to_uint8_samples(result.samples, bad)
         output = FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
                              found.name, found.timings, broken)
         if any(broken):
-            raise NonFiniteSamples(f"{found.name}: " + non_finite_message(samples, broken, "face samples"), output)
+            raise NonFiniteSamples(f"{found.name}: " + non_finite_message(results, broken, self.backend.precision,
+                                                                          "face samples"), output)
         return output
 
     def upscale_factor(self, upscale: float | None) -> float:
@@ -301,8 +311,8 @@ def check_temperatures(temperature: float | Sequence[float], n: int | None) -> n
         raise CVDVAEError(f"temperature must be a number or a list of numbers, not {temperature!r}")
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
         as_float32 = np.asarray(values, np.float64).astype(np.float32)
-    if not np.isfinite(as_float32).all() or (as_float32 < 0).any():
-        raise CVDVAEError(f"temperature must be finite (in float32) and >= 0, not {temperature!r}")
+    if not np.isfinite(as_float32).all() or (as_float32 < 0).any() or (as_float32 > MAX_TEMPERATURE).any():
+        raise CVDVAEError(f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}, not {temperature!r}")
     if len(values) == 1:
         return np.full(n or DEFAULT_N, as_float32[0], np.float32)
     if n is not None and n != len(values):
@@ -310,10 +320,9 @@ def check_temperatures(temperature: float | Sequence[float], n: int | None) -> n
     return as_float32
 
 
-def non_finite_samples(samples: np.ndarray) -> list[int]:
-    """Indices of the samples [n, 3, H, W] holding any NaN or Inf."""
-    finite = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
-    return np.flatnonzero(~finite).tolist()
+def broken_samples(result: Sampled) -> list[int]:
+    """Indices of the samples the engine counted NaN or Inf in."""
+    return np.flatnonzero(result.non_finite > 0).tolist()
 
 
 def to_uint8_samples(samples: np.ndarray, broken: list[int]) -> np.ndarray:
@@ -323,9 +332,16 @@ def to_uint8_samples(samples: np.ndarray, broken: list[int]) -> np.ndarray:
     return pixels
 
 
-def non_finite_message(samples: list[np.ndarray], broken: list[list[int]], what: str = "samples") -> str:
+def non_finite_message(results: list[Sampled], broken: list[list[int]], precision: str,
+                       what: str = "samples") -> str:
     count = sum(len(b) for b in broken)
-    values = sum(int((~np.isfinite(s)).sum()) for s in samples)
-    total = sum(len(s) for s in samples)
-    return (f"{count} of {total} {what} contain NaN/Inf ({values:,} values): the model is numerically broken "
-            "(fp16 overflow?); re-export it in fp32 or bf16")
+    values = sum(int(r.non_finite.sum()) for r in results)
+    total = sum(len(r.samples) for r in results)
+    return f"{count} of {total} {what} contain NaN/Inf ({values:,} values): {broken_model_advice(precision)}"
+
+
+def broken_model_advice(precision: str) -> str:
+    """What a NaN/Inf sample says about the model, and what to do."""
+    if precision == "fp16":
+        return "the model is numerically broken (float16 overflow?); re-export it in fp32 or bf16"
+    return "the model is numerically broken (NaN or Inf weights, or activations beyond float range); check its weights"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import Backend
+from .backends.interface import Sampled
 
 
 @dataclass(frozen=True)
@@ -44,25 +45,28 @@ def sample_chunks(n: int, max_n: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def sample_jobs(backend: Backend, jobs: list[Job]) -> list[np.ndarray]:
-    """Every job's samples ``[n, 3, H, W]`` (float32 in [0, 1]), in the order given."""
-    results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+def sample_jobs(backend: Backend, jobs: list[Job]) -> list[Sampled]:
+    """Every job's samples ``[n, 3, H, W]`` (float32 in [0, 1]) and their NaN/Inf counts ``[n]``,
+    in the order given."""
+    results: list[Sampled | None] = [None] * len(jobs)
     by_n: dict[int, list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
         by_n[job.n].append(index)
     for indices in by_n.values():
         for group in _call_groups(backend, [jobs[i] for i in indices], indices):
-            for i, samples in zip(group, _sample_rows(backend, [jobs[i] for i in group])):
-                results[i] = samples
-    return results
+            rows = _sample_rows(backend, [jobs[i] for i in group])
+            for row, i in enumerate(group):
+                results[i] = Sampled(rows.samples[row], rows.non_finite[row])
+    return results  # type: ignore[return-value]
 
 
-def sample_images(backend: Backend, lr: np.ndarray | None, seed: int, temperature: np.ndarray) -> np.ndarray:
-    """``[B, n, 3, H, W]``: every image of ``lr`` ([B, 3, h, w]; None: one draw of a prior-only
-    model) with the noise of ``seed`` and the temperatures ``[n]``."""
+def sample_images(backend: Backend, lr: np.ndarray | None, seed: int, temperature: np.ndarray) -> Sampled:
+    """``[B, n, 3, H, W]`` samples and ``[B, n]`` counts: every image of ``lr`` ([B, 3, h, w]; None:
+    one draw of a prior-only model) with the noise of ``seed`` and the temperatures ``[n]``."""
     images = [None] if lr is None else list(lr)
     temperature = np.asarray(temperature, np.float32)
-    return np.stack(sample_jobs(backend, [Job(image, seed, temperature) for image in images]))
+    results = sample_jobs(backend, [Job(image, seed, temperature) for image in images])
+    return Sampled(np.stack([r.samples for r in results]), np.stack([r.non_finite for r in results]))
 
 
 def _call_groups(backend: Backend, jobs: list[Job], indices: list[int]) -> list[list[int]]:
@@ -72,10 +76,11 @@ def _call_groups(backend: Backend, jobs: list[Job], indices: list[int]) -> list[
     return [indices[start:start + rows] for start in range(0, len(indices), rows)]
 
 
-def _sample_rows(backend: Backend, jobs: list[Job]) -> np.ndarray:
+def _sample_rows(backend: Backend, jobs: list[Job]) -> Sampled:
     lr = None if jobs[0].lr is None else np.stack([job.lr for job in jobs])
     temperature = np.stack([job.temperature for job in jobs]).astype(np.float32)
     seeds = [job.seed for job in jobs]
     calls = [backend.sample_rows(lr, seeds, chunk.start, temperature[:, chunk.start:chunk.stop])
              for chunk in sample_chunks(jobs[0].n, backend.max_n)]
-    return np.concatenate(calls, axis=1)
+    return Sampled(np.concatenate([c.samples for c in calls], axis=1),
+                   np.concatenate([c.non_finite for c in calls], axis=1))

@@ -99,7 +99,8 @@ class FakeCuda:
 
 # ------------------------------------------------------------------------- TensorRT
 
-COMPUTE: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]] = {}
+# A compute gives ``sr``, or ``(sr, non_finite)`` where the network counts its own NaN/Inf.
+COMPUTE: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], Any]] = {}
 
 
 def toy_model(lr: np.ndarray, noise: np.ndarray, temperature: np.ndarray, hr_size: int) -> np.ndarray:
@@ -111,7 +112,16 @@ def toy_model(lr: np.ndarray, noise: np.ndarray, temperature: np.ndarray, hr_siz
     return 1.0 / (1.0 + np.exp(-(pixels + image + temperature[:, :, None, None, None])))
 
 
+def nan_hiding_model(lr: np.ndarray, noise: np.ndarray, temperature: np.ndarray, hr_size: int) -> tuple:
+    """``toy_model`` made NaN where the temperature is 1 or more, then clamped to numbers as some
+    engines clamp NaN, with the NaN counted before the clamp (the graph's ``non_finite``)."""
+    pre = toy_model(lr, noise, temperature, hr_size) * np.where(temperature >= 1, np.nan, 1.0)[:, :, None, None, None]
+    counts = (~np.isfinite(pre)).reshape(*temperature.shape, -1).sum(axis=2).astype(np.float32)
+    return np.nan_to_num(pre, nan=0.0), counts
+
+
 COMPUTE["toy"] = toy_model
+COMPUTE["nan-hiding"] = nan_hiding_model
 
 
 class DataType(enum.Enum):
@@ -127,13 +137,15 @@ class TensorIOMode(enum.Enum):
 
 
 def engine_spec(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64, batch: tuple = (1, 1, 2),
-                n: tuple = (1, 4, 4), compute: str = "toy") -> dict[str, Any]:
+                n: tuple = (1, 4, 4), compute: str = "toy", counts: bool = True) -> dict[str, Any]:
     """A plan's description: the contract's I/O for these sizes (no lr without ``lr_size``: a
-    prior-only graph) and a profile over B and n."""
+    prior-only graph; no non_finite without ``counts``: a cvdvae 0.1 graph) and a profile over B and n."""
     io = {"noise": ["INPUT", "FLOAT", [-1, -1, noise_dim]], "temperature": ["INPUT", "FLOAT", [-1, -1]],
           "sr": ["OUTPUT", "FLOAT", [-1, -1, 3, hr_size, hr_size]]}
     if lr_size is not None:
         io["lr"] = ["INPUT", "FLOAT", [-1, 3, lr_size, lr_size]]
+    if counts:
+        io["non_finite"] = ["OUTPUT", "FLOAT", [-1, -1]]
     return {"compute": compute, "hr_size": hr_size, "profile": {"batch": list(batch), "n": list(n)}, "io": io}
 
 
@@ -227,8 +239,11 @@ class FakeContext:
 
         noise, t = (tensor(k, shapes[k]).numpy() for k in ("noise", "temperature"))
         lr = tensor("lr", shapes["lr"]).numpy() if "lr" in shapes else np.zeros((noise.shape[0], 3, 1, 1))
-        sr = COMPUTE[self.engine.spec["compute"]](lr, noise, t, self.engine.spec["hr_size"])
+        out = COMPUTE[self.engine.spec["compute"]](lr, noise, t, self.engine.spec["hr_size"])
+        sr, counts = out if isinstance(out, tuple) else (out, (~np.isfinite(out)).reshape(*t.shape, -1).sum(axis=2))
         tensor("sr", sr.shape).copy_(torch.from_numpy(np.ascontiguousarray(sr, dtype=np.float32)))
+        if "non_finite" in self.engine.spec["io"]:
+            tensor("non_finite", t.shape).copy_(torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32)))
 
 
 @dataclass
@@ -275,6 +290,8 @@ def write_plan(folder: Path, spec: dict[str, Any], meta: dict[str, Any], trt: Fa
     return ModelFiles(folder, {**meta, "engine": engine}, None, folder / name, "plan")
 
 
-def toy_meta(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64) -> dict[str, Any]:
-    return {"format": 1, "lr_size": lr_size, "hr_size": hr_size, "scale": hr_size // lr_size if lr_size else None,
-            "noise_dim": noise_dim, "precision": "fp32", "config": {"width": 4}, "conditional": lr_size is not None}
+def toy_meta(lr_size: int | None = 2, hr_size: int = 4, noise_dim: int = 64, counts: bool = True) -> dict[str, Any]:
+    outputs = {"sr": ["B", "n", 3, hr_size, hr_size], **({"non_finite": ["B", "n"]} if counts else {})}
+    return {"format": 2 if counts else 1, "lr_size": lr_size, "hr_size": hr_size,
+            "scale": hr_size // lr_size if lr_size else None, "noise_dim": noise_dim, "precision": "fp32",
+            "config": {"width": 4}, "conditional": lr_size is not None, "outputs": outputs}

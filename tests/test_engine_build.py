@@ -140,7 +140,8 @@ def gpu(monkeypatch, tmp_path):
                 "profile": {"batch": [low_b, 1, high_b], "n": [low_n, 1, high_n]},
                 "io": {"lr": ["INPUT", "FLOAT", [-1, 3, meta["lr_size"], meta["lr_size"]]],
                        "noise": ["INPUT", "FLOAT", [-1, -1, dim]], "temperature": ["INPUT", "FLOAT", [-1, -1]],
-                       "sr": ["OUTPUT", "FLOAT", [-1, -1, 3, meta["hr_size"], meta["hr_size"]]]}}
+                       "sr": ["OUTPUT", "FLOAT", [-1, -1, 3, meta["hr_size"], meta["hr_size"]]],
+                       "non_finite": ["OUTPUT", "FLOAT", [-1, -1]]}}
         if gpu.fail_build:
             raise EngineBuildFailed("TensorRT could not build the engine (out of memory)")
         return BuiltPlan(json.dumps(spec).encode(), trt.__version__, b"cache" if options.timing_cache else None)

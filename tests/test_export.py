@@ -84,6 +84,7 @@ def test_graph_contract(which, demo_export, custom_export):
         "noise": ("FLOAT", ["B", "n", dim]),
         "temperature": ("FLOAT", ["B", "n"]),
         "sr": ("FLOAT", ["B", "n", 3, big, big]),
+        "non_finite": ("FLOAT", ["B", "n"]),
     }
     assert random_ops(proto) == []
     assert not {n.op_type for n in proto.graph.node} & {"RandomNormal", "RandomNormalLike", "RandomUniform",

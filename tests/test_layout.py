@@ -98,7 +98,7 @@ def test_the_checks_catch_a_module_that_reaches_up_or_round():
     assert upward(edges) == ["cvdvae.blocks imports runtime.pipeline", "runtime.sampling imports export.exporter"]
     edges = graph()
     edges["runtime.backends.timings"] = {"runtime.backends"}
-    assert circles(edges) and all(c.endswith("runtime.backends.timings -> runtime.backends") for c in circles(edges))
+    assert any("runtime.backends.timings -> runtime.backends" in circle for circle in circles(edges))
 
 
 def project_files() -> list[str]:

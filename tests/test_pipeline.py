@@ -85,7 +85,8 @@ def test_errors_name_settings_and_never_a_flag(pipe):
     cases = [(lambda: pipe(face(0, 32)), "from_hr=True"),            # an HR image
              (lambda: pipe(face(0, 64)), "Pipeline.faces()"),         # a photo
              (lambda: pipe(face(0), n=0), "n must be"),
-             (lambda: pipe(face(0), temperature=1e39), "finite (in float32)"),
+             (lambda: pipe(face(0), temperature=1e39), "from 0 to 10"),
+             (lambda: pipe(face(0), temperature=10.5), "from 0 to 10"),
              (lambda: pipe(face(0), temperature=True), "a number"),
              (lambda: pipe(face(0), n=2, temperature=[0.1, 0.2, 0.3]), "3 temperatures for n = 2"),
              (lambda: pipe(face(0), seed=-1), "seed must be"),
@@ -186,6 +187,6 @@ def test_an_export_folder_of_an_unknown_format_names_the_version_that_wrote_it(d
     shutil.copytree(demo_export, folder)
     meta = json.loads((folder / "meta.json").read_text())
     (folder / "meta.json").write_text(json.dumps({**meta, "format": 7, "cvdvae_version": "3.1.4"}))
-    with pytest.raises(CVDVAEError, match=r"format 7 \(written by cvdvae 3\.1\.4\); this cvdvae .* reads format 1"):
+    with pytest.raises(CVDVAEError, match=r"format 7 \(written by cvdvae 3\.1\.4\); this cvdvae .* reads formats 1 and 2"):
         Pipeline.from_pretrained(folder)
     assert run_main([str(folder), "--input", "x.png"]) == 2

@@ -47,7 +47,7 @@ def test_the_prior_graph_is_the_unconditional_contract(exported):
     proto = onnx.load(str(exported / "model.onnx"))
     big, dim = meta["hr_size"], meta["noise_dim"]
     assert io_signature(proto) == {"noise": ("FLOAT", ["B", "n", dim]), "temperature": ("FLOAT", ["B", "n"]),
-                                   "sr": ("FLOAT", ["B", "n", 3, big, big])}
+                                   "sr": ("FLOAT", ["B", "n", 3, big, big]), "non_finite": ("FLOAT", ["B", "n"])}
     assert meta["conditional"] is False and meta["lr_size"] is None and "lr" not in meta["inputs"]
     assert meta["validation"]["passed"] and all(s["max_abs_error"] <= 1e-4 for s in meta["validation"]["shapes"])
     assert str(exported.parent / "home" / "vdvae-ffhq256.safetensors") in meta["source"]

@@ -15,6 +15,7 @@ from cvdvae.random_weights import demo_model
 from cvdvae.seeding import noise_torch
 from runtime.backends import open_backend
 from runtime.backends.gpu import tensorrt_unavailable_reason
+from runtime.backends.interface import sampled
 from runtime.cli.export import main as export_main
 from runtime.cli.run import main as run_main
 from runtime.model_files import locate
@@ -96,7 +97,7 @@ def test_runtime_equals_pytorch_for_the_same_seed(exported):
     rng = np.random.default_rng(3)
     lr = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
     temperature = np.array([0.8, 0.0, 1.2], np.float32)
-    got = backend.sample(lr, seed=7, first_sample=2, temperature=temperature)
+    got = backend.sample(lr, seed=7, first_sample=2, temperature=temperature).samples
     model = demo_model()
     noise = noise_torch(7, 3, model.noise_layout.dim, first_sample=2)[None].expand(2, -1, -1)
     with torch.inference_mode():
@@ -116,7 +117,7 @@ class RecordingBackend:
         self.calls.append((tuple(seeds), range(first_sample, first_sample + n)))
         k = np.arange(first_sample, first_sample + n)[None, :]
         value = lr[:, :1, 0, 0] * 1000 + np.array(seeds)[:, None] * 100 + k + temperature
-        return np.broadcast_to(value[..., None, None, None], (*value.shape, 3, 2, 2)).astype(np.float64)
+        return sampled(np.broadcast_to(value[..., None, None, None], (*value.shape, 3, 2, 2)).astype(np.float64))
 
 
 def test_sampling_covers_every_sample_within_the_limits_in_order():
@@ -125,7 +126,7 @@ def test_sampling_covers_every_sample_within_the_limits_in_order():
     backend = RecordingBackend(max_batch=3, max_n=4, rows_independent=False)
     lr = np.arange(7, dtype=np.float32)[:, None, None, None] * np.ones((7, 3, 2, 2), np.float32)
     t = np.linspace(0, 0.9, 10).astype(np.float32)
-    out = sample_images(backend, lr, 5, t)
+    out = sample_images(backend, lr, 5, t).samples
     chunks = [range(0, 3), range(3, 7), range(7, 10)]
     assert backend.calls == [((5,) * rows, c) for rows in (3, 3, 1) for c in chunks]
     want = np.arange(7)[:, None] * 1000 + 500 + np.arange(10)[None, :] + t[None, :]
@@ -143,8 +144,8 @@ def test_requests_of_different_seeds_share_calls_only_where_rows_are_independent
         assert backend.calls == [((1, 2, 4), range(0, 2)), ((3,), range(0, 5))]
     else:
         assert backend.calls == [((1,), range(0, 2)), ((2,), range(0, 2)), ((4,), range(0, 2)), ((3,), range(0, 5))]
-    for job, samples in zip(jobs, out):  # each job's own seed and samples 0 .. n-1, in the order given
-        np.testing.assert_allclose(samples[:, 0, 0, 0], job.seed * 100 + np.arange(job.n) + 0.5)
+    for job, result in zip(jobs, out):  # each job's own seed and samples 0 .. n-1, in the order given
+        np.testing.assert_allclose(result.samples[:, 0, 0, 0], job.seed * 100 + np.arange(job.n) + 0.5)
 
 
 def test_folder_glob_json_and_batching_give_the_same_pixels(exported, tmp_path):
@@ -306,7 +307,7 @@ def test_tensorrt_backend_matches_onnxruntime_and_replays_new_inputs(tmp_path):
     for seed, t in [(0, 0.8), (1, 1.2), (2, 0.0), (3, 0.5)]:  # one shape: capture, then replays
         lr = rng.integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
         temperature = np.full(4, t, np.float32)
-        a, b = trt_backend.sample(lr, seed, 3, temperature), ort_backend.sample(lr, seed, 3, temperature)
+        a, b = trt_backend.sample(lr, seed, 3, temperature).samples, ort_backend.sample(lr, seed, 3, temperature).samples
         assert np.isfinite(a).all() and np.abs(a - b).mean() < 1e-4, seed
     assert trt_backend.cuda_graphs == "on"
 
@@ -321,7 +322,7 @@ def test_onnxruntime_cuda_matches_the_cpu(exported):
     assert note is None and cuda.provider == "CUDAExecutionProvider" and cpu.provider == "CPUExecutionProvider"
     lr = np.random.default_rng(1).integers(0, 256, (2, 3, 8, 8)).astype(np.float32)
     t = np.array([0.8, 0.0, 1.2], np.float32)
-    assert np.abs(cuda.sample(lr, 4, 0, t) - cpu.sample(lr, 4, 0, t)).max() < 1e-4  # TF32 off
+    assert np.abs(cuda.sample(lr, 4, 0, t).samples - cpu.sample(lr, 4, 0, t).samples).max() < 1e-4  # TF32 off
 
 
 def test_onnxruntime_cuda_without_cuda_says_why(exported):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_export
+from conftest import REPO, copy_export, nan_model
 from PIL import Image
 
 from runtime.backends import open_backend
@@ -61,9 +61,11 @@ def service(demo):
     serve.run(build_app(options), name="cvdvae", route_prefix="/", blocking=False)
     slow = ServeOptions(str(demo), limits=Limits(timeout_s=1e-4))
     serve.run(build_app(slow), name="slow", route_prefix="/slow", blocking=False)
+    broken = ServeOptions(str(nan_model(demo.parent / "broken")))  # t >= 1 gives NaN/Inf
+    serve.run(build_app(broken, cpus_per_replica=0), name="broken", route_prefix="/broken", blocking=False)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/readyz")
-    wait_ready(url + "/slow/readyz")
+    for app in ("", "/slow", "/broken"):
+        wait_ready(url + app + "/readyz")
     yield url
     serve.shutdown()
     ray.shutdown()
@@ -124,7 +126,7 @@ def local_samples(demo, seed, n, temperature=0.8):
 
     backend = open_backend(locate(demo), "auto")
     lr = np.asarray(Image.open(io.BytesIO(face_png(seed))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
-    out = backend.sample(lr[None], seed, 0, np.full(n, temperature, np.float32))[0]
+    out = backend.sample(lr[None], seed, 0, np.full(n, temperature, np.float32)).samples[0]
     return [png_bytes(to_uint8(s)) for s in out]
 
 
@@ -142,7 +144,7 @@ def test_batched_jobs_are_the_jobs_run_alone(demo, engine):
     calls = backend.timings.calls
     alone = [sample_jobs(backend, [job])[0] for job in jobs]
     for a, b in zip(together, alone):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a.samples, b.samples)
     # n=5: 5 jobs, each in 2 sample chunks (3 + 2); n=2: 2 jobs in 1 chunk
     assert calls == (2 * 2 + 1 if engine == "openvino" else 5 * 2 + 2)
 
@@ -176,7 +178,7 @@ def test_consistent_samples_are_the_models_projection(service, demo):
     assert status == 200 and body["consistent"] is True
     backend = open_backend(locate(demo), "auto")
     lr = np.asarray(Image.open(io.BytesIO(face_png(6))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
-    plain = torch.from_numpy(backend.sample(lr[None], 6, 0, np.array([0.5, 1.0], np.float32))[0]).double()
+    plain = torch.from_numpy(backend.sample(lr[None], 6, 0, np.array([0.5, 1.0], np.float32)).samples[0]).double()
     projected = bicubic_degradation(32, 4).project(plain * 255, torch.from_numpy(lr).double()) / 255
     for sample, expected in zip(body["samples"], projected.clamp(0, 1).float().numpy()):
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(sample)))).astype(int)
@@ -371,6 +373,27 @@ def test_each_kind_of_image_gives_the_pixels_run_and_the_api_give(service, demo,
         written = np.stack([np.asarray(Image.open(path.parent / f"face_s9_{k:02d}.png")) for k in range(2)])
         np.testing.assert_array_equal(served, written, err_msg=kind)
         np.testing.assert_array_equal(served, pipe(data, n=2, seed=9).samples[0], err_msg=kind)
+
+
+def test_a_broken_model_answers_500_non_finite_and_no_image(service):
+    def png(size):
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(buffer, "PNG")
+        return b64(buffer.getvalue())
+
+    status, body = sample_json(service + "/broken", token=None, image=png(2), n=2, temperature=[0.5, 1.5])
+    assert status == 500 and body["kind"] == "non_finite" and "samples" not in body
+    assert "NaN/Inf" in body["error"]
+    status, body = sample_json(service + "/broken", token=None, image=png(2), n=2, temperature=0.5)
+    assert status == 200 and len(body["samples"]) == 2  # the same model, finite where t < 1
+
+
+@pytest.mark.parametrize("fields, kind", [({"temperature": 1e39}, "bad_request"), ({"temperature": 10.5}, "bad_request"),
+                                          ({"temperature": True}, "bad_request"),
+                                          ({"temperature": [0.5, False]}, "bad_request")])
+def test_a_temperature_out_of_range_is_a_400(service, fields, kind):
+    status, body = sample_json(service, image=b64(face_png(1)), n=2, **fields)
+    assert status == 400 and body["kind"] == kind and "temperature" in body["error"]
 
 
 def test_the_config_for_serve_deploy_is_valid(demo, tmp_path):

@@ -70,7 +70,7 @@ def contract_io(meta):
     """contracts.md 3 (and 3.1) with B taken off, as Triton wants it: n is dynamic (-1)."""
     lr, big, dim = meta["lr_size"], meta["hr_size"], meta["noise_dim"]
     inputs = ([("lr", [3, lr, lr])] if meta["conditional"] else []) + [("noise", [-1, dim]), ("temperature", [-1])]
-    return inputs, [("sr", [-1, 3, big, big])]
+    return inputs, [("sr", [-1, 3, big, big]), ("non_finite", [-1])]
 
 
 def check_config(schema, config, meta, platform, max_batch, delay_us=2000):
@@ -234,7 +234,8 @@ def runtime_feeds(files, lr, seed, temperatures):
 
     def run(feeds):
         fed.update(feeds)
-        return np.zeros(1, np.float32)
+        batch, n = feeds["temperature"].shape
+        return np.zeros((batch, n, 3, 1, 1), np.float32), None
 
     HostCalls(files, run, Timings()).sample_rows(None if lr is None else lr[None].astype(np.float32), [seed], 0,
                                                  np.asarray(temperatures, np.float32)[None])
@@ -268,7 +269,7 @@ def test_the_served_graph_gives_the_runtimes_faces_for_a_seed(exported):
     lr = np.random.default_rng(1).integers(0, 256, (3, 8, 8), dtype=np.uint8)
     temperatures = np.array([0.8, 0.3, 1.0], np.float32)
     served = session.run(["sr"], client.build_inputs(lr, 5, 3, backend.files.noise_dim, temperatures))[0]
-    local = backend.sample(lr[None].astype(np.float32), 5, 0, temperatures)
+    local = backend.sample(lr[None].astype(np.float32), 5, 0, temperatures).samples
     assert served.shape == local.shape == (1, 3, 3, 32, 32)
     np.testing.assert_allclose(served, local, rtol=0, atol=1e-6)
     other = session.run(["sr"], client.build_inputs(lr, 6, 3, backend.files.noise_dim, temperatures))[0]
@@ -315,10 +316,11 @@ class FakeTritonHandler(BaseHTTPRequestHandler):
             count = tensor["parameters"]["binary_data_size"]
             feeds[tensor["name"]] = np.frombuffer(body[offset:offset + count], np.float32).reshape(tensor["shape"])
             offset += count
-        sr = self.server.session.run(["sr"], feeds)[0]
-        output = {"name": "sr", "datatype": "FP32", "shape": list(sr.shape),
-                  "parameters": {"binary_data_size": sr.nbytes}}
-        self.answer({"model_name": "cvdvae", "outputs": [output]}, sr.tobytes())
+        names = [output["name"] for output in request["outputs"]]
+        results = self.server.session.run(names, feeds)
+        outputs = [{"name": name, "datatype": "FP32", "shape": list(value.shape),
+                    "parameters": {"binary_data_size": value.nbytes}} for name, value in zip(names, results)]
+        self.answer({"model_name": "cvdvae", "outputs": outputs}, b"".join(value.tobytes() for value in results))
 
 
 def test_the_client_command_writes_what_cvdvae_run_writes(exported, schema, tmp_path):

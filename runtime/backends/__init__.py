@@ -42,15 +42,19 @@ def open_backend(files: ModelFiles, choice: str = "auto", *, max_batch: int | No
         reason = tensorrt_unavailable_reason()
         if files.plan is None:
             reason = f"no engine.plan in {files.folder} (build one: cvdvae export --engine-only {files.folder})"
-        if reason is None:
-            from .tensorrt import TensorRTBackend
-
-            return TensorRTBackend(files, max_batch=max_batch, max_n=max_n)
-        if choice == "tensorrt":
+        if reason is not None and choice == "tensorrt":
             raise CVDVAEError(f"cannot run TensorRT here: {reason}; choose {{backend}}", backend="onnxruntime")
-        note = f"no TensorRT: {reason}" if files.plan is not None else None
-        choice = cpu_choice()
-    if choice == "openvino":
+        if reason is None:
+            choice = "tensorrt"
+        else:
+            note = f"no TensorRT: {reason}" if files.plan is not None else None
+            choice = cpu_choice()
+    backend: Backend
+    if choice == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(files, max_batch=max_batch, max_n=max_n)
+    elif choice == "openvino":
         from .openvino import OpenVINOBackend
 
         backend = OpenVINOBackend(files, max_batch=max_batch, max_n=max_n, threads=threads)
@@ -59,8 +63,16 @@ def open_backend(files: ModelFiles, choice: str = "auto", *, max_batch: int | No
 
         backend = OnnxRuntimeBackend(files, max_batch=max_batch, max_n=max_n, threads=threads,
                                      device=ORT_DEVICES[choice], tf32=tf32)
-    backend.note = "; ".join(text for text in (note, backend.note) if text) or None
+    backend.note = "; ".join(text for text in (note, backend.note, unchecked_note(files)) if text) or None
     return backend
+
+
+def unchecked_note(files: ModelFiles) -> str | None:
+    """What a graph without its own NaN/Inf count (exported by cvdvae 0.1) cannot show."""
+    if files.reports_non_finite:
+        return None
+    return (f"{files.folder} was exported by cvdvae {files.meta.get('cvdvae_version', '0.1')} and does not count "
+            "NaN/Inf itself: a numerically broken engine that turns NaN into numbers is not caught; re-export it")
 
 
 def cpu_choice() -> str:

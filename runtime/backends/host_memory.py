@@ -12,8 +12,11 @@ import numpy as np
 from cvdvae.seeding import noise_numpy
 
 from ..model_files import ModelFiles
+from .interface import Sampled, sampled
 from .noise_cache import NoiseCache
 from .timings import Timings
+
+Outputs = tuple[np.ndarray, "np.ndarray | None"]  # sr, and the graph's non_finite where it has one
 
 
 def activation_limited_samples(files: ModelFiles, max_n: int | None, max_batch: int | None,
@@ -27,14 +30,14 @@ def activation_limited_samples(files: ModelFiles, max_n: int | None, max_batch: 
 
 
 class HostCalls:
-    """One backend call: noise and feeds in host memory, ``run(feeds) -> sr``, timed."""
+    """One backend call: noise and feeds in host memory, ``run(feeds) -> (sr, non_finite or None)``, timed."""
 
-    def __init__(self, files: ModelFiles, run: Callable[[dict[str, np.ndarray]], np.ndarray], timings: Timings):
+    def __init__(self, files: ModelFiles, run: Callable[[dict[str, np.ndarray]], Outputs], timings: Timings):
         self.files, self.run, self.timings = files, run, timings
         self.noise = NoiseCache()
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         """``Backend.sample_rows``: row b is image ``lr[b]`` with the noise of ``seeds[b]`` and
         ``temperature[b]`` ([B, n]); rows of one seed share one noise block."""
         n = temperature.shape[1]
@@ -48,8 +51,13 @@ class HostCalls:
         if lr is not None:
             feeds["lr"] = np.ascontiguousarray(lr, dtype=np.float32)
         middle = time.perf_counter()
-        out = self.run(feeds)
+        sr, non_finite = self.run(feeds)
         self.timings.noise += middle - start
         self.timings.inference += time.perf_counter() - middle
         self.timings.calls += 1
-        return out
+        return sampled(sr, non_finite)
+
+
+def output_names(files: ModelFiles) -> list[str]:
+    """What to fetch from the graph: ``sr``, and its own NaN/Inf count where it has one."""
+    return ["sr", "non_finite"] if files.reports_non_finite else ["sr"]

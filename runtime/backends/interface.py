@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from .timings import Timings
+
+
+class Sampled(NamedTuple):
+    """What a call gives: the samples and, per sample, the NaN and Inf values seen."""
+
+    samples: np.ndarray      # [B, n, 3, H, W] float32 in [0, 1]
+    non_finite: np.ndarray   # [B, n] int64; > 0: the sample is broken, whatever its pixels say
+
+
+def sampled(samples: np.ndarray, reported: np.ndarray | None = None) -> Sampled:
+    """The samples with their counts: the graph's own ``non_finite`` output where it has one
+    (counted before the clamps an engine may turn NaN into numbers with), and never fewer than
+    the NaN/Inf the samples themselves hold."""
+    batch, n = samples.shape[:2]
+    seen = (~np.isfinite(samples.reshape(batch, n, -1))).sum(axis=2)
+    if reported is not None:
+        # A count too large for float32 is itself infinite: still broken.
+        seen = np.maximum(seen, np.nan_to_num(np.asarray(reported, np.float64), nan=1.0, posinf=2**62).astype(np.int64))
+    return Sampled(samples, seen.astype(np.int64))
 
 
 class Backend(Protocol):
@@ -23,13 +42,13 @@ class Backend(Protocol):
     rows_independent: bool = False  # row b of a call is bit-identical to row b run alone
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         """Row b is image ``lr[b]`` ([B, 3, h, w], 0..255; None for a prior-only model) with the noise
-        of ``seeds[b]`` for samples ``first_sample ..`` and ``temperature[b]`` ([B, n]) -> float32
-        [B, n, 3, H, W] in [0, 1] (NaN or Inf only when the engine is broken)."""
+        of ``seeds[b]`` for samples ``first_sample ..`` and ``temperature[b]`` ([B, n]) -> its
+        samples [B, n, 3, H, W] in [0, 1] and their NaN/Inf counts [B, n]."""
         ...
 
-    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> np.ndarray:
+    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> Sampled:
         """Every row with one seed and the temperatures ``temperature`` [n]."""
         batch = 1 if lr is None else len(lr)
         rows = np.broadcast_to(np.asarray(temperature, np.float32), (batch, len(temperature)))

@@ -17,8 +17,8 @@ import numpy as np
 from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles, verify_onnx
-from .host_memory import HostCalls, activation_limited_samples
-from .interface import Backend
+from .host_memory import HostCalls, activation_limited_samples, output_names
+from .interface import Backend, Sampled
 from .timings import Timings
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -72,7 +72,7 @@ class OnnxRuntimeBackend(Backend):
             self.note = f"{reason}: running on the CPU"
         self.precision = self.files.precision
         self.max_n, self.max_batch = self._call_limits()
-        self._calls = HostCalls(self.files, lambda feeds: self.session.run(["sr"], feeds)[0], self.timings)
+        self._calls = HostCalls(self.files, self._run, self.timings)
         self.timings.load = time.perf_counter() - start
 
     def _providers(self, ort: Any) -> list[tuple[str, dict]]:
@@ -102,6 +102,10 @@ class OnnxRuntimeBackend(Backend):
         max_n = self.max_n or 8
         return max_n, self.max_batch or max(1, GPU_CALL_SAMPLES // max_n)
 
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.session.run(output_names(self.files), feeds)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
+
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         return self._calls.sample_rows(lr, seeds, first_sample, temperature)

@@ -18,8 +18,8 @@ import numpy as np
 from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles, verify_onnx
-from .host_memory import HostCalls, activation_limited_samples
-from .interface import Backend
+from .host_memory import HostCalls, activation_limited_samples, output_names
+from .interface import Backend, Sampled
 from .timings import Timings
 
 PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -69,12 +69,15 @@ class OpenVINOBackend(Backend):
         self._calls = HostCalls(self.files, self.run, self.timings)
         self.timings.load = time.perf_counter() - start
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The graph on explicit inputs (noise included): what ``sample`` calls with seeded noise."""
-        return self.request.infer(feeds)[self.compiled.output("sr")].copy()
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The graph on explicit inputs (noise included): ``sr`` and, where the graph has it, its
+        ``non_finite`` count. What ``sample`` calls with seeded noise."""
+        results = self.request.infer(feeds)
+        sr, *count = (results[self.compiled.output(name)].copy() for name in output_names(self.files))
+        return sr, count[0] if count else None
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         return self._calls.sample_rows(lr, seeds, first_sample, temperature)
 
     def layer_times(self) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles
 from .cuda import CaptureRefused, TorchCuda
-from .interface import Backend
+from .interface import Backend, Sampled, sampled
 from .noise_cache import NoiseCache
 from .timings import Timings
 
@@ -64,7 +64,13 @@ def expected_io(files: ModelFiles) -> dict[str, tuple[str, tuple[int, ...]]]:
           "sr": ("OUTPUT", (-1, -1, 3, big, big))}
     if files.conditional:
         io["lr"] = ("INPUT", (-1, 3, files.lr_size, files.lr_size))
+    if files.reports_non_finite:
+        io["non_finite"] = ("OUTPUT", (-1, -1))
     return io
+
+
+def output_names(files: ModelFiles) -> tuple[str, ...]:
+    return ("sr", "non_finite") if files.reports_non_finite else ("sr",)
 
 
 def input_names(files: ModelFiles) -> tuple[str, ...]:
@@ -119,25 +125,28 @@ class _ShapeContext:
 
 @dataclass
 class _Buffers:
-    """Device I/O at the profile's largest call, pinned host memory for the output (no ``lr``
-    for a prior-only model)."""
+    """Device I/O at the profile's largest call, pinned host memory for the outputs (no ``lr``
+    for a prior-only model, no ``non_finite`` for a graph without that output)."""
 
     lr: Any
     noise: Any
     temperature: Any
     sr: Any
     sr_host: Any
+    non_finite: Any
+    non_finite_host: Any
 
     def views(self, batch: int, n: int, files: ModelFiles) -> "_Buffers":
         """The (B, n) call's tensors: prefixes of the buffers, so their addresses never move."""
         big, dim = files.hr_size, files.noise_dim
 
         def prefix(flat: Any, *shape: int) -> Any:
-            return flat[:int(np.prod(shape))].view(*shape)
+            return None if flat is None else flat[:int(np.prod(shape))].view(*shape)
 
-        lr = None if self.lr is None else prefix(self.lr, batch, 3, files.lr_size, files.lr_size)
-        return _Buffers(lr, prefix(self.noise, batch, n, dim), prefix(self.temperature, batch, n),
-                        prefix(self.sr, batch, n, 3, big, big), prefix(self.sr_host, batch, n, 3, big, big))
+        return _Buffers(prefix(self.lr, batch, 3, files.lr_size, files.lr_size), prefix(self.noise, batch, n, dim),
+                        prefix(self.temperature, batch, n), prefix(self.sr, batch, n, 3, big, big),
+                        prefix(self.sr_host, batch, n, 3, big, big), prefix(self.non_finite, batch, n),
+                        prefix(self.non_finite_host, batch, n))
 
 
 @dataclass
@@ -191,8 +200,9 @@ class TensorRTBackend(Backend):
         f, cuda = self.files, self.cuda
         samples = batch * n * 3 * f.hr_size**2
         lr = cuda.empty(batch * 3 * f.lr_size**2) if f.conditional else None
+        counts = (cuda.empty(batch * n), cuda.pinned(batch * n)) if f.reports_non_finite else (None, None)
         return _Buffers(lr, cuda.empty(batch * n * f.noise_dim), cuda.empty(batch * n), cuda.empty(samples),
-                        cuda.pinned(samples))
+                        cuda.pinned(samples), *counts)
 
     def _context_for(self, batch: int, n: int) -> _ShapeContext:
         key = (batch, n)
@@ -213,7 +223,7 @@ class TensorRTBackend(Backend):
                 raise RuntimeError(f"TensorRT refused input {name} of shape {list(shape)} (engine profile "
                                    f"B {self.limits.min_batch}..{self.limits.max_batch}, "
                                    f"n {self.limits.min_n}..{self.limits.max_n})")
-        for name in (*names, "sr"):
+        for name in (*names, *output_names(self.files)):
             if not context.set_tensor_address(name, getattr(buf, name).data_ptr()):
                 raise RuntimeError(f"TensorRT refused the address of {name}")
         if tuple(context.get_tensor_shape("sr")) != tuple(buf.sr.shape):
@@ -242,7 +252,7 @@ class TensorRTBackend(Backend):
         return "on" if self.graph_refusal is None else f"off (capture refused: {self.graph_refusal})"
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         batch, n = temperature.shape
         if not (1 <= batch <= self.max_batch and 1 <= n <= self.max_n) or len(seeds) != batch:
             raise ValueError(f"a call holds 1..{self.max_batch} rows (a seed each) and 1..{self.max_n} samples, "
@@ -271,9 +281,12 @@ class TensorRTBackend(Backend):
             inputs_ready = cuda.event()
             self._execute(shape, call_batch, call_n)
             buf.sr_host.copy_(buf.sr, non_blocking=True)
+            if buf.non_finite is not None:
+                buf.non_finite_host.copy_(buf.non_finite, non_blocking=True)
             done = cuda.event()
         cuda.synchronize()
         self.timings.noise += cuda.seconds_between(start, inputs_ready)
         self.timings.inference += cuda.seconds_between(inputs_ready, done)
         self.timings.calls += 1
-        return buf.sr_host.numpy()[:batch, :n].copy()
+        counts = None if buf.non_finite is None else buf.non_finite_host.numpy()[:batch, :n].copy()
+        return sampled(buf.sr_host.numpy()[:batch, :n].copy(), counts)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..model_files import ModelShape
-from .interface import Backend
+from .interface import Backend, Sampled, sampled
 from .noise_cache import NoiseCache
 from .timings import Timings
 
@@ -59,7 +59,7 @@ class TorchBackend(Backend):
         return ModelShape(cfg.has_lr_encoder, cfg.image_size_y, cfg.image_size, cfg.scale_factor)
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
-                    temperature: np.ndarray) -> np.ndarray:
+                    temperature: np.ndarray) -> Sampled:
         import torch
 
         from cvdvae.seeding import noise_torch
@@ -74,8 +74,8 @@ class TorchBackend(Backend):
         t = torch.from_numpy(np.ascontiguousarray(temperature, np.float32)).to(self.device)
         images = None if lr is None else torch.from_numpy(np.ascontiguousarray(lr, np.float32)).to(self.device)
         with torch.inference_mode():
-            sr = self.model(images, noise, t)
+            sr, non_finite = self.model.sample(images, noise, t)
         self.timings.noise += middle - start
         self.timings.inference += time.perf_counter() - middle
         self.timings.calls += 1
-        return sr.float().cpu().numpy()
+        return sampled(sr.float().cpu().numpy(), non_finite.cpu().numpy())

@@ -25,6 +25,8 @@ import typer
 from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
+from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
+
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 GREEDY_FLAGS = ("--input", "-i")
 
@@ -34,8 +36,8 @@ Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="noise se
 Samples = Annotated[Optional[int], typer.Option("--n", min=1, help="samples per input (default 8, or one per "
                                                                    "--temperature value)")]
 Temperatures = Annotated[Optional[list[str]], typer.Option(
-    "--temperature", "-t", help="prior temperature >= 0 (default 0.8); repeat it or give a comma list for one per "
-                                "sample, a sweep")]
+    "--temperature", "-t", help=f"prior temperature, 0 to {MAX_TEMPERATURE:g} (default {DEFAULT_TEMPERATURE}); repeat "
+                                "it or give a comma list for one per sample, a sweep")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace what exists (never done without it)")]
 Json = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout (and nothing else there)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")]
@@ -67,8 +69,6 @@ def check_preset(name: str | None) -> None:
 def parse_temperatures(values: list[str] | None, n: int | None) -> list[float]:
     """--temperature values (repeated and/or comma lists) -> one per sample, checked as the
     library checks them (``runtime.pipeline.check_temperatures``)."""
-    from ..pipeline import DEFAULT_TEMPERATURE, check_temperatures
-
     try:
         parsed = [float(v) for text in values or [] for v in text.split(",") if v.strip()]
     except ValueError:
@@ -81,7 +81,7 @@ def parse_temperatures(values: list[str] | None, n: int | None) -> list[float]:
     try:
         return check_temperatures(parsed or DEFAULT_TEMPERATURE, n).tolist()
     except CVDVAEError:
-        raise typer.BadParameter(f"{','.join(values or [])!r}: expected finite numbers >= 0",
+        raise typer.BadParameter(f"{','.join(values or [])!r}: expected numbers from 0 to {MAX_TEMPERATURE:g}",
                                  param_hint="'--temperature'") from None
 
 

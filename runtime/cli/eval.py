@@ -52,7 +52,7 @@ def eval_command(
     from cvdvae.hub.lpips import load_lpips
 
     from ..evaluation.evaluate import EvalSettings, evaluate
-    from ..pipeline import Pipeline
+    from ..pipeline import Pipeline, broken_model_advice
 
     check_choice(split, ("val", "all"), "--split")
     check_choice(backend, CHOICES, "--backend")
@@ -71,7 +71,7 @@ def eval_command(
         print_table(results)
     if results["non_finite_samples"]:
         raise RuntimeError(f"{results['non_finite_samples']} samples contained NaN/Inf; their inputs were left out "
-                           "of the metrics (the model is numerically broken: re-export in fp32 or --bf16)")
+                           f"of the metrics ({broken_model_advice(pipe.backend.precision)})")
     return 0
 
 

@@ -22,7 +22,7 @@ from ..images import outputs
 from ..images.decode import InputError
 from ..images.paths import expand_inputs
 from ..model_files import ModelShape, locate
-from ..pipeline import LRInput, NonFiniteSamples, Pipeline
+from ..pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
 from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Quiet, Samples, Seed, Temperatures,
                      check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
 
@@ -254,9 +254,10 @@ def write_input(output: Any, index: int, path: Path, run: Run) -> None:
     settings, broken = run.settings, output.non_finite[index]
     if broken:
         run.non_finite_samples += len(broken)
-        run.fail(path, f"{path}: {len(broken)} of {len(settings.temperatures)} samples contain NaN/Inf (samples "
-                       f"{', '.join(map(str, broken))}) and were not written: the model is numerically broken "
-                       "(fp16 overflow?); re-export in fp32 or --bf16")
+        values = int(output.non_finite_values[index].sum())
+        run.fail(path, f"{path}: {len(broken)} of {len(settings.temperatures)} samples contain NaN/Inf ({values:,} "
+                       f"values; samples {', '.join(map(str, broken))}) and were not written: "
+                       f"{broken_model_advice(run.pipe.backend.precision)}")
     grid = output.grid(index) if settings.grid and not broken else None
     written = outputs.write_samples(settings.out, path.stem, settings.seed, output.samples[index], grid,
                                     frozenset(broken))

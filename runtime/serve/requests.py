@@ -19,7 +19,7 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
 from ..images.decode import InputError
-from ..pipeline import DEFAULT_TEMPERATURE, check_temperatures
+from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 
 DEFAULT_N = 4
 FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces"}
@@ -133,7 +133,7 @@ def _temperatures(value: Any, n: int) -> np.ndarray:
     try:
         return check_temperatures(parsed if len(parsed) > 1 else parsed[0], n)
     except CVDVAEError:
-        raise bad(f"temperature: {value!r}: each must be a number, finite in float32, >= 0") from None
+        raise bad(f"temperature: {value!r}: each must be a number from 0 to {MAX_TEMPERATURE:g}") from None
 
 
 def _boolean(fields: Mapping[str, Any], name: str) -> bool:
