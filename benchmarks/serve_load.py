@@ -45,8 +45,8 @@ def face_png(seed: int, size: int) -> bytes:
 
 def expected_samples(engine_dir: Path, seeds: list[int], n: int, size: int) -> dict[int, list[str]]:
     """Each request's PNGs (base64) made alone by the Pipeline: the answer it must get."""
+    from runtime.images.outputs import png_bytes
     from runtime.pipeline import Pipeline
-    from runtime.serve.app import png_bytes
 
     pipe = Pipeline.from_pretrained(engine_dir)
     return {seed: [base64.b64encode(png_bytes(s)).decode() for s in pipe(face_png(seed, size), n, seed).samples[0]]
@@ -78,11 +78,13 @@ def load(url: str, clients: int, requests: int, n: int, size: int) -> tuple[list
 
 
 def batch_sizes(metrics_url: str) -> dict:
+    """The mean engine batch a request ran in, from ``/metrics`` (observed once per request)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
-    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(("cvdvae_batch_requests_sum", "cvdvae_batch_requests_count"))}
-    return {"batches": int(values["cvdvae_batch_requests_count"]),
-            "mean_requests_per_batch": round(values["cvdvae_batch_requests_sum"] / values["cvdvae_batch_requests_count"], 2)}
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples if sample.name in ("cvdvae_batch_size_sum", "cvdvae_batch_size_count")}
+    return {"mean_requests_per_batch": round(values["cvdvae_batch_size_sum"] / values["cvdvae_batch_size_count"], 2)}
 
 
 def main() -> int:
@@ -101,7 +103,8 @@ def main() -> int:
     from ray import serve
 
     from runtime.model_files import locate
-    from runtime.serve.app import ServeOptions, build_app
+    from runtime.serve.app import build_app
+    from runtime.serve.options import ServeOptions
 
     with tempfile.TemporaryDirectory(prefix="cvdvae-load-") as tmp:
         engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)

@@ -237,16 +237,17 @@ class Pipeline:
         return self.sample_faces(found, seed, temperatures, upscale, paste)
 
     def detect_faces(self, photo: ImageSource, search: FaceSearch = FaceSearch(), upscale: float | None = None,
-                     paste: str = "photo", name: str | None = None) -> PhotoFaces:
+                     paste: str = "photo", name: str | None = None, check: Any = None) -> PhotoFaces:
         """The photo decoded (upright, sRGB) and its faces found and aligned; ``NoFaceFound`` when none.
-        ``upscale`` and ``paste`` are checked here, before any work, against the output limit."""
+        ``upscale`` and ``paste`` are checked here, before any work, against the output limit;
+        ``check(img)`` sees the photo's header before its pixels are decoded (a caller's own budget)."""
         if not self.shape.conditional:
             raise CVDVAEError("this is a prior-only model: it takes no photos")
         if paste not in PASTE_MODES:
             raise CVDVAEError(f"paste must be one of {', '.join(PASTE_MODES)}, not {paste!r}")
         timings: dict[str, float] = {}
         with timed(timings, "read"):
-            decoded = decode_image(photo, self.limits.max_photo_pixels, name=name)
+            decoded = decode_image(photo, self.limits.max_photo_pixels, check, name)
         factor = self.upscale_factor(upscale)
         height, width = output_size(decoded.pixels, factor)
         if paste != "none" and height * width > self.limits.max_output_pixels:

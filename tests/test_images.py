@@ -5,6 +5,7 @@ tests/test_serve.py)."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -54,8 +55,6 @@ def cases() -> dict:
                       rgb([[255, 0, 0], [0, 255, 0], [128, 0, 0], [255, 255, 255]]), 0),
         "16-bit grey": (encoded(Image.fromarray(quadrants([0, 25700, 32768, 65535]).astype(np.uint16)), "PNG"),
                         ".png", rgb([[0] * 3, [100] * 3, [128] * 3, [255] * 3]), 0),  # round(v * 255 / 65535)
-        "float grey": (encoded(Image.fromarray(quadrants([0.0, 0.25, 0.5, 1.0]).astype(np.float32), "F"), "TIFF"),
-                       ".tif", rgb([[0] * 3, [64] * 3, [128] * 3, [255] * 3]), 0),  # 0..1 x 255, half to even
         "palette": (encoded(palette, "PNG"), ".png", rgb([[10, 20, 30], [200, 100, 50], [200, 100, 50],
                                                           [10, 20, 30]]), 0),
         "grey": (encoded(Image.fromarray(quadrants([0, 77, 200, 255]).astype(np.uint8), "L"), "PNG"), ".png",
@@ -70,6 +69,25 @@ def cases() -> dict:
 
 
 CASES = cases()
+# A float image reaches the decoder only as a PIL image or an array: no file format taken carries one.
+FLOAT_GREY = Image.fromarray(quadrants([0.0, 0.25, 0.5, 1.0]).astype(np.float32), "F")
+
+
+def test_float_grey_is_taken_as_0_to_1():
+    pixels = decode_image(FLOAT_GREY, 10_000).pixels
+    np.testing.assert_array_equal(pixels, rgb([[0] * 3, [64] * 3, [128] * 3, [255] * 3]))  # x 255, half to even
+
+
+@pytest.mark.parametrize("fmt, named", [("TIFF", "TIFF"), ("BMP", "BMP"), ("GIF", "GIF"), ("EPS", "PostScript (EPS)"),
+                                        ("PDF", "PDF")])
+def test_only_png_jpeg_and_webp_are_parsed_and_the_others_are_named(fmt, named, tmp_path, pipe, demo_export, capsys):
+    data = encoded(Image.new("RGB", (SIZE, SIZE)), fmt)
+    with pytest.raises(InputError, match=re.escape(f"a {named} image; only PNG, JPEG and WebP are taken")) as err:
+        pipe(data)
+    assert err.value.kind == "unsupported_format"
+    (tmp_path / "face.img").write_bytes(data)
+    assert run_main([str(demo_export), "--input", str(tmp_path / "face.img"), "--out", str(tmp_path / "o")]) == 2
+    assert f"face.img: a {named} image" in capsys.readouterr().err and not list((tmp_path / "o").glob("*.png"))
 
 
 @pytest.mark.parametrize("kind", list(CASES))

@@ -229,3 +229,106 @@ def test_page_draws_samples_and_shows_errors(browser, served, downloads, tmp_pat
     assert "9x9" in error, error
     assert driver.find_element("id", "submit").is_enabled()
     assert driver.find_element("id", "status").text == ""
+
+
+def api_samples(base: str, image: bytes, seed: int, n: int, **fields) -> dict:
+    """The JSON API's answer, the seed sent as an exact JSON integer: the page must match it."""
+    body = json.dumps({"image": base64.b64encode(image).decode(), "seed": seed, "n": n, **fields}).encode()
+    request = urllib.request.Request(f"{base}/v1/samples", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def shown_pixels(sample: dict) -> np.ndarray:
+    return decode_png(base64.b64decode(sample["src"].split(",", 1)[1]))
+
+
+def test_a_seed_above_2_to_the_53_is_sent_and_shown_exactly(browser, served, tmp_path):
+    """2^53 + 1 is where a JavaScript number would round (to 2^53): the page must send the digits,
+    so its samples are the API's for 2^53 + 1, not for 2^53, and it names that seed."""
+    seed = 2**53 + 1
+    face = png_file(tmp_path / "face.png", 8)
+    driver = browser
+    driver.get(served + "/")
+    wait(driver, lambda d: d.find_element("id", "model").text.startswith("Model:"), "the model line")
+    driver.find_element("id", "image").send_keys(str(face))
+    set_value(driver, "n", "2")
+    set_value(driver, "seed", str(seed))
+    driver.find_element("id", "submit").click()
+    samples = wait(driver, lambda d: (s := d.execute_script(SAMPLES_JS)) and len(s) == 2
+                   and all(x["complete"] and x["width"] for x in s) and s, "two loaded samples")
+    exact = api_samples(served, face.read_bytes(), seed, 2)["samples"]
+    rounded = api_samples(served, face.read_bytes(), 2**53, 2)["samples"]
+    assert exact != rounded
+    for k, sample in enumerate(samples):
+        assert np.array_equal(shown_pixels(sample), decode_png(base64.b64decode(exact[k]))), k
+        assert sample["download"] == f"sample_s{seed}_{k:02d}.png"
+    assert f"seed {seed}." in driver.find_element("id", "status").text
+
+    # "Random seed" draws 64 bits: over 20 draws, some above 2^53 (all below would be a 1 in
+    # 2^220 chance), each a decimal string the page accepts.
+    drawn = [int(driver.execute_script("document.getElementById('random-seed').click();"
+                                       "return document.getElementById('seed').value;")) for _ in range(20)]
+    assert all(0 <= s < 2**64 for s in drawn) and max(drawn) > 2**53, drawn
+    # 2^64 is one past the last seed: refused by the page, which says so and sends nothing.
+    set_value(driver, "seed", str(2**64))
+    driver.find_element("id", "submit").click()
+    error = wait(driver, lambda d: d.find_element("id", "error").is_displayed()
+                 and d.find_element("id", "error").text, "the seed error")
+    assert str(2**64) in error and str(2**64 - 1) in error, error
+
+
+def test_a_photo_is_sent_with_faces_and_each_face_is_boxed_on_it(browser, served, tmp_path):
+    """Photo mode sends ``faces``: the page shows the photo with a box over the astronaut's face
+    (her eyes at about (205, 100) and (245, 100), her mouth at (225, 145), read off the image by
+    hand), the whole-photo samples and the face's samples, equal to the API's for the same seed."""
+    from cvdvae.hub.home import cvdvae_home
+
+    if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+        skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
+    import skimage
+
+    photo = tmp_path / "astronaut.png"
+    shutil.copyfile(Path(skimage.__file__).parent / "data" / "astronaut.png", photo)
+    seed = 2**64 - 59
+    driver = browser
+    driver.get(served + "/")
+    wait(driver, lambda d: d.find_element("id", "model").text.startswith("Model:"), "the model line")
+    driver.find_element("id", "image").send_keys(str(photo))
+    driver.find_element("id", "faces").click()
+    assert not driver.find_element("id", "from_hr").is_enabled()
+    assert not driver.find_element("id", "consistent").is_enabled()
+    set_value(driver, "n", "2")
+    set_value(driver, "seed", str(seed))
+    driver.find_element("id", "submit").click()
+    samples = wait(driver, lambda d: (s := d.execute_script(SAMPLES_JS)) and len(s) == 2
+                   and all(x["complete"] and x["width"] for x in s) and s, "two whole-photo samples")
+    answer = api_samples(served, photo.read_bytes(), seed, 2, faces=True)
+    assert len(answer["faces"]) == 1
+    for k, sample in enumerate(samples):
+        assert (sample["width"], sample["height"]) == (2048, 2048)
+        assert sample["download"] == f"photo_s{seed}_{k:02d}.png"
+        assert np.array_equal(shown_pixels(sample), decode_png(base64.b64decode(answer["samples"][k]))), k
+    faces = driver.execute_script("""return Array.from(document.querySelectorAll('.face-row .sample'),
+        img => ({src: img.src, download: img.closest('a').getAttribute('download')}));""")
+    assert [f["download"] for f in faces] == [f"face0_s{seed}_{k:02d}.png" for k in range(2)]
+    for k, face in enumerate(faces):
+        assert np.array_equal(shown_pixels(face), decode_png(base64.b64decode(answer["faces"][0]["samples"][k])))
+
+    # The box, read back from where the browser drew it, in photo pixels (edges).
+    drawn = driver.execute_script("""const photo = document.getElementById('photo').getBoundingClientRect();
+        return Array.from(document.querySelectorAll('.face-box'), box => {
+          const r = box.getBoundingClientRect(), s = 512 / photo.width;
+          return [(r.left - photo.left) * s, (r.top - photo.top) * s, (r.right - photo.left) * s,
+                  (r.bottom - photo.top) * s];});""")
+    assert len(drawn) == 1
+    x0, y0, x1, y1 = drawn[0]
+    for x, y in ((205, 100), (245, 100), (225, 145)):
+        assert x0 < x < x1 and y0 < y < y1, (drawn, (x, y))
+    assert 30 < x1 - x0 < 200 and 30 < y1 - y0 < 200, drawn  # a face, not the whole photo
+    box = np.array(answer["faces"][0]["box"]) + 0.5  # pixel centres -> edges
+    assert np.abs(np.array(drawn[0]) - box).max() < 2.5, (drawn, box)  # a CSS pixel of the shrunk photo
+    status = driver.find_element("id", "status").text
+    assert f"seed {seed}." in status and "2 photo samples (1 face)" in status, status
+    driver.save_screenshot(str(tmp_path / "photo.png"))
+    shutil.copyfile(tmp_path / "photo.png", ARTIFACT.with_name("web_page_photo.png"))

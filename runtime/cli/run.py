@@ -92,7 +92,7 @@ def run_command(
     model: Annotated[Path, typer.Argument(exists=True, metavar="MODEL", show_default=False, help=(
         "an engine.plan, a model.onnx or an export folder; or weights (.safetensors, .ckpt, .th: PyTorch)"))],
     input: Annotated[Optional[list[str]], typer.Option(
-        "--input", "-i", help="image files, folders or globs (PNG, JPEG, WebP, BMP); repeat it or give "
+        "--input", "-i", help="image files, folders or globs (PNG, JPEG, WebP); repeat it or give "
                               "several")] = None,
     n: Samples = None,
     seed: Seed = 0,

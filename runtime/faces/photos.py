@@ -167,6 +167,12 @@ class FacesOutput:
     def size(self) -> tuple[int, int]:
         return self.photo.shape[1], self.photo.shape[0]
 
+    @property
+    def png_level(self) -> int:
+        """The zlib level whole photos are encoded at (``runtime.images.png``)."""
+        height, width = output_size(self.photo, self.upscale)
+        return 1 if height * width > FAST_PNG_PIXELS else 6
+
     def face_grid(self, index: int, scale: int | None) -> np.ndarray:
         """Face ``index``'s grid: its LR input enlarged (nearest), its HR crop in "hr" mode, its samples."""
         face = self.faces[index]
@@ -193,8 +199,7 @@ def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: in
         for j, face in enumerate(result.faces):
             written += outputs.write_samples(out, f"{stem}_face{j}", result.seed, face.samples,
                                              result.face_grid(j, scale) if grid else None)
-    height, width = output_size(result.photo, result.upscale)
-    level = 1 if height * width > FAST_PNG_PIXELS else 6
+    level = result.png_level
     canvases = result.composites()
     for k in range(len(result.temperatures) if result.paste != "none" else 0):
         with timed(result.timings, "paste"):

@@ -1,7 +1,10 @@
 """The one image decoder: a path, bytes, a PIL image or an array -> 8-bit sRGB pixels.
 
 ``cvdvae run``, ``cvdvae serve`` and ``Pipeline`` all read images here, so an image gives the
-same pixels whichever way it arrives:
+same pixels whichever way it arrives. Files and bytes are parsed only as PNG, JPEG or WebP
+(``FORMATS``): what cameras, phones and browsers write. Pillow reads some 70 formats, each a
+parser exposed to untrusted bytes (EPS even calls Ghostscript), so the others are refused
+before any of their parsers runs, named from their first bytes where they are common.
 
 - the EXIF orientation is applied (what a camera records instead of turning the pixels);
 - an embedded ICC profile other than sRGB is converted to sRGB (littlecms, through Pillow's
@@ -31,6 +34,11 @@ if TYPE_CHECKING:
 from cvdvae.errors import CVDVAEError
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers do
+FORMATS = ("PNG", "JPEG", "WEBP")
+# The first bytes of formats people send by mistake, to name them in the refusal.
+SIGNATURES = ((b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"BM", "BMP"), (b"GIF8", "GIF"), (b"%PDF", "PDF"),
+              (b"%!PS", "PostScript (EPS)"), (b"\xc5\xd0\xd3\xc6", "PostScript (EPS)"), (b"8BPS", "Photoshop (PSD)"),
+              (b"\0\0\1\0", "ICO"), (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"))
 INTEGER_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -39,7 +47,8 @@ ImageSource = Union[str, Path, bytes, bytearray, "Image.Image", np.ndarray]
 
 class InputError(CVDVAEError):
     """One input image is unusable (the others are still processed). ``kind`` says how: unreadable,
-    too_large, wrong_size, missing, exists, no_face (the service answers each with its own status)."""
+    unsupported_format, too_large, wrong_size, missing, exists, no_face (the service answers each
+    with its own status)."""
 
     def __init__(self, message: str, kind: str = "unreadable", **settings: Any):
         super().__init__(message, **settings)
@@ -79,7 +88,7 @@ def decode_image(source: ImageSource, max_pixels: int, check: Callable[[Any], No
         with warnings.catch_warnings():
             # The header check below is the limit; Pillow's own warning threshold sits lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream) as img:
+            with Image.open(stream, formats=FORMATS) as img:
                 return _decode_opened(img, max_pixels, check, name)
     except InputError:
         raise
@@ -87,7 +96,7 @@ def decode_image(source: ImageSource, max_pixels: int, check: Callable[[Any], No
         raise InputError(f"{name}: more than {max_pixels / 1e6:.0f} megapixels (a decompression bomb?)",
                          "too_large") from None
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not a readable image (not a format Pillow recognises)") from None
+        raise _unsupported(stream, name) from None
     except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types for a bad file
         raise InputError(f"{name}: not a readable image ({_reason(err)})") from None
 
@@ -173,6 +182,25 @@ def _array_image(array: np.ndarray, name: str) -> Any:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _unsupported(stream: Any, name: str) -> InputError:
+    """The refusal of bytes that are not PNG, JPEG or WebP, naming what they are when it is clear."""
+    try:
+        if isinstance(stream, (str, Path)):
+            with open(stream, "rb") as f:
+                head = f.read(16)
+        else:
+            stream.seek(0)
+            head = stream.read(16)
+    except OSError:
+        head = b""
+    found = next((what for magic, what in SIGNATURES if head.startswith(magic)), None)
+    if found is None and head[4:8] == b"ftyp":
+        found = "HEIF/AVIF"
+    if found:
+        return InputError(f"{name}: a {found} image; only PNG, JPEG and WebP are taken", "unsupported_format")
+    return InputError(f"{name}: not a readable image (only PNG, JPEG and WebP are taken)", "unreadable")
 
 
 def _reason(err: Exception) -> str:

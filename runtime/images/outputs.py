@@ -7,6 +7,7 @@ the caller did not ask to replace.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +60,19 @@ def grid(tiles: list[np.ndarray], columns: int = GRID_COLUMNS, pad: int = PAD) -
     return canvas
 
 
-def write_png(path: Path, hwc: np.ndarray) -> None:
+def png_bytes(hwc: np.ndarray) -> bytes:
+    """A sample or a grid as PNG bytes (Pillow's encoder: its adaptive filters make small files)."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(hwc).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(path: Path, hwc: np.ndarray) -> None:
+    """``png_bytes`` as a file, written atomically: what ``cvdvae serve`` returns is the same bytes."""
     with atomic_path(path) as tmp:
-        Image.fromarray(hwc).save(tmp, format="PNG")
+        tmp.write_bytes(png_bytes(hwc))
 
 
 def write_samples(out: Path, stem: str, seed: int, samples: np.ndarray, grid_pixels: np.ndarray | None,

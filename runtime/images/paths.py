@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:

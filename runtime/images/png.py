@@ -1,9 +1,9 @@
-"""A PNG writer that streams rows: a whole-photo output is never copied to be encoded.
+"""A PNG encoder that streams rows: a whole-photo output is never copied to be encoded.
 
 Pillow copies an array into its own 4-bytes-per-pixel image before encoding (768 MB for a
 192-megapixel RGB photo, on top of the 576 MB array). Here rows are filtered ("Up": each row
 minus the one above, mod 256) and deflated a block at a time, so encoding needs a few MB.
-The file is written atomically.
+Files are written atomically; ``encode_png`` gives the bytes (``cvdvae serve``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Iterator
 
 import numpy as np
 
@@ -23,26 +23,35 @@ FILTER_UP = 2
 ROWS_PER_BLOCK = 64
 
 
-def _chunk(f: BinaryIO, kind: bytes, data: bytes) -> None:
-    f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_chunks(hwc: np.ndarray, level: int = 6) -> Iterator[bytes]:
+    """``hwc`` (H, W, 3 or 4, uint8) as an 8-bit RGB(A) PNG at zlib ``level``, a piece at a time."""
+    height, width, channels = hwc.shape
+    yield SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0))
+    deflate = zlib.compressobj(level)
+    above = np.zeros((1, width * channels), np.uint8)
+    for top in range(0, height, ROWS_PER_BLOCK):
+        rows = hwc[top:top + ROWS_PER_BLOCK].reshape(-1, width * channels)
+        lines = np.empty((len(rows), 1 + width * channels), np.uint8)
+        lines[:, 0] = FILTER_UP
+        np.subtract(rows, np.concatenate([above, rows[:-1]]), out=lines[:, 1:])  # uint8 wraps: mod 256
+        above = rows[-1:]
+        data = deflate.compress(lines.data)
+        if data:
+            yield _chunk(b"IDAT", data)
+    yield _chunk(b"IDAT", deflate.flush()) + _chunk(b"IEND", b"")
 
 
 def write_png_streamed(path: Path, hwc: np.ndarray, level: int = 6) -> None:
-    """``hwc`` (H, W, 3 or 4, uint8) as an 8-bit RGB(A) PNG at zlib ``level``."""
-    height, width, channels = hwc.shape
+    """``hwc`` as a PNG file (``png_chunks``), written atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(SIGNATURE)
-        _chunk(f, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0))
-        deflate = zlib.compressobj(level)
-        above = np.zeros((1, width * channels), np.uint8)
-        for top in range(0, height, ROWS_PER_BLOCK):
-            rows = hwc[top:top + ROWS_PER_BLOCK].reshape(-1, width * channels)
-            lines = np.empty((len(rows), 1 + width * channels), np.uint8)
-            lines[:, 0] = FILTER_UP
-            np.subtract(rows, np.concatenate([above, rows[:-1]]), out=lines[:, 1:])  # uint8 wraps: mod 256
-            above = rows[-1:]
-            data = deflate.compress(lines.data)
-            if data:
-                _chunk(f, b"IDAT", data)
-        _chunk(f, b"IDAT", deflate.flush())
-        _chunk(f, b"IEND", b"")
+        for piece in png_chunks(hwc, level):
+            f.write(piece)
+
+
+def encode_png(hwc: np.ndarray, level: int = 6) -> bytes:
+    """``hwc`` as PNG bytes (``png_chunks``): the encoded size only, never a copy of the pixels."""
+    return b"".join(png_chunks(hwc, level))

@@ -1,8 +1,9 @@
-"""A sample request, read from multipart form fields or JSON, checked against the limits.
+"""A sample request, read from a multipart form, a URL-encoded form or JSON, checked against the limits.
 
 Every problem is a ``RequestError`` with its HTTP status, a kind (the ``/metrics`` label)
-and one line for the client; nothing about one request can affect another. The image itself
-is decoded later, by the pipeline's one decoder (``request_error`` maps its errors).
+and one line for the client that names no path, address or exception text; nothing about one
+request can affect another. The image itself is decoded later, by the pipeline's one decoder
+(``request_error`` maps its errors).
 """
 
 from __future__ import annotations
@@ -10,36 +11,37 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import parse_qsl
 
 import numpy as np
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from cvdvae.errors import CVDVAEError
 from cvdvae.seeding import MAX_SEED
 
 from ..images.decode import InputError
 from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
+from .options import Limits
 
 DEFAULT_N = 4
 FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces"}
-INPUT_STATUS = {"too_large": 413, "wrong_size": 422, "no_face": 422, "unreadable": 400, "missing": 400}
+INPUT_STATUS = {"too_large": 413, "wrong_size": 422, "no_face": 422, "unreadable": 400, "missing": 400,
+                "unsupported_format": 415}
+JSON_DEPTH = 8  # the request is a flat object with a list or two: anything deeper is refused
+MAX_PARTS = 16  # fields of a form
 
 
 class RequestError(Exception):
     def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
+        super().__init__(status, kind, message)
         self.status, self.kind, self.message = status, kind, message
 
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 8 * 2**20
-    max_image_pixels: int = 4096 * 4096   # header size checked before any pixel is decoded
-    max_faces: int = 16                   # faces super-resolved per photo (``faces``)
-    max_output_pixels: int = 64_000_000   # a whole photo returned (``faces``), after upscaling
-    max_n: int = 16
-    timeout_s: float = 120.0
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def bad(message: str, kind: str = "bad_request", status: int = 400) -> RequestEr
 
 def field_spelling(name: str, value: Any) -> str:
     """A setting named in a library error, as a request field: ``from_hr: true``."""
-    return f"{name}: {json.dumps(value)}"
+    return name if value is None else f"{name}: {json.dumps(value)}"
 
 
 def request_error(err: CVDVAEError) -> RequestError:
@@ -77,12 +79,120 @@ def request_error(err: CVDVAEError) -> RequestError:
     return bad(err.describe(field_spelling))
 
 
+def parse_request(content_type: str | None, body: bytes, conditional: bool, limits: Limits) -> SampleRequest:
+    """The request in ``body``, read by its content type: a multipart form (the image as a file
+    field), a URL-encoded form or a JSON object (the image in base64)."""
+    media, params = parse_options_header(content_type or "")
+    media = media.decode("latin-1").lower()
+    if media == "multipart/form-data":
+        fields, image = parse_multipart(body, params.get(b"boundary"))
+    elif media == "application/x-www-form-urlencoded":
+        fields, image = parse_urlencoded(body), None
+    elif media == "application/json" or media.endswith("+json") or not (media or body):
+        fields, image = parse_json(body), None
+    else:
+        raise bad(f"content type {_shown(media)} is not taken: send multipart/form-data or application/json",
+                  "unsupported_media_type", 415)
+    return parse_fields(fields, image, conditional, limits)
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    data: bytearray = field(default_factory=bytearray)
+
+
+def parse_multipart(body: bytes, boundary: bytes | None) -> tuple[dict[str, str], bytes | None]:
+    """A multipart/form-data body's text fields, and its one file (the ``image`` field)."""
+    if not boundary:
+        raise bad("the multipart content type has no boundary")
+    parts: list[_Part] = []
+    header = [b"", b""]
+    ended = []
+
+    def begin() -> None:
+        if len(parts) == MAX_PARTS:
+            raise bad(f"the form has more than {MAX_PARTS} fields")
+        parts.append(_Part())
+
+    def header_end() -> None:
+        parts[-1].headers[header[0].strip().lower()] = header[1].strip()
+        header[:] = [b"", b""]
+
+    callbacks = {"on_part_begin": begin, "on_header_end": header_end, "on_end": lambda: ended.append(True),
+                 "on_header_field": lambda data, start, end: header.__setitem__(0, header[0] + data[start:end]),
+                 "on_header_value": lambda data, start, end: header.__setitem__(1, header[1] + data[start:end]),
+                 "on_part_data": lambda data, start, end: parts[-1].data.extend(data[start:end])}
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except FormParserError:
+        raise bad("the multipart body is malformed (does its boundary match the content type's?)") from None
+    if not ended:
+        raise bad("the multipart body ends before its closing boundary")
+    return _form_fields(parts)
+
+
+def _form_fields(parts: list[_Part]) -> tuple[dict[str, str], bytes | None]:
+    fields: dict[str, str] = {}
+    image = None
+    for part in parts:
+        disposition, options = parse_options_header(part.headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise bad("a multipart part has no form-data name")
+        name = options[b"name"].decode("utf-8", "replace")
+        if name in fields or (name == "image" and image is not None):
+            raise bad(f"{_shown(name)}: sent twice (one image per request)")
+        if b"filename" in options:
+            if name != "image":
+                raise bad(f"{_shown(name)}: a file; only the field 'image' takes one")
+            image = bytes(part.data)
+            continue
+        try:
+            fields[name] = part.data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{_shown(name)}: not UTF-8 text") from None
+    return fields, image
+
+
+def parse_urlencoded(body: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=bool(body),
+                          max_num_fields=MAX_PARTS)
+    except (UnicodeDecodeError, ValueError):
+        raise bad("the form body is not valid URL encoding") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise bad(f"{_shown(name)}: sent twice")
+        fields[name] = value
+    return fields
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object of at most ``JSON_DEPTH`` levels, else a 400."""
+    depth = deepest = 0
+    for bracket in re.sub(rb"[^\[\]{}]", b"", body):  # before the parser can recurse into them
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > JSON_DEPTH:
+        raise bad(f"the JSON body is nested {deepest} levels deep; a request is a flat object")
+    try:
+        fields = json.loads(body or b"{}")
+    except ValueError:
+        raise bad("the body is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise bad("the JSON body must be an object")
+    return fields
+
+
 def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bool, limits: Limits) -> SampleRequest:
     """``fields`` from a form (strings) or a JSON object (numbers, lists, booleans); ``image`` the
     uploaded file's bytes, else ``fields["image"]`` in base64."""
     unknown = set(fields) - FIELDS
     if unknown:
-        raise bad(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise bad(f"unknown field(s): {', '.join(sorted(map(str, unknown)))[:200]}")
     n = _integer(fields, "n", DEFAULT_N, 1, limits.max_n)
     seed = _integer(fields, "seed", 0, 0, MAX_SEED)
     temperature = _temperatures(fields.get("temperature"), n)
@@ -105,18 +215,24 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
     return SampleRequest(image, seed, temperature, consistent, from_hr)
 
 
+def _shown(value: Any) -> str:
+    """A client's value in a message: short, and never an object's repr."""
+    text = json.dumps(value) if isinstance(value, (int, float, str, bool, list, type(None))) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _integer(fields: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = fields.get(name)
     if value is None or value == "":
         return default
     try:
         number = int(value) if not isinstance(value, float) or value.is_integer() else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = None
     if number is None or isinstance(value, bool) or not low <= number <= high:
         if name == "n" and number is not None and number > high:
             raise bad(f"n: {number} is more than the {high} samples a request may ask for", "too_large", 413)
-        raise bad(f"{name}: {value!r} is not an integer in {low}..{high}")
+        raise bad(f"{name}: {_shown(value)} is not an integer in {low}..{high}")
     return number
 
 
@@ -127,25 +243,25 @@ def _temperatures(value: Any, n: int) -> np.ndarray:
     try:
         parsed = [v if isinstance(v, bool) else float(v) for v in items]
     except (TypeError, ValueError):
-        raise bad(f"temperature: {value!r} is not a number or a list of numbers") from None
+        raise bad(f"temperature: {_shown(value)} is not a number or a list of numbers") from None
     if len(parsed) not in (1, n):
         raise bad(f"temperature: {len(parsed)} values for n = {n}: give one, or one per sample")
     try:
         return check_temperatures(parsed if len(parsed) > 1 else parsed[0], n)
     except CVDVAEError:
-        raise bad(f"temperature: {value!r}: each must be a number from 0 to {MAX_TEMPERATURE:g}") from None
+        raise bad(f"temperature: {_shown(value)}: each must be a number from 0 to {MAX_TEMPERATURE:g}") from None
 
 
 def _boolean(fields: Mapping[str, Any], name: str) -> bool:
     value = fields.get(name, False)
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
     if text in ("true", "1", "yes", "on"):
         return True
     if text in ("false", "0", "no", "off", ""):
         return False
-    raise bad(f"{name}: {value!r} is not true or false")
+    raise bad(f"{name}: {_shown(value)} is not true or false")
 
 
 def _base64(text: Any) -> bytes:

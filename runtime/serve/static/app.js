@@ -1,12 +1,17 @@
 // The sampling page's behaviour: read the model from readyz, send the form to v1/samples,
-// show the samples (base64 PNGs) as a grid of downloadable images, or the server's error line.
-// URLs are relative, so the page also works behind a path prefix.
+// show the samples (base64 PNGs) as a grid of downloadable images (for a photo: the photo with
+// each face boxed, the whole-photo samples, then each face's), or the server's error line.
+// URLs are relative, so the page also works behind a path prefix. Seeds are 64-bit: they are
+// kept as decimal strings (BigInt to check and draw them), never as JSON numbers, which
+// JavaScript rounds above 2^53.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "cvdvae-token";
+const MAX_SEED = (1n << 64n) - 1n;
 let model = null;      // the readyz answer once the model is loaded
 let lastForm = null;   // the request behind the samples shown, re-sent for the zip
+let lastSeed = null;   // its seed, as the decimal string sent
 
 function showError(message) {
   $("error").textContent = message;
@@ -49,6 +54,7 @@ function describeModel() {
     : `faces from noise, ${model.hr_size}\u00d7${model.hr_size} px`;
   $("model").textContent = `Model: ${model.model} (${sizes})`;
   $("n").max = model.max_n;
+  $("max-faces").textContent = model.max_faces;
   $("image-fields").hidden = !model.conditional;   // a prior-only model takes no image
   $("image").required = model.conditional;
   describePreview();
@@ -59,7 +65,7 @@ function describePreview() {
   const img = $("preview");
   if (!img.naturalWidth) return;
   let text = `${img.naturalWidth}\u00d7${img.naturalHeight} px`;
-  if (model && model.conditional) {
+  if (model && model.conditional && !$("faces").checked) {
     const want = $("from_hr").checked ? model.hr_size : model.lr_size;
     if (img.naturalWidth !== want || img.naturalHeight !== want) {
       text += `; the model takes ${want}\u00d7${want}` + ($("from_hr").checked ? " with from HR" : "");
@@ -78,38 +84,116 @@ function showPreview() {
   img.alt = `The chosen face, ${file.name}, enlarged`;
 }
 
-function formFields() {
+// A photo's faces are sampled and pasted back; from HR and consistent are for LR faces only.
+function photoMode() {
+  const photo = $("faces").checked;
+  for (const id of ["from_hr", "consistent"]) {
+    $(id).disabled = photo;
+    if (photo) $(id).checked = false;
+  }
+  describePreview();
+}
+
+// The seed field as a canonical decimal string, or an Error saying what is wrong with it.
+function seedText() {
+  const text = $("seed").value.trim();
+  const seed = /^\d{1,20}$/.test(text) ? BigInt(text) : -1n;
+  if (seed < 0n || seed > MAX_SEED) {
+    throw new Error(`Seed: ${text || "(empty)"} is not a whole number from 0 to ${MAX_SEED}`);
+  }
+  return seed.toString();
+}
+
+function formFields(seed) {
   const data = new FormData();
   if (!model || model.conditional) data.append("image", $("image").files[0]);
   data.append("n", $("n").value.trim());
-  data.append("seed", $("seed").value.trim());
+  data.append("seed", seed);
   data.append("temperature", $("temperature").value.replace(/\s+/g, ""));
-  data.append("consistent", $("consistent").checked ? "true" : "false");
-  data.append("from_hr", $("from_hr").checked ? "true" : "false");
+  if ($("faces").checked) {
+    data.append("faces", "true");
+  } else {
+    data.append("consistent", $("consistent").checked ? "true" : "false");
+    data.append("from_hr", $("from_hr").checked ? "true" : "false");
+  }
   return data;
 }
 
-function showSamples(result) {
+// One downloadable image: a figure with the PNG, its file name (the zip's) and a caption.
+function sampleFigure(png, name, alt, caption) {
+  const img = document.createElement("img");
+  img.className = "sample";
+  img.src = `data:image/png;base64,${png}`;
+  img.alt = alt;
+  const link = document.createElement("a");
+  link.href = img.src;
+  link.download = name;
+  link.title = `Download ${name}`;
+  link.append(img);
+  const text = document.createElement("figcaption");
+  text.textContent = caption;
+  const figure = document.createElement("figure");
+  figure.append(link, text);
+  return figure;
+}
+
+const numbered = (k) => String(k).padStart(2, "0");
+
+// The photo sent, with a box over each face found. Boxes come in pixel-centre coordinates
+// (a pixel's centre is an integer), so the edges are half a pixel out; they are placed in
+// percent of the photo, so they follow the image at any displayed size.
+function showPhoto(result, file) {
+  const [width, height] = result.size;
+  const photo = $("photo");
+  if (photo.src) URL.revokeObjectURL(photo.src);
+  photo.src = URL.createObjectURL(file);
+  $("photo-frame").querySelectorAll(".face-box").forEach((box) => box.remove());
+  result.faces.forEach((face, j) => {
+    const [x0, y0, x1, y1] = face.box;
+    const box = document.createElement("div");
+    box.className = "face-box";
+    box.dataset.face = j;
+    box.style.left = `${((x0 + 0.5) / width) * 100}%`;
+    box.style.top = `${((y0 + 0.5) / height) * 100}%`;
+    box.style.width = `${((x1 - x0) / width) * 100}%`;
+    box.style.height = `${((y1 - y0) / height) * 100}%`;
+    const label = document.createElement("span");
+    label.textContent = `face ${j}`;
+    box.append(label);
+    box.title = `face ${j}: score ${face.score}`;
+    $("photo-frame").append(box);
+  });
+  const found = result.faces.length;
+  $("photo-caption").textContent = `${width}\u00d7${height} px, ${found} face${found === 1 ? "" : "s"} found` +
+    (found ? "" : ": the samples are the photo upscaled");
+  $("photo-box").hidden = false;
+}
+
+function showSamples(result, seed, file) {
+  const photo = Boolean(result.faces);
+  const stem = photo ? "photo" : "sample";
   const grid = $("samples");
   grid.replaceChildren();
   result.samples.forEach((png, k) => {
-    const name = `sample_s${result.seed}_${String(k).padStart(2, "0")}.png`;
     const t = result.temperatures[k];
-    const img = document.createElement("img");
-    img.className = "sample";
-    img.src = `data:image/png;base64,${png}`;
-    img.alt = `Sample ${k + 1} of ${result.n}, seed ${result.seed}, temperature ${t}`;
-    const link = document.createElement("a");
-    link.href = img.src;
-    link.download = name;
-    link.title = `Download ${name}`;
-    link.append(img);
-    const caption = document.createElement("figcaption");
-    caption.textContent = `#${k + 1}  t = ${t}`;
-    const figure = document.createElement("figure");
-    figure.append(link, caption);
-    grid.append(figure);
+    const what = photo ? "Photo sample" : "Sample";
+    grid.append(sampleFigure(png, `${stem}_s${seed}_${numbered(k)}.png`,
+      `${what} ${k + 1} of ${result.n}, seed ${seed}, temperature ${t}`, `#${k + 1}  t = ${t}`));
   });
+  const faces = $("face-samples");
+  faces.replaceChildren();
+  for (const face of photo ? result.faces : []) {
+    const row = document.createElement("div");
+    row.className = "face-row";
+    face.samples.forEach((png, k) => {
+      row.append(sampleFigure(png, `face${face.index}_s${seed}_${numbered(k)}.png`,
+        `Face ${face.index}, sample ${k + 1} of ${result.n}, seed ${seed}`, `face ${face.index} #${k + 1}`));
+    });
+    faces.append(row);
+  }
+  $("faces-title").hidden = !photo || !result.faces.length;
+  grid.classList.toggle("photos", photo);
+  if (photo) showPhoto(result, file); else $("photo-box").hidden = true;
   $("results").hidden = false;
 }
 
@@ -129,7 +213,16 @@ async function submit(event) {
     bad.focus();
     return;
   }
-  const data = formFields();
+  let seed;
+  try {
+    seed = seedText();
+  } catch (error) {
+    showError(error.message);
+    $("seed").focus();
+    return;
+  }
+  const data = formFields(seed);
+  const file = $("image").files[0];
   busy(true);
   $("status").textContent = "Sampling\u2026";
   const started = performance.now();
@@ -139,10 +232,15 @@ async function submit(event) {
     if (!response.ok) throw new Error(await errorLine(response));
     const result = await response.json();
     const wall = (performance.now() - started) / 1000;
-    showSamples(result);
+    showSamples(result, seed, file);
     lastForm = data;
-    $("status").textContent = `${result.n} sample${result.n === 1 ? "" : "s"} from ${result.model} in ` +
-      `${result.elapsed_s.toFixed(2)} s on the server (${wall.toFixed(2)} s here), seed ${result.seed}.`;
+    lastSeed = seed;
+    const what = result.faces
+      ? `${result.n} photo sample${result.n === 1 ? "" : "s"} (${result.faces.length} face` +
+        `${result.faces.length === 1 ? "" : "s"})`
+      : `${result.n} sample${result.n === 1 ? "" : "s"}`;
+    $("status").textContent = `${what} from ${result.model} in ` +
+      `${result.elapsed_s.toFixed(2)} s on the server (${wall.toFixed(2)} s here), seed ${seed}.`;
   } catch (error) {
     $("status").textContent = "";
     showError(error instanceof TypeError ? `The server is not reachable: ${error.message}` : error.message);
@@ -165,7 +263,7 @@ async function downloadAll() {
     const url = URL.createObjectURL(await response.blob());
     const link = document.createElement("a");
     link.href = url;
-    link.download = `samples_s${lastForm.get("seed")}.zip`;
+    link.download = `samples_s${lastSeed}.zip`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -178,7 +276,7 @@ async function downloadAll() {
 }
 
 function randomSeed() {
-  $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0];
+  $("seed").value = crypto.getRandomValues(new BigUint64Array(1))[0].toString();
 }
 
 function init() {
@@ -191,9 +289,11 @@ function init() {
   $("image").addEventListener("change", showPreview);
   $("preview").addEventListener("load", describePreview);
   $("from_hr").addEventListener("change", describePreview);
+  $("faces").addEventListener("change", photoMode);
   $("random-seed").addEventListener("click", randomSeed);
   $("download-all").addEventListener("click", downloadAll);
   $("sample-form").addEventListener("submit", submit);
+  photoMode();
   pollReady();
 }
 

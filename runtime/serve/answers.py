@@ -1,0 +1,121 @@
+"""One request's answer: the messages a model replica streams to the ingress, and the two ways
+the ingress writes them for the client, chunk by chunk.
+
+A replica sends first a ``Failure`` (a client mistake or a broken model, found before any
+image is returned) or a ``Head``: the record (model, seed, n, temperatures, and a photo's
+size and faces), the samples of LR faces or of a photo's faces, and how many whole photos
+follow; then each whole photo as one PNG, as it is made. ``JsonAnswer`` writes them as one
+JSON object with base64 PNGs, ``ZipAnswer`` as a stored zip (PNGs are compressed already)
+written to an unseekable stream; either way no answer is ever whole in memory, only the photo
+being sent. Both end with the request's wall time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Head:
+    record: dict[str, Any]            # model, seed, n, temperatures; consistent | size, upscale, faces
+    samples: list[bytes]              # LR faces: the n sample PNGs (a photo's whole photos follow the head)
+    face_samples: list[list[bytes]]   # a photo: per face, its n sample PNGs
+    photos: int                       # whole-photo PNGs that follow
+    count: int                        # samples made: n, or faces x n
+    batches: list[tuple[int, float]]  # per job: the jobs in its engine batch, its share of the engine time
+
+
+def base64_text(png: bytes) -> bytes:
+    return base64.b64encode(png)
+
+
+class JsonAnswer:
+    """``{...record, "faces": [{..., "samples": [...]}], "samples": ["<base64 PNG>", ...], "elapsed_s": s}``."""
+
+    media_type = "application/json"
+
+    def __init__(self) -> None:
+        self.written = 0  # entries of "samples" so far
+
+    def head(self, head: Head) -> bytes:
+        record = dict(head.record)
+        if head.face_samples:
+            record["faces"] = [{**face, "samples": [base64_text(png).decode() for png in pngs]}
+                               for face, pngs in zip(record["faces"], head.face_samples)]
+        opening = json.dumps(record)[:-1] + ', "samples": ['
+        return opening.encode() + b"".join(self.sample(png) for png in head.samples)
+
+    def sample(self, png: bytes) -> bytes:
+        """One entry of "samples" (base64 needs no JSON escaping)."""
+        self.written += 1
+        return (b", " if self.written > 1 else b"") + b'"' + base64_text(png) + b'"'
+
+    def end(self, elapsed_s: float) -> bytes:
+        return f'], "elapsed_s": {elapsed_s:.4f}}}'.encode()
+
+
+class _Sink:
+    """What ``zipfile`` writes to: no seek, so it writes data descriptors; the bytes are taken
+    out after each entry."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+class ZipAnswer:
+    """``face{j}_s{seed}_{k:02d}.png`` per face of a photo, ``sample_s{seed}_{k:02d}.png`` (LR faces)
+    or ``photo_s{seed}_{k:02d}.png`` (whole photos), then ``request.json``: the record."""
+
+    media_type = "application/zip"
+
+    def __init__(self) -> None:
+        self.sink = _Sink()
+        self.archive = zipfile.ZipFile(self.sink, "w", zipfile.ZIP_STORED)
+        self.record: dict[str, Any] = {}
+        self.stem = "sample"
+        self.written = 0
+
+    @staticmethod
+    def filename(seed: int) -> str:
+        return f"samples_s{seed}.zip"
+
+    def head(self, head: Head) -> bytes:
+        self.record, seed = head.record, head.record["seed"]
+        self.stem = "photo" if head.photos else "sample"
+        for j, pngs in enumerate(head.face_samples):
+            for k, png in enumerate(pngs):
+                self.archive.writestr(f"face{j}_s{seed}_{k:02d}.png", png)
+        return self.sink.take() + b"".join(self.sample(png) for png in head.samples)
+
+    def sample(self, png: bytes) -> bytes:
+        self.archive.writestr(f"{self.stem}_s{self.record['seed']}_{self.written:02d}.png", png)
+        self.written += 1
+        return self.sink.take()
+
+    def end(self, elapsed_s: float) -> bytes:
+        self.archive.writestr("request.json", json.dumps({**self.record, "elapsed_s": round(elapsed_s, 4)}, indent=2))
+        self.archive.close()
+        return self.sink.take()

@@ -1,0 +1,328 @@
+"""The front door: one Ray Serve deployment with the HTTP routes (FastAPI), in front of the model
+replicas (``runtime.serve.sampler``).
+
+It does what a request needs before and after the model, and nothing slow on its event loop:
+
+- **closed by default**: the bearer token (read from the environment variable the options
+  name, compared in constant time) guards the API, ``/metrics``, ``/docs`` and
+  ``/openapi.json``; ``/healthz`` and ``/readyz`` stay open for orchestrators. A browser's
+  request from another web origin is refused (403) unless that origin is allowed, so no web
+  page can spend the service's compute through its visitors' browsers;
+- **a budget per request**: the body must arrive within ``body_timeout_s`` (408) and fit
+  ``max_body_bytes`` (413); the whole request, from its first byte to its last, within
+  ``timeout_s`` (504, and the model replica's work is cancelled); a full queue is 503 with
+  ``Retry-After``;
+- **nothing lost**: the request is sent to a model replica, and if that replica dies it is
+  sent once more to another (a seeded request is idempotent: the answer is the same bytes;
+  a streamed answer skips the parts already sent);
+- the answer is streamed as JSON or zip (``runtime.serve.answers``), its base64 and zip
+  entries made on worker threads;
+- every client mistake is a 4xx ``{"error", "kind"}``; anything else is logged here with its
+  traceback and request id, and the client gets a generic line with that id, never a path,
+  an address or an exception's text;
+- ``/metrics``: one ingress sees every request, so its counters (``prometheus_client``) are
+  the service's, whichever model replica did the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
+
+from .answers import Failure, Head, JsonAnswer, ZipAnswer
+from .metrics import Metrics
+from .options import ServeOptions
+from .requests import RequestError, SampleRequest, bad, parse_request
+
+STATIC = Path(__file__).parent / "static"
+PIECE_BYTES = 1 << 20   # the answer goes out in pieces of at most this
+READY_TIMEOUT_S = 5.0
+RETRY_KINDS = ("busy", "unavailable")  # 503s worth trying again: they carry Retry-After
+
+log = logging.getLogger("ray.serve")
+
+api = FastAPI(title="cvdvae", description="Seeded, diverse super-resolution of faces (CVDVAE)", version="1",
+              docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def read_token(token_env: str | None) -> bytes | None:
+    """The bearer token from the environment variable ``token_env`` names (None: no token)."""
+    if token_env is None:
+        return None
+    token = os.environ.get(token_env, "")
+    if not token:
+        raise RuntimeError(f"${token_env} is empty or not set on this node: the service does not start without "
+                           "the token it was configured with")
+    return token.encode()
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether a browser's ``Origin`` is the service's own (the ``Host`` it was reached at)."""
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    return [data[i:i + PIECE_BYTES] for i in range(0, len(data), PIECE_BYTES)] or [b""]
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, sampler: DeploymentHandle, options: ServeOptions):
+        self.sampler = sampler.options(stream=True)
+        self.describe = sampler.describe
+        self.options, self.limits = options, options.limits
+        self.token = read_token(options.token_env)
+        self.metrics = Metrics()
+        self.workers = ThreadPoolExecutor(max_workers=self.limits.image_threads, thread_name_prefix="cvdvae-answers")
+        self.model: dict[str, Any] | None = None  # the model replicas' description, once one has answered
+
+    # ---------------------------------------------------------------- routes
+    @api.post("/v1/samples", summary="n seeded samples of one LR face, or of a photo's faces (multipart upload "
+                                     "or JSON with base64); JSON or, with Accept: application/zip, a zip")
+    async def samples(self, request: Request) -> Response:
+        start = time.monotonic()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex  # Ray's proxy sets it, and logs it
+        self.metrics.in_flight.inc()
+        cors: dict[str, str] = {}
+        messages: AsyncIterator[Any] | None = None
+        try:
+            cors = self._guard(request)
+            body = await self._body(request)
+            model = await self._model()
+            sample = await self._off_loop(parse_request, request.headers.get("content-type"), body,
+                                          model["conditional"], self.limits)
+            messages = self._messages(sample, start + self.limits.timeout_s, request_id)
+            head = await anext(messages)
+            if isinstance(head, Failure):
+                raise RequestError(head.status, head.kind, head.message)
+            for size, seconds in head.batches:
+                self.metrics.batch(size, seconds)
+            writer = ZipAnswer() if "application/zip" in request.headers.get("accept", "") else JsonAnswer()
+            headers = dict(cors)
+            if isinstance(writer, ZipAnswer):
+                headers["content-disposition"] = f'attachment; filename="{writer.filename(sample.seed)}"'
+            stream = self._stream(writer, head, messages, start, request_id)
+            messages = None  # the stream owns it now
+            return StreamingResponse(stream, media_type=writer.media_type, headers=headers)
+        except RequestError as err:
+            return self._refuse(err, start, cors)
+        except Exception:  # noqa: BLE001 - a bug or an engine failure: logged whole here, one generic line there
+            log.exception("request %s failed", request_id)
+            self._count(500, start, kind="internal")
+            return JSONResponse({"error": f"internal error; the server's log has the details (request {request_id})",
+                                 "kind": "internal", "request_id": request_id}, status_code=500, headers=cors)
+        finally:
+            if messages is not None:
+                await messages.aclose()
+
+    @api.options("/v1/samples", include_in_schema=False)
+    async def preflight(self, request: Request) -> Response:
+        """A browser's CORS preflight: allowed origins may POST with a token and any body."""
+        try:
+            cors = self._cors(request)
+        except RequestError as err:
+            return JSONResponse({"error": err.message, "kind": err.kind}, status_code=err.status)
+        return Response(status_code=204, headers={**cors, "access-control-allow-methods": "POST",
+                                                  "access-control-allow-headers": "authorization, content-type, accept",
+                                                  "access-control-max-age": "600"})
+
+    @api.get("/healthz", summary="the service's front is up")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="a model replica answers: what the model takes and gives")
+    async def readyz(self) -> Response:
+        try:
+            model = await asyncio.wait_for(self.describe.remote(), READY_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not ready, whatever the reason; the replicas' logs say why
+            return JSONResponse({"ready": False, "error": "no model replica answers yet", "kind": "not_ready"},
+                                status_code=503)
+        self.model = model
+        return JSONResponse({"ready": True, **model, "max_n": self.limits.max_n, "max_faces": self.limits.max_faces})
+
+    @api.get("/metrics", summary="Prometheus text format: the whole service's counters")
+    async def metrics_text(self, request: Request) -> Response:
+        return self._kept_out(request) or Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Response:
+        return self._kept_out(request) or JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        """Swagger UI with the schema inline: a browser that sent the token here need not send it again."""
+        return self._kept_out(request) or get_swagger_ui_html(
+            openapi_url="openapi.json", title="cvdvae API", swagger_ui_parameters={"spec": api.openapi()})
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            return JSONResponse({"error": "no such file", "kind": "not_found"}, status_code=404)
+        return FileResponse(path)
+
+    # ---------------------------------------------------------------- the request's steps
+    def _guard(self, request: Request) -> dict[str, str]:
+        """The CORS headers the answer needs, after the origin and token checks."""
+        cors = self._cors(request)
+        if self.token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token):
+                raise RequestError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer ...)")
+        return cors
+
+    def _kept_out(self, request: Request) -> Response | None:
+        """The refusal of a request the token or origin rules keep out (None: it may pass)."""
+        try:
+            self._guard(request)
+        except RequestError as err:
+            return self._refuse(err, time.monotonic(), {}, count=False)
+        return None
+
+    def _cors(self, request: Request) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin is None or same_origin(origin, request.headers.get("host")):
+            return {}  # not a browser, or the service's own page
+        allowed = self.options.cors_origins
+        if origin in allowed or "*" in allowed:
+            return {"access-control-allow-origin": origin, "vary": "Origin",
+                    "access-control-expose-headers": "x-request-id, retry-after"}
+        raise RequestError(403, "forbidden_origin", "this service does not take requests from web pages of other "
+                                                    "origins (its operator can allow some)")
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, never more than ``max_body_bytes``, never slower than ``body_timeout_s``."""
+        limit = self.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise bad(f"request body of {declared} bytes is more than the {limit} taken", "too_large", 413)
+        body = bytearray()
+
+        async def read() -> None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise bad(f"request body is more than the {limit} bytes taken", "too_large", 413)
+
+        seconds = min(self.limits.body_timeout_s, self.limits.timeout_s)
+        try:
+            await asyncio.wait_for(read(), seconds)
+        except asyncio.TimeoutError:
+            raise RequestError(408, "slow_body", f"the request body did not arrive within {seconds:g} s") from None
+        except ClientDisconnect:
+            raise RequestError(499, "disconnected", "the client went away") from None
+        return bytes(body)
+
+    async def _model(self) -> dict[str, Any]:
+        if self.model is None:
+            try:
+                self.model = await asyncio.wait_for(self.describe.remote(), self.limits.timeout_s)
+            except Exception:  # noqa: BLE001 - logged; the client is told to come back
+                log.exception("no model replica answered")
+                raise RequestError(503, "unavailable", "the model is not loaded yet") from None
+        return self.model
+
+    async def _messages(self, sample: SampleRequest, deadline: float, request_id: str) -> AsyncIterator[Any]:
+        """The model replica's answer, message by message; run once more on another replica if this
+        one dies (the parts already passed on are skipped: the same seed gives the same bytes)."""
+        passed = 0
+        for attempt in (1, 2):
+            stream = self.sampler.answer.remote(sample, deadline - time.monotonic())
+            try:
+                received = 0
+                while True:
+                    try:
+                        message = await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0.0))
+                    except StopAsyncIteration:
+                        return
+                    received += 1
+                    if received > passed:
+                        passed += 1
+                        yield message
+            except asyncio.TimeoutError:
+                raise RequestError(504, "timeout", f"no answer within {self.limits.timeout_s:g} s") from None
+            except (BackPressureError, DeploymentUnavailableError):
+                raise RequestError(503, "busy", "every model replica is busy and its queue full; try again "
+                                                "shortly") from None
+            except RayActorError as err:
+                if attempt == 2:
+                    raise RequestError(503, "unavailable", "the model replicas stopped while answering; try "
+                                                           "again shortly") from None
+                log.warning("request %s: its model replica stopped (%s); running it on another", request_id,
+                            type(err).__name__)
+                self.metrics.retries.inc()
+            finally:
+                # Cancelling a request that never reached a replica re-raises why (back-pressure, a
+                # dead replica): there is nothing to stop then.
+                with contextlib.suppress(Exception):
+                    stream.cancel()
+
+    async def _stream(self, writer: JsonAnswer | ZipAnswer, head: Head, messages: AsyncIterator[Any], start: float,
+                      request_id: str) -> AsyncIterator[bytes]:
+        """The answer's bytes. A failure once it has started can only close the connection early
+        (the client sees a truncated body), and is logged."""
+        status, kind = 499, "disconnected"  # unless it ends otherwise
+        try:
+            for piece in _pieces(await self._off_loop(writer.head, head)):
+                yield piece
+            async for message in messages:
+                if isinstance(message, Failure):
+                    raise RequestError(message.status, message.kind, message.message)
+                for piece in _pieces(await self._off_loop(writer.sample, message)):
+                    yield piece
+            yield await self._off_loop(writer.end, time.monotonic() - start)
+            status, kind = 200, None
+        except RequestError as err:
+            status, kind = err.status, err.kind
+            log.warning("request %s: %s, after its answer had started: the connection is closed", request_id,
+                        err.message)
+            raise
+        except Exception:
+            status, kind = 500, "internal"
+            log.exception("request %s failed after its answer had started: the connection is closed", request_id)
+            raise
+        finally:
+            await messages.aclose()
+            self._count(status, start, samples=head.count if status == 200 else 0, kind=kind)
+
+    # ---------------------------------------------------------------- helpers
+    def _refuse(self, err: RequestError, start: float, cors: dict[str, str], count: bool = True) -> JSONResponse:
+        headers = dict(cors)
+        if err.status == 503 and err.kind in RETRY_KINDS:
+            headers["retry-after"] = str(self.limits.retry_after_s)
+        if err.status == 401:
+            headers["www-authenticate"] = 'Bearer realm="cvdvae"'
+        if count:
+            self._count(err.status, start, kind=err.kind)
+        return JSONResponse({"error": err.message, "kind": err.kind}, status_code=err.status, headers=headers)
+
+    def _count(self, status: int, start: float, samples: int = 0, kind: str | None = None) -> None:
+        self.metrics.finished(status, time.monotonic() - start, samples, kind)
+        self.metrics.in_flight.dec()
+
+    async def _off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.workers, work, *args)

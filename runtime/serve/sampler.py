@@ -1,0 +1,186 @@
+"""The model replica: a Ray Serve deployment that owns one ``Pipeline`` and answers requests
+the ingress has read and checked.
+
+``answer`` runs the pipeline's steps (``runtime.pipeline``) and streams the answer
+(``runtime.serve.answers``). Every step that touches pixels (decoding, the ``from_hr``
+bicubic, detection and alignment, the consistency projection, paste-back, PNG encoding)
+runs on a bounded pool of worker threads, so the replica's event loop only schedules: its
+batch timer and every other request go on while a large photo is decoded. Sampling goes
+through ``run_batch``, which Ray Serve's ``@serve.batch`` calls with the jobs that arrived
+together and which runs them on the replica's one engine thread through the one sampling
+path; so a request gives the pixels ``cvdvae run`` and the Python API give.
+
+A request carries its remaining time: no step starts after it is spent (and the ingress
+cancels the request then). A photo's answer is checked against the response budget from its
+header, before its pixels are decoded, and again once its faces are counted; at most
+``photos_at_once`` photos are worked on together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable
+
+from ray import serve
+
+from cvdvae.errors import CVDVAEError
+
+from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
+from ..images.decode import InputError
+from ..images.outputs import png_bytes
+from ..images.png import encode_png
+from ..pipeline import Limits as PipelineLimits
+from ..pipeline import LRInput, NonFiniteSamples, Pipeline
+from ..sampling import Job, sample_jobs
+from .answers import Failure, Head
+from .options import ServeOptions
+from .requests import RequestError, SampleRequest, request_error
+
+log = logging.getLogger("ray.serve")
+
+
+def library_call(work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, the library's errors about the request made into its 4xx (NaN/Inf: a 500)."""
+    try:
+        return work(*args)
+    except NonFiniteSamples:
+        raise RequestError(500, "non_finite", "the engine produced NaN/Inf samples (numerically broken)") from None
+    except CVDVAEError as err:
+        raise request_error(err) from None
+
+
+@serve.deployment(name="Sampler")
+class Sampler:
+    def __init__(self, options: ServeOptions):
+        self.options, limits = options, options.limits
+        self.pipe = Pipeline.from_pretrained(options.model, options.backend, options.threads or None,
+                                             max_batch=options.max_batch, max_n=options.max_n,
+                                             limits=PipelineLimits(limits.max_image_pixels, limits.max_image_pixels,
+                                                                   limits.max_output_pixels))
+        self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
+        self.workers = ThreadPoolExecutor(max_workers=limits.image_threads, thread_name_prefix="cvdvae-images")
+        self.photo_slots = asyncio.Semaphore(limits.photos_at_once)
+        self.answering = self.steps = 0  # requests in progress, worker steps started (``activity``)
+        self.run_batch.set_max_batch_size(options.max_batch_size)
+        self.run_batch.set_batch_wait_timeout_s(options.batch_wait_s)
+
+    async def describe(self) -> dict[str, Any]:
+        """What the model takes and gives (``/readyz``)."""
+        shape = self.pipe.shape
+        return {"model": self.pipe.model_id, "conditional": shape.conditional, "lr_size": shape.lr_size,
+                "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name}
+
+    async def activity(self) -> dict[str, int]:
+        """Requests in progress and worker steps started so far: a cancelled request's work stops."""
+        return {"answering": self.answering, "steps": self.steps}
+
+    async def answer(self, request: SampleRequest, budget_s: float) -> AsyncIterator[Head | Failure | bytes]:
+        """The request's answer (``runtime.serve.answers``), within ``budget_s`` seconds from now."""
+        deadline = time.monotonic() + budget_s
+        self.answering += 1
+        try:
+            if not request.faces:
+                yield await self._lr_faces(request, deadline)
+                return
+            async with self.photo_slots:
+                async for message in self._photo(request, deadline):
+                    yield message
+        except RequestError as err:
+            yield Failure(err.status, err.kind, err.message)
+        finally:
+            self.answering -= 1
+
+    # ---------------------------------------------------------------- batching
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def run_batch(self, jobs: list[Job]) -> list[tuple[Any, int, float]]:
+        """Each job's samples, with the size of the batch and its share of the engine time."""
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(self.engine, sample_jobs, self.pipe.backend, jobs)
+        share = (time.perf_counter() - start) / len(jobs)
+        return [(result, len(jobs), share) for result in results]
+
+    # ---------------------------------------------------------------- the two kinds of request
+    async def _lr_faces(self, request: SampleRequest, deadline: float) -> Head:
+        """LR faces (or a prior-only model's draws): ``cvdvae run``'s samples for this image and seed."""
+        pipe = self.pipe
+        inputs = pipe.prepare(None) if request.image is None else \
+            [await self._step(deadline, pipe.prepare_one, request.image, request.from_hr, "image")]
+        results, batches = await self._sampled(pipe.jobs(inputs, request.seed, request.temperature), deadline)
+        pngs = await self._step(deadline, self._lr_pngs, inputs, results, request)
+        record = {**self._record(request), "consistent": request.consistent}
+        return Head(record, pngs, [], 0, request.n, batches)
+
+    def _lr_pngs(self, inputs: list[LRInput], results: list[Any], request: SampleRequest) -> list[bytes]:
+        output = self.pipe.finish(inputs, results, request.seed, request.temperature, request.consistent)
+        return [png_bytes(sample) for sample in output.samples[0]]
+
+    async def _photo(self, request: SampleRequest, deadline: float) -> AsyncIterator[Head | bytes]:
+        """``faces``: the photo's faces found, sampled (its faces share batches) and pasted back, as
+        ``cvdvae run --faces`` does: whole photo k is made of sample k of each face."""
+        pipe = self.pipe
+        await self._step(deadline, self._detector_ready)
+        found: PhotoFaces = await self._step(
+            deadline, pipe.detect_faces, request.image, FaceSearch(max_faces=request.max_faces), None, "photo",
+            "photo", lambda header: self._check_photo_answer(request, header.width, header.height, 0))
+        self._check_photo_answer(request, found.photo.shape[1], found.photo.shape[0], len(found.faces))
+        results, batches = await self._sampled(pipe.face_jobs(found, request.seed, request.temperature), deadline)
+        output, face_pngs = await self._step(deadline, self._face_pngs, found, results, request)
+        record = {**self._record(request), **output.record(pipe.shape.hr_size)}
+        del record["timings_s"]
+        yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches)
+        canvases = output.composites()
+        for _ in range(request.n):
+            yield await self._step(deadline, lambda: encode_png(next(canvases), output.png_level))
+
+    def _face_pngs(self, found: PhotoFaces, results: list[Any], request: SampleRequest) \
+            -> tuple[FacesOutput, list[list[bytes]]]:
+        output = self.pipe.finish_faces(found, results, request.seed, request.temperature)
+        return output, [[png_bytes(sample) for sample in face.samples] for face in output.faces]
+
+    def _detector_ready(self) -> None:
+        try:
+            self.pipe.detector  # noqa: B018 - loaded on the first photo
+        except CVDVAEError as err:
+            log.error("no face detector: %s", err)  # the operator's log has the path; the client does not
+            raise RequestError(503, "no_detector", "this server has no face detector (its operator can add one: "
+                                                   "cvdvae fetch mtcnn)") from None
+
+    def _check_photo_answer(self, request: SampleRequest, width: int, height: int, faces: int) -> None:
+        """The answer's pixels against the limits: from the photo's header (``faces`` 0), then with its faces."""
+        limits, hr_size = self.options.limits, self.pipe.shape.hr_size
+        factor = self.pipe.upscale_factor(None)
+        out_width, out_height = round(width * factor), round(height * factor)
+        if out_width * out_height > limits.max_output_pixels:
+            raise InputError(f"photo: {width}x{height} at x{factor:g} is {out_width * out_height / 1e6:.0f} "
+                             f"megapixels, more than the {limits.max_output_pixels / 1e6:.0f} a whole photo may have",
+                             "too_large")
+        total = request.n * (out_width * out_height + faces * hr_size * hr_size)
+        if total > limits.max_response_pixels:
+            what = f"{request.n} photos of {out_width}x{out_height}" + (f" and {faces} faces' samples" if faces else "")
+            raise InputError(f"photo: the answer would hold {total / 1e6:.0f} megapixels ({what}), more than the "
+                             f"{limits.max_response_pixels / 1e6:.0f} one request may: lower n or send a smaller "
+                             "photo", "too_large")
+
+    # ---------------------------------------------------------------- helpers
+    def _record(self, request: SampleRequest) -> dict[str, Any]:
+        return {"model": self.pipe.model_id, "seed": request.seed, "n": request.n,
+                "temperatures": [round(float(t), 6) for t in request.temperature]}
+
+    async def _step(self, deadline: float, work: Callable[..., Any], *args: Any) -> Any:
+        """``library_call(work, *args)`` on a worker thread, unless the request's time is spent."""
+        if time.monotonic() > deadline:
+            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s")
+        self.steps += 1
+        return await asyncio.get_running_loop().run_in_executor(self.workers, library_call, work, *args)
+
+    async def _sampled(self, jobs: list[Job], deadline: float) -> tuple[list[Any], list[tuple[int, float]]]:
+        """The jobs' samples through the batcher, and per job its batch's size and engine-time share."""
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(self.run_batch(job) for job in jobs)),
+                                             max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s") from None
+        return [result for result, _, _ in answers], [(size, share) for _, size, share in answers]
