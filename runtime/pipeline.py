@@ -35,7 +35,8 @@ from cvdvae.seeding import MAX_SEED
 from .backends import CHOICES, Backend, open_backend
 from .backends.interface import Sampled
 from .consistency import project
-from .faces.photos import PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, output_size, timed
+from .faces.photos import (MAX_FACES, PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces,
+                           output_size, timed)
 from .images.decode import ImageSource, InputError, decode_image, source_name
 from .images.outputs import input_grid, to_uint8
 from .model_files import ModelShape, locate
@@ -226,7 +227,7 @@ class Pipeline:
     # ------------------------------------------------------------------ photos
     def faces(self, photo: ImageSource, n: int | None = None, seed: int = 0,
               temperature: float | Sequence[float] = DEFAULT_TEMPERATURE, *, min_face: int = 20,
-              max_faces: int | None = None, min_score: float = 0.9, upscale: float | None = None,
+              max_faces: int = MAX_FACES, min_score: float = 0.9, upscale: float | None = None,
               paste: str = "photo") -> FacesOutput:
         """Every face of ``photo`` found, aligned as FFHQ was, sampled n times and pasted back: n whole
         photos (``paste``: "photo" on the photo upscaled by ``upscale``, default the model's
@@ -261,13 +262,13 @@ class Pipeline:
             faces = [align_face(decoded.pixels, face, self.shape.lr_size, self.shape.hr_size) for face in detected]
         if not faces:
             raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", "no_face", min_face=None, min_score=None)
-        return PhotoFaces(decoded.pixels, faces, decoded.name, timings)
+        return PhotoFaces(decoded.pixels, faces, decoded.name, timings, decoded.alpha, decoded.grey)
 
     def sample_faces(self, found: PhotoFaces, seed: int, temperatures: np.ndarray, upscale: float | None = None,
                      paste: str = "photo") -> FacesOutput:
         """The found faces sampled together (``temperatures`` [n]) and made into whole photos."""
         with timed(found.timings, "sample"):
-            samples = sample_jobs(self.backend, self.face_jobs(found, seed, temperatures))
+            samples = sample_jobs(self.backend, self.face_jobs(found, seed, temperatures), keep=as_uint8)
         return self.finish_faces(found, samples, seed, temperatures, upscale, paste)
 
     @staticmethod
@@ -281,7 +282,7 @@ class Pipeline:
         for face, result, bad in zip(found.faces, results, broken):
             face.samples = to_uint8_samples(result.samples, bad)
         output = FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
-                             found.name, found.timings, broken)
+                             found.name, found.timings, broken, found.alpha, found.grey)
         if any(broken):
             raise NonFiniteSamples(f"{found.name}: " + non_finite_message(results, broken, self.backend.precision,
                                                                           "face samples"), output)
@@ -326,8 +327,16 @@ def broken_samples(result: Sampled) -> list[int]:
     return np.flatnonzero(result.non_finite > 0).tolist()
 
 
+def as_uint8(result: Sampled) -> Sampled:
+    """``result`` with its samples as 8-bit pixels (``to_uint8_samples``): a quarter of the memory."""
+    return Sampled(to_uint8_samples(result.samples, broken_samples(result)), result.non_finite)
+
+
 def to_uint8_samples(samples: np.ndarray, broken: list[int]) -> np.ndarray:
-    """[n, 3, H, W] in [0, 1] -> [n, H, W, 3] uint8; a broken sample becomes zeros, never garbage."""
+    """[n, 3, H, W] in [0, 1] -> [n, H, W, 3] uint8 (8-bit already: kept); a broken sample becomes
+    zeros, never garbage."""
+    if samples.dtype == np.uint8:
+        return samples
     pixels = np.stack([to_uint8(np.nan_to_num(s)) for s in samples])
     pixels[broken] = 0
     return pixels

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -45,9 +46,11 @@ def sample_chunks(n: int, max_n: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def sample_jobs(backend: Backend, jobs: list[Job]) -> list[Sampled]:
+def sample_jobs(backend: Backend, jobs: list[Job],
+                keep: Callable[[Sampled], Sampled] | None = None) -> list[Sampled]:
     """Every job's samples ``[n, 3, H, W]`` (float32 in [0, 1]) and their NaN/Inf counts ``[n]``,
-    in the order given."""
+    in the order given; or what ``keep`` makes of each as soon as its call is done (a photo's
+    faces keep 8-bit pixels, so only one call's float32 samples exist at a time)."""
     results: list[Sampled | None] = [None] * len(jobs)
     by_n: dict[int, list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
@@ -56,7 +59,8 @@ def sample_jobs(backend: Backend, jobs: list[Job]) -> list[Sampled]:
         for group in _call_groups(backend, [jobs[i] for i in indices], indices):
             rows = _sample_rows(backend, [jobs[i] for i in group])
             for row, i in enumerate(group):
-                results[i] = Sampled(rows.samples[row], rows.non_finite[row])
+                result = Sampled(rows.samples[row], rows.non_finite[row])
+                results[i] = keep(result) if keep is not None else result
     return results  # type: ignore[return-value]
 
 

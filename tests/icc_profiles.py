@@ -51,3 +51,10 @@ def matrix_profile(description: str, red: tuple, green: tuple, blue: tuple, gamm
 
 def swapped_red_green() -> bytes:
     return matrix_profile("red and green swapped", SRGB_GREEN, SRGB_RED, SRGB_BLUE)
+
+
+def display_p3() -> bytes:
+    """A Display-P3-like profile: the P3 primaries (D65 white) adapted to D50 (Bradford), as in
+    Apple's Display P3 profile, with a 2.2 gamma: wider than sRGB, so colours move when converted."""
+    return matrix_profile("Display P3 (test)", (0.5151, 0.2412, -0.0011), (0.2919, 0.6922, 0.0419),
+                          (0.1571, 0.0666, 0.7841))

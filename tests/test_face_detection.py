@@ -1,16 +1,19 @@
-"""MTCNN face detection: the ONNX graphs against torch, the detector against hand-measured landmarks,
-geometry (rotation, mirroring, enlarging), photos without faces, LFW faces, box arithmetic, fetching.
+"""MTCNN face detection: the ONNX graphs against facenet-pytorch's own networks, the detector against
+hand-measured landmarks, geometry (rotation, mirroring, enlarging), photos without faces, LFW faces,
+box arithmetic (non-maximum suppression against its plain definition), fetching.
 
 Most tests need ``cvdvae fetch mtcnn`` (scripts/test.sh runs it); without it they skip, saying why.
 """
 
 from __future__ import annotations
 
-import io
+import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -19,13 +22,11 @@ import onnx
 import pytest
 import skimage
 import torch
-import torch.nn.functional as F
 from conftest import REPO
 from onnx import numpy_helper
 from PIL import Image
 
 from cvdvae.errors import CVDVAEError
-from cvdvae.hub import assets
 from cvdvae.hub import mtcnn as mtcnn_weights
 from cvdvae.hub.home import cvdvae_home
 from runtime.cli import fetch as fetch_command
@@ -79,56 +80,87 @@ def lfw_photo(face: np.ndarray, up: float) -> np.ndarray:
     return np.repeat(big[:, :, None], 3, axis=2)
 
 
-# ------------------------------------------------------------------ the graphs against torch
-def torch_nets(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    with zipfile.ZipFile(folder / mtcnn_weights.WHEEL) as zf:
-        return {net: torch.load(io.BytesIO(zf.read(f"facenet_pytorch/data/{net}.pt")), weights_only=True)
-                for net in ("pnet", "rnet", "onet")}
+# ------------------------------------------------------------------ the graphs against facenet-pytorch's own networks
+@pytest.fixture(scope="module")
+def facenet(tmp_path_factory) -> dict[str, torch.nn.Module]:
+    """facenet-pytorch's ``PNet``, ``RNet``, ``ONet``: the classes in the pinned wheel's code, with their own weights.
+
+    The wheel is unpacked (its sha256 checked against the pin first: its code runs here) and its
+    ``facenet_pytorch/models/mtcnn.py`` run as the module ``facenet_pytorch.models.mtcnn``. Its one
+    import beyond torch and numpy, ``.utils.detect_face``, imports torchvision, which does not import
+    with this CPU torch build: a stub stands in for it, and the packages above are bare namespaces
+    (their ``__init__.py`` imports it too), all taken out of ``sys.modules`` again afterwards. Each
+    network then loads its own weights, from ``../data/{pnet,rnet,onet}.pt`` beside the module file.
+    """
+    wheel = require_mtcnn() / mtcnn_weights.WHEEL
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == mtcnn_weights.WHEEL_SHA256
+    root = tmp_path_factory.mktemp("facenet")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(root)
+    package = root / "facenet_pytorch"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("facenet_pytorch", "facenet_pytorch.models", "facenet_pytorch.models.utils"):
+            namespace = types.ModuleType(name)
+            namespace.__path__ = [str(root.joinpath(*name.split(".")))]
+            patch.setitem(sys.modules, name, namespace)
+        stub = types.ModuleType("facenet_pytorch.models.utils.detect_face")
+        stub.detect_face = stub.extract_face = None  # used only by facenet's MTCNN class, not by the networks
+        patch.setitem(sys.modules, stub.__name__, stub)
+        spec = importlib.util.spec_from_file_location("facenet_pytorch.models.mtcnn", package / "models" / "mtcnn.py")
+        module = importlib.util.module_from_spec(spec)
+        patch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        nets = {"pnet": module.PNet(), "rnet": module.RNet(), "onet": module.ONet()}
+    assert not [name for name in sys.modules if name.startswith("facenet_pytorch")]
+    return {name: net.eval() for name, net in nets.items()}
 
 
-def torch_forward(net: str, w: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MTCNN written again with torch.nn.functional, from facenet's layer list."""
-    def conv(x, name):
-        return F.prelu(F.conv2d(x, w[f"conv{name}.weight"], w[f"conv{name}.bias"]), w[f"prelu{name}.weight"])
-
-    def pool(x, k):
-        return F.max_pool2d(x, k, 2, ceil_mode=True)
-
-    def dense(x, name):
-        return F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
-
-    def flatten(x):  # facenet: x.permute(0, 3, 2, 1).contiguous().view(N, -1)
-        return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
-
-    if net == "pnet":
-        x = conv(conv(pool(conv(x, "1"), 2), "2"), "3")
-        return {"face_probability": F.softmax(F.conv2d(x, w["conv4_1.weight"], w["conv4_1.bias"]), 1)[:, 1],
-                "regression": F.conv2d(x, w["conv4_2.weight"], w["conv4_2.bias"])}
-    if net == "rnet":
-        x = flatten(conv(pool(conv(pool(conv(x, "1"), 3), "2"), 3), "3"))
-        x = F.prelu(dense(x, "dense4"), w["prelu4.weight"])
-        return {"face_probability": F.softmax(dense(x, "dense5_1"), 1)[:, 1], "regression": dense(x, "dense5_2")}
-    x = flatten(conv(pool(conv(pool(conv(pool(conv(x, "1"), 3), "2"), 3), "3"), 2), "4"))
-    x = F.prelu(dense(x, "dense5"), w["prelu5.weight"])
-    points = dense(x, "dense6_3")
-    return {"face_probability": F.softmax(dense(x, "dense6_1"), 1)[:, 1], "regression": dense(x, "dense6_2"),
-            "landmarks": torch.stack([points[:, :5], points[:, 5:]], dim=2)}
+def astronaut_crops(astronaut: np.ndarray, count: int, height: int, width: int) -> np.ndarray:
+    """``count`` crops resized to ``height x width``, as a network input (float32 NCHW, ``(x - 127.5) / 128``):
+    first the face, then seeded random ones (helmet, flag, suit, background), some not square."""
+    photo, rng = Image.fromarray(astronaut), np.random.default_rng(0)
+    boxes = [(175, 55, 275, 165)]  # around the hand-measured landmarks
+    for _ in range(count - 1):
+        side = rng.uniform(24, 300)
+        x, y = rng.uniform(0, 512 - side, 2)
+        boxes.append((x, y, x + side, y + min(side * rng.uniform(0.8, 1.25), 512 - y)))
+    crops = [np.asarray(photo.crop(box).resize((width, height), Image.Resampling.BOX)) for box in boxes]
+    return ((np.stack(crops).astype(np.float32) - 127.5) / 128).transpose(0, 3, 1, 2).copy()
 
 
-@pytest.mark.parametrize("net,shape", [("pnet", (2, 3, 37, 52)), ("pnet", (1, 3, 12, 13)),
-                                       ("rnet", (7, 3, 24, 24)), ("onet", (7, 3, 48, 48))])
-def test_each_graph_equals_torch(detector, net, shape):
-    weights = torch_nets(require_mtcnn())[net]
-    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32))
+def facenet_outputs(net: str, module: torch.nn.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """facenet's outputs under our names. P-Net and R-Net return (regression, softmax), O-Net (regression,
+    landmarks, softmax); as facenet's ``detect_face`` reads them, the face probability is the softmax's
+    second column and the 10 landmark numbers are x0..x4, then y0..y4."""
+    with torch.no_grad():
+        out = [t.numpy() for t in module(torch.from_numpy(x))]
+    got = {"regression": out[0], "face_probability": out[-1][:, 1]}
+    if net == "onet":
+        got["landmarks"] = np.stack([out[1][:, :5], out[1][:, 5:]], axis=2)
+    return got
+
+
+@pytest.mark.parametrize("net,count,height,width", [("pnet", 2, 57, 70), ("pnet", 1, 12, 13), ("pnet", 1, 512, 512),
+                                                    ("rnet", 16, 24, 24), ("onet", 16, 48, 48)])
+def test_each_graph_equals_facenets_own_network(detector, facenet, astronaut, net, count, height, width):
+    """Our ONNX graphs (onnxruntime) give facenet-pytorch's outputs, from its own code and weights, on crops of a photo.
+
+    P-Net at an odd size (its max-pool rounds up), its smallest input and the whole photo. The first
+    crop is the face, where R- and O-Net say "face" (> 0.99) and on most others (12 of 15) not: the
+    reference computes something real.
+    Tolerance 1e-5: float32 sums in another order (measured differences at most 1.6e-6).
+    """
+    x = astronaut_crops(astronaut, count, height, width)
     session = detector.sessions[net]
     names = [o.name for o in session.get_outputs()]
-    got = dict(zip(names, session.run(names, {"image": x.numpy()})))
-    with torch.no_grad():
-        want = torch_forward(net, weights, x)
+    got = dict(zip(names, session.run(names, {"image": x})))
+    want = facenet_outputs(net, facenet[net], x)
     assert set(got) == set(want)
     for name in want:
-        assert got[name].shape == tuple(want[name].shape), name
-        np.testing.assert_allclose(got[name], want[name].numpy(), rtol=0, atol=1e-5, err_msg=name)  # float32 sums
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+    if net != "pnet":
+        assert want["face_probability"][0] > 0.99 and (want["face_probability"][1:] < 0.5).sum() >= 12
 
 
 # ------------------------------------------------------------------ the detector on photos
@@ -263,42 +295,135 @@ def test_bad_inputs_and_a_missing_detector(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ box arithmetic
-def brute_force_nms(boxes, scores, threshold, mode):
-    """Best score first; keep a box unless it overlaps a kept one by more than ``threshold``."""
-    def overlap(a, b):
-        iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
-        return iw * ih / (min(area_a, area_b) if mode == "min" else area_a + area_b - iw * ih)
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str) -> list[int]:
+    """NMS by its definition, one pair at a time in plain Python: the oracle for ``bx.nms``.
 
+    Boxes best score first (equal scores: lower index first, as ``sorted`` is stable); each is kept
+    unless a box already kept overlaps it by more than ``threshold``: intersection > threshold *
+    base, base the union (``"iou"``) or the smaller area (``"min"``), multiplied out so that empty
+    boxes need no 0/0.
+    """
+    boxes = boxes.tolist()
+    area = [max(0.0, x1 - x0) * max(0.0, y1 - y0) for x0, y0, x1, y1 in boxes]
     kept = []
     for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
-        if all(overlap(boxes[i], boxes[j]) <= threshold for j in kept):
+        a = boxes[i]
+        for j in kept:
+            b = boxes[j]
+            inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            base = area[i] + area[j] - inter if mode == "iou" else min(area[i], area[j])
+            if inter > threshold * base:
+                break
+        else:
             kept.append(i)
     return kept
 
 
+def awkward_boxes(seed: int, count: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes in a 60 x 60 square with what makes NMS tricky, and scores with ties (5 values).
+
+    Half have corners and sizes on a grid of 4 (shared edges, boxes that only touch); sizes run
+    from -2 (empty, inside out) to 30, and 1 in 10 is a copy of another box.
+    """
+    rng = np.random.default_rng(seed)
+    corner, size = rng.uniform(0, 60, (count, 2)), rng.uniform(-2, 30, (count, 2))
+    grid = rng.random(count) < 0.5
+    corner[grid], size[grid] = np.round(corner[grid] / 4) * 4, np.round(size[grid] / 4) * 4
+    boxes = np.concatenate([corner, corner + size], axis=1)
+    copies = rng.random(count) < 0.1
+    boxes[copies] = boxes[rng.integers(0, count, copies.sum())]
+    return boxes, rng.integers(0, 5, count) / 4
+
+
+def photo_proposals(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """1,300 boxes like P-Net's over a 1000 x 750 photo: 1,000 spread (side 12..200 px, log-uniform),
+    then 3 clusters of 100 around faces; scores rounded to 2 decimals (ties)."""
+    rng = np.random.default_rng(seed)
+    side = np.exp(rng.uniform(np.log(12), np.log(200), (1000, 1)))
+    corner = rng.uniform(0, 1, (1000, 2)) * [1000, 750] - side / 2
+    boxes = [np.concatenate([corner, corner + side * rng.uniform(0.9, 1.1, (1000, 2))], axis=1)]
+    for _ in range(3):
+        size, centre = rng.uniform(30, 200), rng.uniform(0, 1, 2) * [1000, 750]
+        s = size * np.exp(rng.normal(0, 0.15, (100, 1)))
+        c = centre + rng.normal(0, 0.1, (100, 2)) * size
+        boxes.append(np.concatenate([c - s / 2, c + s / 2], axis=1))
+    return np.concatenate(boxes), np.round(rng.uniform(0.6, 1, 1300), 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("mode", ["iou", "min"])
-@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
-def test_nms_equals_the_brute_force_definition(mode, threshold):
-    rng = np.random.default_rng(1)
-    corner = rng.uniform(0, 30, (80, 2))
-    boxes = np.concatenate([corner, corner + rng.uniform(10, 40, (80, 2))], axis=1)
-    scores = rng.permutation(80) / 80.0
-    kept = bx.nms(boxes, scores, threshold, mode)
-    assert kept.tolist() == brute_force_nms(boxes, scores, threshold, mode)
-    assert 2 < len(kept) < 70  # boxes overlap enough that suppression matters at every threshold
+def test_nms_equals_the_plain_greedy_definition(seed, mode):
+    """The same indices in the same order as the O(K^2) definition, on 300 awkward boxes (ties, empty
+    boxes, copies, shared edges) at thresholds from 0 (any overlap drops) to 1."""
+    boxes, scores = awkward_boxes(seed)
+    assert ((boxes[:, 2:] <= boxes[:, :2]).any(axis=1)).sum() > 10  # empty boxes are there
+    for threshold in (0.0, 0.3, 0.5, 0.7, 1.0):
+        kept = bx.nms(boxes, scores, threshold, mode)
+        assert kept.dtype == np.int64 and kept.tolist() == greedy_nms(boxes, scores, threshold, mode), threshold
+        if threshold < 1:
+            assert 20 <= len(kept) <= len(boxes) - 20  # suppression matters, and does not take everything
+    assert bx.nms(boxes[:0], scores[:0], 0.5, mode).tolist() == []
+    assert bx.nms(boxes[:1], scores[:1], 0.5, mode).tolist() == [0]
+
+
+def test_nms_in_many_chunks_equals_the_plain_greedy_definition(monkeypatch):
+    """On photo-like proposals in chunks of 256 candidate pairs (over 20 chunks), the same as the definition,
+    at the detector's settings; and the candidates include every pair of boxes that overlap, each once
+    (checked against all K^2 pairs)."""
+    boxes, scores = photo_proposals(seed=0)
+    monkeypatch.setattr(bx, "PAIRS_PER_CHUNK", 256)
+    chunks = list(bx.candidate_pairs(boxes))
+    assert len(chunks) > 20
+    a, b = np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    assert len(np.unique(lo * len(boxes) + hi)) == len(a) and (lo < hi).all()  # no pair twice, none with itself
+    w = np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    h = np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    i, j = np.nonzero(np.triu((w > 0) & (h > 0), 1))
+    assert np.isin(i * len(boxes) + j, lo * len(boxes) + hi).all()
+    for threshold, mode in [(0.5, "iou"), (0.7, "iou"), (0.7, "min")]:
+        assert bx.nms(boxes, scores, threshold, mode).tolist() == greedy_nms(boxes, scores, threshold, mode)
 
 
 def test_nms_by_hand():
-    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 24, 24], [2, 2, 6, 6]], float)
-    scores = np.array([0.9, 0.8, 0.7, 0.6])
-    # IoU(A, B) = 90 / 110 = 0.82; D lies inside A: IoU 16 / 100 = 0.16 but overlap/min = 1
-    assert bx.nms(boxes, scores, 0.5).tolist() == [0, 2, 3]
-    assert bx.nms(boxes, scores, 0.85).tolist() == [0, 1, 2, 3]
-    assert bx.nms(boxes, scores, 0.7, mode="min").tolist() == [0, 2]
-    order = [2, 0, 3, 1]  # the same boxes and scores in another order: the same boxes kept, best first
-    assert bx.nms(boxes[order], scores[order], 0.5).tolist() == [1, 0, 2]
+    # (index) box                  area  score
+    # (0) A [0, 0, 10, 10]          100   0.9
+    # (1) B [20, 0, 30, 10]         100   0.8
+    # (2) C [24, 0, 34, 10]         100   0.8   the same score as B: B comes first (lower index)
+    # (3) D [2, 2, 6, 6]             16   0.95  inside A
+    # Order: D, A, B, C. Overlaps: A and D: 16 (IoU 16 / 100 = 0.16; over the smaller: 16 / 16 = 1);
+    # B and C: 6 x 10 = 60 (IoU 60 / 140 = 0.43; over the smaller: 60 / 100 = 0.6); A and B, A and C,
+    # D and B, D and C: none.
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [24, 0, 34, 10], [2, 2, 6, 6]], float)
+    scores = np.array([0.9, 0.8, 0.8, 0.95])
+    # IoU 0.4: D kept; A kept (0.16); B kept; C dropped by B (0.43). Had C come before B, C would stay.
+    assert bx.nms(boxes, scores, 0.4).tolist() == [3, 0, 1]
+    assert bx.nms(boxes, scores, 0.5).tolist() == [3, 0, 1, 2]  # 0.43 and 0.16 <= 0.5: all kept
+    # over the smaller, 0.7: D kept; A dropped (1 > 0.7); B kept; C kept (0.6 <= 0.7)
+    assert bx.nms(boxes, scores, 0.7, mode="min").tolist() == [3, 1, 2]
+    # exactly at the threshold is not over it: 60 > 0.6 * 100 is false (0.6 * 100 is 60.0 in float64)
+    assert bx.nms(boxes, scores, 0.6, mode="min").tolist() == [3, 1, 2]
+    assert bx.nms(boxes, scores, 0.59, mode="min").tolist() == [3, 1]
+    # threshold 0 (any overlap drops): D, then B; A and C dropped
+    assert bx.nms(boxes, scores, 0.0).tolist() == [3, 1]
+    # E [5, 5, 5, 9]: empty (zero width, area 0) and best: kept, and drops nothing (0 > 0.4 * base is false)
+    empty = np.concatenate([boxes, [[5, 5, 5, 9]]]), np.append(scores, 1.0)
+    assert bx.nms(*empty, 0.4).tolist() == [4, 3, 0, 1]
+    assert bx.nms(*empty, 0.0, mode="min").tolist() == [4, 3, 1]
+
+
+def test_nms_refuses_what_it_cannot_order():
+    """Refused rather than answered wrongly: thresholds below 0, nan or inf (a non-overlapping pair could then
+    drop), coordinates nan, inf or so large that areas overflow."""
+    box = np.array([[0.0, 0, 1, 1]])
+    for threshold in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="threshold"):
+            bx.nms(box, np.ones(1), threshold)
+    for bad in (np.nan, np.inf, 1e200):
+        with pytest.raises(ValueError, match="finite"):
+            bx.nms(np.array([[0, 0, bad, 1]]), np.ones(1), 0.5)
+    with pytest.raises(ValueError, match="mode"):
+        bx.nms(box, np.ones(1), 0.5, mode="area")
 
 
 def test_square_regress_round_and_crop():

@@ -135,3 +135,42 @@ def test_run_and_the_api_give_the_same_pixels_for_each_kind(kind, pipe, demo_exp
     from_array = pipe(decode_image(data, 10_000).pixels, n=3, seed=5).samples[0]
     for samples in (from_bytes, from_path, from_array):
         np.testing.assert_array_equal(samples, written)
+
+
+def test_the_photo_limit_is_the_documented_100_megapixels():
+    """``Pipeline``'s photo limit is 100 MP (README): a 90 MP photo decodes, even with Pillow's
+    decompression-bomb warning (at 89.5 MP) made an error, and a 101 MP one is refused from its
+    header, before any pixel is decoded. The 90 MP PNG is all zeros: 1.2 MB, decoded in ~1 s."""
+    import warnings
+
+    from runtime.pipeline import Limits
+
+    limit = Limits().max_photo_pixels
+    assert limit == 100_000_000
+    buffer = io.BytesIO()
+    Image.new("RGB", (10_000, 9_000)).save(buffer, "PNG", compress_level=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_image(buffer.getvalue(), limit)
+    assert decoded.pixels.shape == (9_000, 10_000, 3)
+    # 101 MP: the header alone (no row follows), refused as too large rather than read.
+    header = png_header(10_100, 10_000)
+    with pytest.raises(InputError) as refused:
+        decode_image(header, limit)
+    assert refused.value.kind == "too_large" and "10100x10000" in str(refused.value)
+    with pytest.raises(InputError) as truncated:  # the same header under the limit is read, and found short
+        decode_image(png_header(10_000, 9_000), limit)
+    assert truncated.value.kind == "unreadable"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature, its IHDR (8-bit RGB) and an IDAT of no rows: what a decoder sees before
+    any pixel."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

@@ -1,4 +1,5 @@
-"""``cvdvae run --faces``: whole photos on the demo model, through the real detector."""
+"""``cvdvae run --faces``: whole photos on the demo model, through the real detector (those tests
+skip without ``cvdvae fetch mtcnn``; the rest run without it)."""
 
 import json
 import subprocess
@@ -14,15 +15,18 @@ from cvdvae.hub.home import cvdvae_home
 from runtime.cli.run import main as run_main
 from runtime.faces.align import FaceSquare, crop
 from runtime.faces.detector import DetectedFace
-from runtime.faces.photos import align_face
+from runtime.faces.photos import Face, align_face, composites
 
 pytest.importorskip("onnxruntime")
 skimage = pytest.importorskip("skimage")
 DATA = Path(skimage.__file__).parent / "data"
 ASTRONAUT = DATA / "astronaut.png"
 
-if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
-    pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)", allow_module_level=True)
+
+@pytest.fixture
+def detector_fetched():
+    if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+        pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +54,8 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def astronaut_run(demo, tmp_path_factory):
+    if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+        pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
     out = tmp_path_factory.mktemp("astronaut")
     code, report, err = run_json(demo, "--input", ASTRONAUT, "--faces", "--n", "3", "--out", out)
     assert code == 0, err
@@ -69,34 +75,41 @@ def test_a_photo_gives_whole_photos_faces_and_a_grid(astronaut_run):
 
 
 def test_outside_the_face_the_photo_is_the_lanczos_upscale(astronaut_run):
-    """Every output pixel whose place in the sample lies outside the sample square is the
-    photo upscaled by PIL's Lanczos, byte for byte; inside, the samples differ from it."""
+    """Every output pixel farther than 1/16 of the side inside the face's square (where the mask
+    is 0) is the photo upscaled by PIL's Lanczos, byte for byte; well inside, the samples differ
+    from it. The square is the recorded centre and side turned by the recorded angle; output
+    pixel X is photo point (X + 0.5) / 4 - 0.5 (written out here)."""
     out, report = astronaut_run
-    face = report["photos"][0]["faces"][0]
+    square = report["photos"][0]["faces"][0]["square"]
+    half, angle = square["side"] / 2, np.radians(square["angle_deg"])
     background = np.asarray(Image.open(ASTRONAUT).convert("RGB").resize((2048, 2048), Image.LANCZOS))
-    to_output = np.vstack([face["sample_to_output"], [0, 0, 1]])
-    ys, xs = np.mgrid[:2048, :2048]
-    u, v, _ = np.tensordot(np.linalg.inv(to_output), np.stack([xs, ys, np.ones_like(xs)]), axes=1)
-    outside = (u < -0.5) | (u > 31.5) | (v < -0.5) | (v > 31.5)
-    centre = (np.abs(u - 15.5) < 8) & (np.abs(v - 15.5) < 8)
+    ys, xs = np.mgrid[:2048, :2048].astype(np.float64)
+    px, py = (xs + 0.5) / 4 - 0.5 - square["centre"][0], (ys + 0.5) / 4 - 0.5 - square["centre"][1]
+    u = (px * np.cos(angle) + py * np.sin(angle)) / half
+    v = (-px * np.sin(angle) + py * np.cos(angle)) / half
+    outside = np.maximum(np.abs(u), np.abs(v)) > 7 / 8 + 0.01
+    centre = np.maximum(np.abs(u), np.abs(v)) < 0.5
     for k in range(3):
         photo = read(out / f"astronaut_s0_{k:02d}.png")
         assert (photo[outside] == background[outside]).all()
         assert np.abs(photo[centre].astype(int) - background[centre]).mean() > 10
 
 
-def test_photo_sample_k_is_made_of_face_sample_k(astronaut_run):
-    """Cropping the face back out of whole photo k (with the recorded transform) gives face
-    sample k, not another sample: the paste-back put each sample where alignment took it from."""
-    out, report = astronaut_run
-    face = report["photos"][0]["faces"][0]
-    m = np.array(face["sample_to_output"])
-    square = FaceSquare(m[:, :2] @ [15.5, 15.5] + m[:, 2], m[:, 0] * 16, m[:, 1] * 16)  # back from to_photo(32)
-    samples = [read(out / f"astronaut_face0_s0_{k:02d}.png").astype(float) for k in range(3)]
-    for k in range(3):
-        again = crop(read(out / f"astronaut_s0_{k:02d}.png"), square, 32)[8:24, 8:24].astype(float)
-        errors = [np.abs(again - s[8:24, 8:24]).mean() for s in samples]
-        assert errors[k] < 0.5 * min(e for j, e in enumerate(errors) if j != k), errors  # measured: 18 vs 59..68
+def test_photo_sample_k_is_made_of_face_sample_k():
+    """Two faces whose sample k is a flat colour (face 0: 10 + 40 k, face 1: 200 - 40 k): at each
+    face's centre, whole photo k shows that face's sample k, for every k. The centres in the x2
+    output are worked out here: (30, 40) -> (2 * 30.5 - 0.5, 2 * 40.5 - 0.5) = (60.5, 80.5)."""
+    photo = np.zeros((100, 160, 3), np.uint8)
+    faces = []
+    for centre, colours in (((30.0, 40.0), [10, 50, 90]), ((120.0, 50.0), [200, 160, 120])):
+        square = FaceSquare(np.array(centre), np.array([15.0, 0.0]), np.array([0.0, 15.0]))
+        samples = np.stack([np.full((16, 16, 3), c, np.uint8) for c in colours])
+        faces.append(Face(DetectedFace(np.zeros(4), 1.0, np.zeros((5, 2))), square, "lr", np.zeros((3, 4, 4)), None,
+                          samples))
+    for k, canvas in enumerate(composites(photo, faces, 2.0, "photo")):
+        assert canvas[80, 60].tolist() == [10 + 40 * k] * 3 and canvas[80, 61].tolist() == [10 + 40 * k] * 3
+        assert canvas[100, 240].tolist() == [200 - 40 * k] * 3
+        assert canvas[5, 5].tolist() == [0, 0, 0]
 
 
 def test_same_seed_same_photos_and_n_is_a_prefix(demo, astronaut_run, tmp_path):
@@ -107,7 +120,7 @@ def test_same_seed_same_photos_and_n_is_a_prefix(demo, astronaut_run, tmp_path):
     assert got["astronaut_face0_s0_01.png"] == pngs(out)["astronaut_face0_s0_01.png"]
 
 
-def test_two_faces_in_one_photo(demo, tmp_path):
+def test_two_faces_in_one_photo(demo, tmp_path, detector_fetched):
     photo = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
     Image.fromarray(np.concatenate([photo, photo[:, ::-1]], axis=1)).save(tmp_path / "two.png")
     code, report, err = run_json(demo, "--input", tmp_path / "two.png", "--faces", "--n", "1", "--out",
@@ -119,7 +132,7 @@ def test_two_faces_in_one_photo(demo, tmp_path):
     assert (tmp_path / "o" / "two_face1_s0_00.png").is_file()
 
 
-def test_a_photo_without_a_face_is_one_line_and_the_others_go_on(demo, tmp_path):
+def test_a_photo_without_a_face_is_one_line_and_the_others_go_on(demo, tmp_path, detector_fetched):
     Image.open(DATA / "brick.png").convert("RGB").save(tmp_path / "wall.png")
     r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(demo), "--input", str(tmp_path / "wall.png"),
                         str(ASTRONAUT), "--faces", "--n", "1", "--out", str(tmp_path / "o"), "--quiet"],
@@ -132,7 +145,7 @@ def test_a_photo_without_a_face_is_one_line_and_the_others_go_on(demo, tmp_path)
     assert not list((tmp_path / "o").glob("wall*"))
 
 
-def test_transparent_faces_and_no_paste(demo, tmp_path):
+def test_transparent_faces_and_no_paste(demo, tmp_path, detector_fetched):
     assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--face-only", "--out", tmp_path / "t") == 0
     rgba = read(tmp_path / "t" / "astronaut_s0_00.png")
     assert rgba.shape == (2048, 2048, 4) and rgba[0, 0, 3] == 0 and rgba[420, 900, 3] == 255
@@ -140,14 +153,14 @@ def test_transparent_faces_and_no_paste(demo, tmp_path):
     assert sorted(pngs(tmp_path / "n")) == ["astronaut_face0_s0_00.png", "astronaut_face0_s0_grid.png"]
 
 
-def test_existing_outputs_are_kept(demo, tmp_path):
+def test_existing_outputs_are_kept(demo, tmp_path, detector_fetched):
     assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--no-paste", "--out", tmp_path) == 0
     before = pngs(tmp_path)
     assert run(demo, "--input", ASTRONAUT, "--faces", "--n", "1", "--no-paste", "--out", tmp_path, "--seed", "0") == 2
     assert pngs(tmp_path) == before
 
 
-def test_exif_orientation_is_honoured(demo, tmp_path):
+def test_exif_orientation_is_honoured(demo, tmp_path, detector_fetched):
     """A camera that stored the portrait on its side and said so in EXIF (orientation 6: turn
     90 degrees clockwise to view) gives the same upright photo and face."""
     upright = Image.open(ASTRONAUT).convert("RGB").crop((0, 0, 512, 400))
@@ -163,7 +176,7 @@ def test_exif_orientation_is_honoured(demo, tmp_path):
     assert np.allclose(photo["faces"][0]["square"]["centre"], [225, 105], atol=6)
 
 
-def test_the_photo_path_needs_no_torch(demo, tmp_path):
+def test_the_photo_path_needs_no_torch(demo, tmp_path, detector_fetched):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
@@ -228,3 +241,74 @@ def test_an_output_photo_too_large_to_hold_is_refused_up_front(demo, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().endswith("480 megapixels, more than the 400 written; lower "
                                                            "--upscale or use --no-paste"), r.stderr
     assert not list((tmp_path / "o").iterdir())
+
+
+def test_a_photo_failing_while_written_leaves_nothing_and_the_others_go_on(demo, tmp_path, detector_fetched,
+                                                                          monkeypatch, capsys):
+    """The disk fills while ``a.png``'s second whole photo is written: one line naming it, none of
+    its files left (its face samples and first photo were written), ``b.png`` done, exit 1."""
+    from runtime.faces import photos
+
+    for name in ("a", "b"):
+        Image.open(ASTRONAUT).convert("RGB").save(tmp_path / f"{name}.png")
+    real = photos.write_png_streamed
+
+    def disk_fills(path, pixels, level=6):
+        if path.name == "a_s0_01.png":
+            raise OSError(28, "No space left on device")
+        real(path, pixels, level)
+
+    monkeypatch.setattr(photos, "write_png_streamed", disk_fills)
+    code = run_main([str(demo), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--faces", "--n", "2",
+                     "--upscale", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"cvdvae-run: error: {tmp_path / 'a.png'}: failed while being worked on (OSError: [Errno 28] No "
+                     "space left on device); nothing was kept for this photo"], lines
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "b_face0_s0_00.png", "b_face0_s0_01.png", "b_face0_s0_grid.png", "b_s0_00.png", "b_s0_01.png"]
+
+
+@pytest.mark.parametrize("kind", ["L", "LA", "RGBA", "Display P3"])
+def test_a_photo_keeps_its_kind_of_colour(kind, demo, detector_fetched, tmp_path):
+    """The astronaut as a grey, grey + alpha, RGBA and Display-P3-tagged PNG, at x1 (so outside the
+    face every output pixel has an oracle): grey stays grey (1 channel, the input's levels), the
+    alpha is the input's byte for byte, a P3 photo's pixels are littlecms' P3 -> sRGB conversion
+    (``ImageCms``, run here) and the file says sRGB."""
+    from icc_profiles import display_p3
+    from PIL import ImageCms
+
+    from runtime.faces.photos import write_photo
+    from runtime.pipeline import Pipeline
+
+    rgb = Image.open(ASTRONAUT).convert("RGB")
+    alpha = Image.fromarray(np.tile(np.linspace(40, 255, 512).astype(np.uint8)[:, None], (1, 512)))
+    image = {"L": rgb.convert("L"), "LA": Image.merge("LA", (rgb.convert("L"), alpha)),
+             "RGBA": Image.merge("RGBA", (*rgb.split(), alpha)), "Display P3": rgb}[kind]
+    extra = {"icc_profile": display_p3()} if kind == "Display P3" else {}
+    image.save(tmp_path / "in.png", **extra)
+    result = Pipeline.from_pretrained(demo).faces(tmp_path / "in.png", n=1, seed=0, upscale=1)
+    (path,) = [p for p in write_photo(result, tmp_path, "out", False, None) if p.name == "out_s0_00.png"]
+    written = Image.open(path)
+    assert written.mode == {"L": "L", "LA": "LA", "RGBA": "RGBA", "Display P3": "RGB"}[kind]
+    assert "srgb" in written.info  # the sRGB chunk
+    got = np.asarray(written)
+    square = result.faces[0].square
+    ys, xs = np.mgrid[:512, :512].astype(np.float64)
+    half2 = square.x @ square.x
+    u = ((xs - square.c[0]) * square.x[0] + (ys - square.c[1]) * square.x[1]) / half2
+    v = ((xs - square.c[0]) * square.y[0] + (ys - square.c[1]) * square.y[1]) / half2
+    outside = np.maximum(np.abs(u), np.abs(v)) > 7 / 8 + 0.01
+    if kind == "Display P3":
+        expected = np.asarray(ImageCms.profileToProfile(rgb, ImageCms.ImageCmsProfile(__import__("io").BytesIO(
+            display_p3())), ImageCms.createProfile("sRGB"), outputMode="RGB"))
+        assert np.abs(np.asarray(rgb, int) - expected).max() > 20  # the conversion moves colours
+    elif kind in ("RGBA", "LA"):  # the colour over white where transparent (what the faces were read over)
+        white = Image.alpha_composite(Image.new("RGBA", rgb.size, (255, 255, 255, 255)), image.convert("RGBA"))
+        colour = np.asarray(white.convert("RGB") if kind == "RGBA" else white.convert("L"))
+        expected = np.dstack([colour, np.asarray(alpha)])
+    else:
+        expected = np.asarray(image)
+    assert (got[outside] == expected[outside]).all()
+    if kind in ("L", "LA"):
+        assert got.ndim == (2 if kind == "L" else 3)

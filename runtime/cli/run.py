@@ -17,9 +17,9 @@ import typer
 from cvdvae.progress import ProgressBar
 
 from ..backends import CHOICES
-from ..faces.photos import FaceSearch, PhotoFaces, photo_outputs, write_photo
+from ..faces.photos import MAX_FACES, FaceSearch, PhotoFaces, photo_outputs, write_photo
 from ..images import outputs
-from ..images.decode import InputError
+from ..images.decode import InputError, error_reason
 from ..images.paths import expand_inputs
 from ..model_files import ModelShape, locate
 from ..pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
@@ -59,6 +59,8 @@ class Run:
     converted_note_shown: bool = False
     photos: list[dict] | None = None  # --faces: per photo, its faces and outputs
 
+    broken_inputs: int = 0  # inputs that failed while being worked on (not for what they are)
+
     def fail(self, path: Path | str, message: str) -> None:
         self.failed.append({"input": str(path), "error": message})
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -76,8 +78,8 @@ class Run:
 
     @property
     def exit_status(self) -> int:
-        """1 when an engine produced NaN/Inf (a failure while working), else 2 for bad inputs."""
-        if self.non_finite_samples:
+        """1 when an engine produced NaN/Inf or a photo failed while worked on, else 2 for bad inputs."""
+        if self.non_finite_samples or self.broken_inputs:
             return EXIT_FAILURE
         return EXIT_BAD_INPUT if self.failed else EXIT_OK
 
@@ -103,8 +105,8 @@ def run_command(
     faces: Annotated[bool, typer.Option(
         "--faces", help="inputs are photos: find every face, align it as FFHQ was, super-resolve it and paste "
                         "the samples back into the photo (needs `cvdvae fetch mtcnn`)")] = False,
-    max_faces: Annotated[Optional[int], typer.Option(min=1, help="--faces: the most confident faces kept per "
-                                                                 "photo (default: all)")] = None,
+    max_faces: Annotated[int, typer.Option(min=1, help="--faces: the most confident faces kept per "
+                                                       "photo")] = MAX_FACES,
     min_face: Annotated[int, typer.Option(min=12, help="--faces: the smallest face searched for, in photo "
                                                        "pixels")] = 20,
     min_score: Annotated[float, typer.Option(min=0.7, max=1.0, help=(
@@ -132,7 +134,7 @@ def run_command(
 ) -> int:
     temperatures = np.asarray(parse_temperatures(temperature, n), dtype=np.float32)
     check_choice(backend, CHOICES, "--backend")
-    photo_flags = {"--max-faces": max_faces is not None, "--upscale": upscale is not None, "--face-only": face_only,
+    photo_flags = {"--max-faces": max_faces != MAX_FACES, "--upscale": upscale is not None, "--face-only": face_only,
                    "--no-paste": no_paste, "--min-face": min_face != 20, "--min-score": min_score != 0.9}
     check_face_flags(faces, from_hr, face_only, no_paste, [flag for flag, given in photo_flags.items() if given])
     if model.is_dir() or model.suffix in (".onnx", ".plan", ".engine"):
@@ -266,35 +268,52 @@ def write_input(output: Any, index: int, path: Path, run: Run) -> None:
 
 def run_photos(paths: list[Path], search: FaceSearch, upscale: float | None, paste: str, run: Run,
                quiet: bool) -> None:
-    """--faces: each photo on its own (its faces are one batch); a photo that fails does not stop the others."""
+    """--faces: each photo on its own (its faces are one batch). A photo that fails, for what it is
+    or while it is worked on (a decoder's error, alignment, memory, the disk), is one line naming
+    it, leaves none of its outputs behind, and does not stop the others."""
     run.photos = []
     with ProgressBar(len(paths), "photos", disable=quiet or not paths) as progress:
         for path in paths:
+            planned: list[Path] = []
             try:
                 found = run.pipe.detect_faces(path, search, upscale, paste)
-                check_photo_outputs(path, found, paste, run)
+                planned = check_photo_outputs(path, found, paste, run)
                 result = run.pipe.sample_faces(found, run.settings.seed, run.settings.temperatures, upscale, paste)
+                written = [str(p) for p in write_photo(result, run.settings.out, path.stem, run.settings.grid,
+                                                       run.pipe.shape.scale)]
             except NonFiniteSamples as err:
                 run.non_finite_samples += sum(len(broken) for broken in err.output.non_finite)
                 run.fail(path, f"{err}; nothing was written for this photo")
             except InputError as err:
                 run.fail(path, err.describe(flag_for))
+            except Exception as err:  # noqa: BLE001 - one photo's failure never stops the rest
+                remove_partial(planned)
+                run.broken_inputs += 1
+                what = "out of memory" if isinstance(err, MemoryError) else f"{type(err).__name__}: {error_reason(err)}"
+                run.fail(path, f"{path}: failed while being worked on ({what}); nothing was kept for this photo")
             else:
-                written = [str(p) for p in write_photo(result, run.settings.out, path.stem, run.settings.grid,
-                                                       run.pipe.shape.scale)]
                 run.written += written
                 run.photos.append({"input": str(path), **result.record(run.pipe.shape.hr_size), "outputs": written})
                 run.samples += len(result.faces) * len(run.settings.temperatures)
             progress.update(1)
 
 
-def check_photo_outputs(path: Path, found: PhotoFaces, paste: str, run: Run) -> None:
+def remove_partial(planned: list[Path]) -> None:
+    """A failed photo's outputs written so far (none of them existed before: ``check_photo_outputs``)."""
+    for path in planned:
+        path.unlink(missing_ok=True)
+
+
+def check_photo_outputs(path: Path, found: PhotoFaces, paste: str, run: Run) -> list[Path]:
+    """The photo's outputs to be: none may exist unless --overwrite. Returns those that do not
+    exist yet (what a failure midway removes: an overwritten file's old content is gone anyway)."""
     settings = run.settings
     planned = photo_outputs(settings.out, path.stem, settings.seed, len(settings.temperatures), len(found.faces),
                             settings.grid, paste)
     existing = [p for p in planned if p.exists()]
     if existing and not settings.overwrite:
         raise InputError(f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite", "exists")
+    return [p for p in planned if not p.exists()]
 
 
 def report(run: Run, as_json: bool, quiet: bool) -> None:

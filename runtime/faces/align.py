@@ -75,10 +75,6 @@ class FaceSquare:
         m[:2, 2] = self.c + (1 / size - 1) * (self.x + self.y)
         return m
 
-    def scaled(self, factor: float) -> "FaceSquare":
-        """The same square in a photo resized by ``factor`` (pixel edges kept: centres move by (f - 1) / 2)."""
-        return FaceSquare(factor * (self.c + 0.5) - 0.5, factor * self.x, factor * self.y)
-
 
 def crop(photo: np.ndarray, square: FaceSquare, size: int) -> np.ndarray:
     """The aligned ``size`` x ``size`` crop (HWC uint8) of ``photo`` (HWC uint8)."""

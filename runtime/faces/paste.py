@@ -1,6 +1,9 @@
 """Paste-back: each aligned sample warped into the upscaled photo through a feathered mask.
 
-The background is the photo upscaled with Lanczos in 8 bits. A face's mask lives in the
+The background is the photo upscaled with Lanczos in 8 bits; faces are placed through the
+same pixel-edge mapping (``canvas_map``), so at any factor a face lands where the photo under
+it went. A sample that is enlarged is read bicubic (sharp); one that shrinks is area-averaged
+(supersampled, as the crop is), so fine detail never aliases. A face's mask lives in the
 sample's own pixels: the sample square eroded by ``ERODE`` of its side, then box-blurred over
 ``FEATHER`` of its side, which is exactly the product of two linear ramps (a box blur of an
 interval is a ramp), so it is computed in closed form at every output pixel and never leaves
@@ -24,23 +27,33 @@ from .align import FaceSquare, warp
 FEATHER = 1 / 8   # ramp width, in sample sides
 ERODE = 1 / 8     # the ramp's midpoint, this far inside the sample's edge (>= FEATHER / 2: zero at the edge)
 UPSCALE_ROWS, UPSCALE_MARGIN = 64, 4  # photo rows per resized band, and the overlap Lanczos (3 px) needs
-BLEND_ROWS = 256  # output rows blended at a time: float temporaries stay small for a face of any size
+BLEND_ROWS = 128  # output rows blended at a time: float temporaries stay small for a face of any size
 
 
 @dataclass(frozen=True)
 class Placement:
     """Where one face's samples go in the output photo: the region (rows, columns) they can touch,
-    the map from that region's pixels to sample pixels, and the mask over the region."""
+    the map from that region's pixels to sample pixels, and how finely each output pixel is
+    sampled (``supersample`` x ``supersample`` points, averaged, where the sample shrinks)."""
 
     rows: slice
     cols: slice
     to_sample: np.ndarray   # 3x3: region pixel (x, y, 1) -> sample pixel
-    mask: np.ndarray        # [h, w, 1] float32 in [0, 1]
     size: int               # the sample's side in pixels
+    supersample: int = 1
+
+
+def canvas_map(photo_shape: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
+    """3x3: photo pixel (x, y, 1) -> output pixel, for an output of ``out_shape`` (height, width)
+    resized from ``photo_shape``: pixel edges scale by out / in on each axis, the mapping the
+    background's resize uses (so a face lands where the photo under it went, even when
+    ``round(w * f) / w`` is not ``f``). Pixel centres are at integers: X = fx (x + 0.5) - 0.5."""
+    fy, fx = out_shape[0] / photo_shape[0], out_shape[1] / photo_shape[1]
+    return np.array([[fx, 0, (fx - 1) / 2], [0, fy, (fy - 1) / 2], [0, 0, 1]])
 
 
 def upscale(photo: np.ndarray, factor: float) -> np.ndarray:
-    """The background: ``photo`` (HWC uint8) resized by ``factor`` with Lanczos, still uint8.
+    """The background: ``photo`` (HWC or HW uint8) resized by ``factor`` with Lanczos, still uint8.
 
     An integer factor is resized a band of rows at a time straight into the output (with a
     margin wider than Lanczos' 3-pixel support, cut away: the bands equal one whole resize,
@@ -48,14 +61,20 @@ def upscale(photo: np.ndarray, factor: float) -> np.ndarray:
     h, w = photo.shape[:2]
     if float(factor).is_integer() and factor >= 1:
         f = int(factor)
-        out = np.empty((h * f, w * f, photo.shape[2]), np.uint8)
+        out = np.empty((h * f, w * f, *photo.shape[2:]), np.uint8)
         for top in range(0, h, UPSCALE_ROWS):
             bottom = min(top + UPSCALE_ROWS, h)
             a, b = max(top - UPSCALE_MARGIN, 0), min(bottom + UPSCALE_MARGIN, h)
             band = _lanczos(photo[a:b], (w * f, (b - a) * f))
             out[top * f:bottom * f] = band[(top - a) * f:(bottom - a) * f]
         return out
-    return np.array(_lanczos(photo, (max(1, round(w * factor)), max(1, round(h * factor)))))  # writable
+    out_h, out_w = output_shape((h, w), factor)
+    return np.array(_lanczos(photo, (out_w, out_h)))  # writable
+
+
+def output_shape(photo_shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    """(height, width) of the photo resized by ``factor``: each side rounded, at least 1 px."""
+    return max(1, round(photo_shape[0] * factor)), max(1, round(photo_shape[1] * factor))
 
 
 def _lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -64,11 +83,12 @@ def _lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS), dtype=np.uint8)
 
 
-def place(square: FaceSquare, factor: float, size: int, out_shape: tuple[int, int]) -> Placement | None:
+def place(square: FaceSquare, to_output: np.ndarray, size: int, out_shape: tuple[int, int]) -> Placement | None:
     """The placement of ``size``-pixel samples of the face whose square (in photo pixels) is
-    ``square``, in an output ``factor`` times the photo; None when it falls outside."""
-    to_output = square.scaled(factor).to_photo(size)
-    corners = square.scaled(factor).corners
+    ``square``, in an output reached from the photo by ``to_output`` (``canvas_map``); None when
+    it falls outside."""
+    sample_to_output = to_output @ square.to_photo(size)
+    corners = square.corners @ to_output[:2, :2].T + to_output[:2, 2]
     h, w = out_shape
     x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
     x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, [w, h])
@@ -76,13 +96,15 @@ def place(square: FaceSquare, factor: float, size: int, out_shape: tuple[int, in
         return None
     origin = np.eye(3)
     origin[:2, 2] = x0, y0
-    to_sample = np.linalg.inv(to_output) @ origin
-    return Placement(slice(y0, y1), slice(x0, x1), to_sample, feather_mask(to_sample, (y1 - y0, x1 - x0), size),
-                     size)
+    to_sample = np.linalg.inv(sample_to_output) @ origin
+    # Sample pixels one output pixel spans, along its longer direction: above 1 the sample
+    # shrinks, and each output pixel averages that many points a side, so nothing aliases.
+    span = float(np.linalg.norm(to_sample[:2, :2], ord=2))
+    return Placement(slice(y0, y1), slice(x0, x1), to_sample, size, max(1, int(np.ceil(span - 1e-9))))
 
 
 def feather_mask(to_sample: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
-    """The eroded, box-blurred sample square seen through ``to_sample`` on a ``shape`` grid."""
+    """The eroded, box-blurred sample square seen through ``to_sample`` on a ``shape`` grid, [h, w, 1]."""
     ys = np.arange(shape[0], dtype=np.float32)[:, None]
     xs = np.arange(shape[1], dtype=np.float32)[None, :]
     lo, hi, width = -0.5 + ERODE * size, size - 0.5 - ERODE * size, FEATHER * size
@@ -95,11 +117,11 @@ def feather_mask(to_sample: np.ndarray, shape: tuple[int, int], size: int) -> np
 
 
 def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
-    """Blend ``sample`` (HWC uint8, ``placement.size`` square) into ``canvas`` (HWC uint8) in place."""
-    for rows, to_sample, mask in _bands(placement):
-        region = canvas[rows, placement.cols]
+    """Blend ``sample`` (HWC uint8, ``placement.size`` square) into ``canvas`` (HWC uint8, RGB or
+    RGBA: the alpha is the photo's and stays) in place."""
+    for rows, warped, mask in _bands(placement, sample):
+        region = canvas[rows, placement.cols, :3]
         mixed = region.astype(np.float32)
-        warped = _warp(sample, to_sample, region.shape[1::-1])
         warped -= mixed
         warped *= mask
         mixed += warped  # region + (sample - region) * mask
@@ -109,9 +131,8 @@ def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
 def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
     """Composite ``sample`` over ``canvas`` (HWC uint8 RGBA, straight alpha) in place, the mask as
     its alpha: the faces alone, to layer over a background made elsewhere."""
-    for rows, to_sample, a in _bands(placement):
+    for rows, warped, a in _bands(placement, sample):
         region = canvas[rows, placement.cols]
-        warped = _warp(sample, to_sample, region.shape[1::-1])
         below = region[..., 3:] / np.float32(255)
         alpha = a + below * (1 - a)
         rgb = (warped * a + region[..., :3] * below * (1 - a)) / np.maximum(alpha, 1e-6)
@@ -119,18 +140,34 @@ def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> 
         region[..., 3:] = np.rint(alpha * 255).astype(np.uint8)
 
 
-def _bands(placement: Placement) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """The placement's region in bands of rows: (canvas rows, band pixel -> sample pixel, mask)."""
+def _bands(placement: Placement, sample: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """The placement's region in bands of rows: (canvas rows, the sample warped onto the band
+    (float32), the mask over it). Each band's mask and warp are made for it alone, so memory
+    stays a few bands' worth however large the face."""
     start, stop = placement.rows.start, placement.rows.stop
+    width = placement.cols.stop - placement.cols.start
     for top in range(start, stop, BLEND_ROWS):
+        rows = slice(top, min(top + BLEND_ROWS, stop))
         offset = np.eye(3)
         offset[1, 2] = top - start
-        yield (slice(top, min(top + BLEND_ROWS, stop)), placement.to_sample @ offset,
-               placement.mask[top - start:top - start + BLEND_ROWS])
+        to_sample = placement.to_sample @ offset
+        shape = (rows.stop - rows.start, width)
+        yield (rows, _warp(sample, to_sample, shape, placement.supersample),
+               feather_mask(to_sample, shape, placement.size))
 
 
-def _warp(sample: np.ndarray, to_sample: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np.clip(warp(sample, to_sample, size, "bicubic"), 0, 255)  # bicubic overshoots
+def _warp(sample: np.ndarray, to_sample: np.ndarray, shape: tuple[int, int], supersample: int) -> np.ndarray:
+    """``sample`` seen through ``to_sample`` on a ``shape`` grid, float32 HWC. Enlarged: bicubic,
+    sharp. Shrunk: each output pixel the mean of ``supersample`` x ``supersample`` bilinear
+    points spread over its footprint, the area average the crop also takes (a bicubic read
+    alone would skip sample pixels: 1 px stripes shrunk to 0.4x would come out 0 or 255)."""
+    h, w = shape
+    if supersample == 1:
+        return np.clip(warp(sample, to_sample, (w, h), "bicubic"), 0, 255)  # bicubic overshoots
+    m = supersample
+    fine_to_coarse = np.array([[1 / m, 0, (1 / m - 1) / 2], [0, 1 / m, (1 / m - 1) / 2], [0, 0, 1]])
+    fine = warp(sample, to_sample @ fine_to_coarse, (w * m, h * m), "bilinear")
+    return fine.reshape(h, m, w, m, -1).mean(axis=(1, 3), dtype=np.float32)
 
 
 def paste_order(squares: list[FaceSquare]) -> list[int]:

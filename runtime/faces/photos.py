@@ -34,16 +34,17 @@ from ..images import outputs
 from ..images.png import write_png_streamed
 from .align import FaceSquare, crop
 from .detector import DetectedFace, FaceDetector
-from .paste import Placement, blend, blend_over, paste_order, place, upscale
+from .paste import Placement, blend, blend_over, canvas_map, output_shape, paste_order, place, upscale
 
 PASTE_MODES = ("photo", "transparent", "none")  # on the upscaled photo; the faces alone (RGBA); no photos
+MAX_FACES = 64  # faces per photo by default: 64 x n = 8 samples of 256^2 are 100 MB
 FAST_PNG_PIXELS = 4_000_000  # larger whole photos are deflated at level 1: much faster, a little larger
 
 
 @dataclass(frozen=True)
 class FaceSearch:
     min_face: int = 20            # smallest face searched for, in photo pixels
-    max_faces: int | None = None  # keep the most confident ones
+    max_faces: int = MAX_FACES    # keep the most confident ones (memory: samples of every face are held)
     min_score: float = 0.9        # O-Net's probability a face needs (MTCNN's own cut: 0.7)
 
     def no_face_message(self) -> str:
@@ -70,15 +71,19 @@ class Face:
     def landmarks(self) -> np.ndarray:
         return self.detected.landmarks
 
-    def record(self, index: int, upscale: float, hr_size: int) -> dict[str, Any]:
-        """The face's JSON record: box, score, landmarks, mode and its square's transform."""
+    def record(self, index: int, to_output: np.ndarray, hr_size: int) -> dict[str, Any]:
+        """The face's JSON record: box, score, landmarks, mode, its square's transform and enlargement."""
         square = self.square
+        sample_to_output = to_output @ square.to_photo(hr_size)
         return {"index": index, "box": _rounded(self.box), "score": round(float(self.detected.score), 5),
                 "landmarks": _rounded(self.landmarks), "mode": self.mode,
                 "square": {"centre": _rounded(square.c), "side": round(square.side, 3),
                            "angle_deg": round(float(np.degrees(np.arctan2(square.x[1], square.x[0]))), 3)},
                 # sample pixel (x, y, 1) -> output photo pixel; pixel centres at integers
-                "sample_to_output": _rounded(square.scaled(upscale).to_photo(hr_size)[:2])}
+                "sample_to_output": _rounded(sample_to_output[:2]),
+                # output pixels per sample pixel: above 1 the sample is enlarged, and softer than
+                # the photo around it by as much (README, "Faces big and small")
+                "enlargement": round(float(np.linalg.norm(sample_to_output[:2, :2], ord=2)), 4)}
 
 
 def _rounded(a: np.ndarray) -> list:
@@ -103,38 +108,54 @@ def align_face(photo: np.ndarray, face: DetectedFace, lr_size: int, hr_size: int
 
 def output_size(photo: np.ndarray, factor: float) -> tuple[int, int]:
     """(height, width) of a whole-photo output ``factor`` times the photo."""
-    return round(photo.shape[0] * factor), round(photo.shape[1] * factor)
+    return output_shape(photo.shape[:2], factor)
 
 
-def composites(photo: np.ndarray, faces: list[Face], factor: float, paste: str) -> Iterator[np.ndarray]:
+def composites(photo: np.ndarray, faces: list[Face], factor: float, paste: str, alpha: np.ndarray | None = None,
+               grey: bool = False) -> Iterator[np.ndarray]:
     """Whole photo k for each sample k, each face's sample k blended in (``paste`` "photo": on the
-    photo upscaled by ``factor``; "transparent": alone on a transparent RGBA canvas). One canvas
+    photo upscaled by ``factor``, with the photo's own ``alpha`` upscaled alongside, and made grey
+    again for a ``grey`` photo; "transparent": alone on a transparent RGBA canvas). One canvas
     is kept: each yield lends it until the next, when only the faces' regions are restored."""
     if paste == "photo":
         canvas = upscale(photo, factor)
+        if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
+            canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
     else:
         canvas = np.zeros((*output_size(photo, factor), 4), np.uint8)
     hr_size = faces[0].samples.shape[1]
+    to_output = canvas_map(photo.shape[:2], canvas.shape[:2])
     order = paste_order([face.square for face in faces])
     placements: list[tuple[int, Placement]] = [
-        (j, p) for j in order if (p := place(faces[j].square, factor, hr_size, canvas.shape[:2])) is not None]
+        (j, p) for j in order if (p := place(faces[j].square, to_output, hr_size, canvas.shape[:2])) is not None]
     pristine = [canvas[p.rows, p.cols].copy() for _, p in placements]
     for k in range(len(faces[0].samples)):
         for j, placement in placements:
             (blend if paste == "photo" else blend_over)(canvas, placement, faces[j].samples[k])
-        yield canvas
+        yield as_grey(canvas) if grey and paste == "photo" else canvas
         for (_, placement), original in zip(placements, pristine):
             canvas[placement.rows, placement.cols] = original
+
+
+def as_grey(canvas: np.ndarray) -> np.ndarray:
+    """RGB(A) -> grey (+ alpha) by ITU-R 601 luma, as Pillow's ``convert("L")``: a grey photo's
+    whole photos are grey, the faces pasted in too."""
+    from PIL import Image
+
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(canvas[..., :3])).convert("L"))
+    return np.stack([luma, canvas[..., 3]], axis=2) if canvas.shape[2] == 4 else luma
 
 
 @dataclass
 class PhotoFaces:
     """A photo and its faces, found and aligned (``Pipeline.detect_faces``), not yet sampled."""
 
-    photo: np.ndarray        # [H, W, 3] uint8, upright sRGB
+    photo: np.ndarray        # [H, W, 3] uint8, upright sRGB (transparent parts over white)
     faces: list[Face]
     name: str
     timings: dict[str, float] = field(default_factory=dict)
+    alpha: np.ndarray | None = None  # [H, W] uint8: the photo's transparency, kept in the whole photos
+    grey: bool = False               # a grey photo: its whole photos are grey
 
 
 @dataclass
@@ -150,13 +171,15 @@ class FacesOutput:
     name: str
     timings: dict[str, float] = field(default_factory=dict)
     non_finite: list[list[int]] = field(default_factory=list)  # per face, the samples that held NaN/Inf
+    alpha: np.ndarray | None = None      # the photo's transparency (``PhotoFaces``)
+    grey: bool = False
 
     def composites(self) -> Iterator[np.ndarray]:
         """Whole photo k (HWC uint8; RGBA when ``paste`` is "transparent") for each sample k. One
         canvas is lent at a time, until the next: copy what must outlive the loop."""
         if self.paste == "none":
             return iter(())
-        return composites(self.photo, self.faces, self.upscale, self.paste)
+        return composites(self.photo, self.faces, self.upscale, self.paste, self.alpha, self.grey)
 
     @cached_property
     def photos(self) -> list[np.ndarray]:
@@ -180,8 +203,9 @@ class FacesOutput:
 
     def record(self, hr_size: int) -> dict[str, Any]:
         """The photo's JSON record: its size, the upscale, each face's record, the timings."""
+        to_output = canvas_map(self.photo.shape[:2], output_size(self.photo, self.upscale))
         return {"size": list(self.size), "upscale": self.upscale,
-                "faces": [face.record(j, self.upscale, hr_size) for j, face in enumerate(self.faces)],
+                "faces": [face.record(j, to_output, hr_size) for j, face in enumerate(self.faces)],
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
 
 

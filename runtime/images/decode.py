@@ -41,6 +41,7 @@ SIGNATURES = ((b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"BM", "BMP"), (b"GIF8", 
               (b"\0\0\1\0", "ICO"), (b"\0\0\0\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"))
 INTEGER_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
+GREY = ("1", "L", "LA", "La", "F", *INTEGER_GREY)
 
 ImageSource = Union[str, Path, bytes, bytearray, "Image.Image", np.ndarray]
 
@@ -60,6 +61,8 @@ class DecodedImage:
     pixels: np.ndarray          # [H, W, 3] uint8, sRGB, upright
     converted: str | None       # what was done to reach 8-bit sRGB RGB, when anything was
     name: str                   # the file name, or what the image was, for messages
+    alpha: np.ndarray | None = None  # [H, W] uint8, upright: the image's transparency, when it had any
+    grey: bool = False          # the image was grey (its pixels are R = G = B)
 
 
 def source_name(source: ImageSource) -> str:
@@ -98,7 +101,7 @@ def decode_image(source: ImageSource, max_pixels: int, check: Callable[[Any], No
     except UnidentifiedImageError:
         raise _unsupported(stream, name) from None
     except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types for a bad file
-        raise InputError(f"{name}: not a readable image ({_reason(err)})") from None
+        raise InputError(f"{name}: not a readable image ({error_reason(err)})") from None
 
 
 def _decode_opened(img: Any, max_pixels: int, check: Callable[[Any], None] | None, name: str) -> DecodedImage:
@@ -113,11 +116,21 @@ def _decode_opened(img: Any, max_pixels: int, check: Callable[[Any], None] | Non
         img.load()
         upright = ImageOps.exif_transpose(img)
         pixels, converted = to_srgb8(upright)
+        alpha = _alpha(upright)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt file fails only while decoding
-        raise InputError(f"{name}: unreadable or truncated image ({_reason(err)})") from None
-    return DecodedImage(pixels, converted, name)
+        raise InputError(f"{name}: unreadable or truncated image ({error_reason(err)})") from None
+    return DecodedImage(pixels, converted, name, alpha, upright.mode in GREY)
+
+
+def _alpha(img: Any) -> np.ndarray | None:
+    """The image's alpha channel (palette transparency included), or None when it has none."""
+    if img.mode in ("P", "PA") and (img.mode == "PA" or "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode not in TRANSPARENT:
+        return None
+    return np.asarray(img.getchannel("A" if "A" in img.getbands() else "a"), dtype=np.uint8)
 
 
 def to_srgb8(img: Any) -> tuple[np.ndarray, str | None]:
@@ -203,7 +216,7 @@ def _unsupported(stream: Any, name: str) -> InputError:
     return InputError(f"{name}: not a readable image (only PNG, JPEG and WebP are taken)", "unreadable")
 
 
-def _reason(err: Exception) -> str:
+def error_reason(err: BaseException) -> str:
     """The first line of an exception's message, or its type: never a path or an object's address."""
     text = str(err).splitlines()[0] if str(err) else ""
     if not text or " at 0x" in text:

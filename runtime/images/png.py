@@ -18,7 +18,8 @@ import numpy as np
 from cvdvae.fileio import atomic_path
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COLOUR_TYPES = {3: 2, 4: 6}  # channels -> PNG colour type (truecolour, truecolour with alpha)
+COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey + alpha, RGB, RGBA
+SRGB_PERCEPTUAL = b"\x00"  # the sRGB chunk's rendering intent: the pixels are sRGB (see png_chunks)
 FILTER_UP = 2
 ROWS_PER_BLOCK = 64
 
@@ -28,9 +29,14 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_chunks(hwc: np.ndarray, level: int = 6) -> Iterator[bytes]:
-    """``hwc`` (H, W, 3 or 4, uint8) as an 8-bit RGB(A) PNG at zlib ``level``, a piece at a time."""
+    """``hwc`` (H, W[, 1 to 4], uint8: grey, grey + alpha, RGB, RGBA) as an 8-bit PNG at zlib
+    ``level``, a piece at a time, tagged sRGB: every photo is converted to sRGB when read (its
+    own profile applied), so that is what its pixels are; saying so keeps viewers from guessing."""
+    if hwc.ndim == 2:
+        hwc = hwc[..., None]
     height, width, channels = hwc.shape
-    yield SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0))
+    yield (SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0))
+           + _chunk(b"sRGB", SRGB_PERCEPTUAL))
     deflate = zlib.compressobj(level)
     above = np.zeros((1, width * channels), np.uint8)
     for top in range(0, height, ROWS_PER_BLOCK):
