@@ -35,8 +35,8 @@ from cvdvae.seeding import MAX_SEED
 from .backends import CHOICES, Backend, open_backend
 from .backends.interface import Sampled
 from .consistency import project
-from .faces.photos import (MAX_FACES, PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces,
-                           output_size, timed)
+from .faces.paste import output_shape
+from .faces.photos import MAX_FACES, PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, timed
 from .images.decode import ImageSource, InputError, decode_image, source_name
 from .images.outputs import input_grid, to_uint8
 from .model_files import ModelShape, locate
@@ -246,16 +246,22 @@ class Pipeline:
             raise CVDVAEError("this is a prior-only model: it takes no photos")
         if paste not in PASTE_MODES:
             raise CVDVAEError(f"paste must be one of {', '.join(PASTE_MODES)}, not {paste!r}")
+        factor = self.upscale_factor(upscale)
+        name = name or source_name(photo)
+
+        def within_limits(header: Any) -> None:  # from the header: no pixel is decoded for a refused photo
+            if check is not None:
+                check(header)
+            height, width = output_shape((header.height, header.width), factor)
+            if paste != "none" and height * width > self.limits.max_output_pixels:
+                raise InputError(f"{name}: {header.width}x{header.height} at x{factor:g} is "
+                                 f"{height * width / 1e6:.0f} megapixels, more than the "
+                                 f"{self.limits.max_output_pixels / 1e6:.0f} written; lower {{upscale}} or use "
+                                 "{paste}", "too_large", upscale=None, paste="none")
+
         timings: dict[str, float] = {}
         with timed(timings, "read"):
-            decoded = decode_image(photo, self.limits.max_photo_pixels, check, name)
-        factor = self.upscale_factor(upscale)
-        height, width = output_size(decoded.pixels, factor)
-        if paste != "none" and height * width > self.limits.max_output_pixels:
-            raise InputError(f"{decoded.name}: {decoded.pixels.shape[1]}x{decoded.pixels.shape[0]} at x{factor:g} is "
-                             f"{height * width / 1e6:.0f} megapixels, more than the "
-                             f"{self.limits.max_output_pixels / 1e6:.0f} written; lower {{upscale}} or use {{paste}}",
-                             "too_large", upscale=None, paste="none")
+            decoded = decode_image(photo, self.limits.max_photo_pixels, within_limits, name)
         with timed(timings, "detect"):
             detected = find_faces(decoded.pixels, self.detector, search)
         with timed(timings, "align"):

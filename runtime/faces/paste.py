@@ -40,7 +40,13 @@ class Placement:
     cols: slice
     to_sample: np.ndarray   # 3x3: region pixel (x, y, 1) -> sample pixel
     size: int               # the sample's side in pixels
-    supersample: int = 1
+
+    @property
+    def supersample(self) -> int:
+        """Sample pixels one output pixel spans, along its longer direction, rounded up: above 1 the
+        sample shrinks, and each output pixel averages that many points a side, so nothing aliases."""
+        span = float(np.linalg.norm(self.to_sample[:2, :2], ord=2))
+        return max(1, int(np.ceil(span - 1e-9)))
 
 
 def canvas_map(photo_shape: tuple[int, int], out_shape: tuple[int, int]) -> np.ndarray:
@@ -96,11 +102,7 @@ def place(square: FaceSquare, to_output: np.ndarray, size: int, out_shape: tuple
         return None
     origin = np.eye(3)
     origin[:2, 2] = x0, y0
-    to_sample = np.linalg.inv(sample_to_output) @ origin
-    # Sample pixels one output pixel spans, along its longer direction: above 1 the sample
-    # shrinks, and each output pixel averages that many points a side, so nothing aliases.
-    span = float(np.linalg.norm(to_sample[:2, :2], ord=2))
-    return Placement(slice(y0, y1), slice(x0, x1), to_sample, size, max(1, int(np.ceil(span - 1e-9))))
+    return Placement(slice(y0, y1), slice(x0, x1), np.linalg.inv(sample_to_output) @ origin, size)
 
 
 def feather_mask(to_sample: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:

@@ -106,11 +106,6 @@ def align_face(photo: np.ndarray, face: DetectedFace, lr_size: int, hr_size: int
     return Face(face, square, "hr", lr.astype(np.float32), hr)
 
 
-def output_size(photo: np.ndarray, factor: float) -> tuple[int, int]:
-    """(height, width) of a whole-photo output ``factor`` times the photo."""
-    return output_shape(photo.shape[:2], factor)
-
-
 def composites(photo: np.ndarray, faces: list[Face], factor: float, paste: str, alpha: np.ndarray | None = None,
                grey: bool = False) -> Iterator[np.ndarray]:
     """Whole photo k for each sample k, each face's sample k blended in (``paste`` "photo": on the
@@ -122,7 +117,7 @@ def composites(photo: np.ndarray, faces: list[Face], factor: float, paste: str, 
         if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
             canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
     else:
-        canvas = np.zeros((*output_size(photo, factor), 4), np.uint8)
+        canvas = np.zeros((*output_shape(photo.shape[:2], factor), 4), np.uint8)
     hr_size = faces[0].samples.shape[1]
     to_output = canvas_map(photo.shape[:2], canvas.shape[:2])
     order = paste_order([face.square for face in faces])
@@ -193,7 +188,7 @@ class FacesOutput:
     @property
     def png_level(self) -> int:
         """The zlib level whole photos are encoded at (``runtime.images.png``)."""
-        height, width = output_size(self.photo, self.upscale)
+        height, width = output_shape(self.photo.shape[:2], self.upscale)
         return 1 if height * width > FAST_PNG_PIXELS else 6
 
     def face_grid(self, index: int, scale: int | None) -> np.ndarray:
@@ -203,7 +198,7 @@ class FacesOutput:
 
     def record(self, hr_size: int) -> dict[str, Any]:
         """The photo's JSON record: its size, the upscale, each face's record, the timings."""
-        to_output = canvas_map(self.photo.shape[:2], output_size(self.photo, self.upscale))
+        to_output = canvas_map(self.photo.shape[:2], output_shape(self.photo.shape[:2], self.upscale))
         return {"size": list(self.size), "upscale": self.upscale,
                 "faces": [face.record(j, to_output, hr_size) for j, face in enumerate(self.faces)],
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}

@@ -51,7 +51,7 @@ from starlette.requests import ClientDisconnect
 from .answers import Failure, Head, JsonAnswer, ZipAnswer
 from .metrics import Metrics
 from .options import ServeOptions
-from .requests import RequestError, SampleRequest, bad, parse_request
+from .requests import RequestError, SampleRequest, bad, parse_request, timed_out
 
 STATIC = Path(__file__).parent / "static"
 PIECE_BYTES = 1 << 20   # the answer goes out in pieces of at most this
@@ -264,7 +264,7 @@ class Ingress:
                         passed += 1
                         yield message
             except asyncio.TimeoutError:
-                raise RequestError(504, "timeout", f"no answer within {self.limits.timeout_s:g} s") from None
+                raise timed_out(self.limits.timeout_s) from None
             except (BackPressureError, DeploymentUnavailableError):
                 raise RequestError(503, "busy", "every model replica is busy and its queue full; try again "
                                                 "shortly") from None

@@ -68,6 +68,11 @@ def field_spelling(name: str, value: Any) -> str:
     return name if value is None else f"{name}: {json.dumps(value)}"
 
 
+def timed_out(seconds: float) -> RequestError:
+    """The 504 of a request that outlived its ``timeout_s``."""
+    return RequestError(504, "timeout", f"no answer within {seconds:g} s")
+
+
 def request_error(err: CVDVAEError) -> RequestError:
     """A library error about the request's image or settings as the client's 4xx."""
     if isinstance(err, InputError):

@@ -28,6 +28,7 @@ from ray import serve
 
 from cvdvae.errors import CVDVAEError
 
+from ..faces.paste import output_shape
 from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
 from ..images.decode import InputError
 from ..images.outputs import png_bytes
@@ -37,7 +38,7 @@ from ..pipeline import LRInput, NonFiniteSamples, Pipeline
 from ..sampling import Job, sample_jobs
 from .answers import Failure, Head
 from .options import ServeOptions
-from .requests import RequestError, SampleRequest, request_error
+from .requests import RequestError, SampleRequest, request_error, timed_out
 
 log = logging.getLogger("ray.serve")
 
@@ -152,7 +153,7 @@ class Sampler:
         """The answer's pixels against the limits: from the photo's header (``faces`` 0), then with its faces."""
         limits, hr_size = self.options.limits, self.pipe.shape.hr_size
         factor = self.pipe.upscale_factor(None)
-        out_width, out_height = round(width * factor), round(height * factor)
+        out_height, out_width = output_shape((height, width), factor)
         if out_width * out_height > limits.max_output_pixels:
             raise InputError(f"photo: {width}x{height} at x{factor:g} is {out_width * out_height / 1e6:.0f} "
                              f"megapixels, more than the {limits.max_output_pixels / 1e6:.0f} a whole photo may have",
@@ -172,7 +173,7 @@ class Sampler:
     async def _step(self, deadline: float, work: Callable[..., Any], *args: Any) -> Any:
         """``library_call(work, *args)`` on a worker thread, unless the request's time is spent."""
         if time.monotonic() > deadline:
-            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s")
+            raise timed_out(self.options.limits.timeout_s)
         self.steps += 1
         return await asyncio.get_running_loop().run_in_executor(self.workers, library_call, work, *args)
 
@@ -182,5 +183,5 @@ class Sampler:
             answers = await asyncio.wait_for(asyncio.gather(*(self.run_batch(job) for job in jobs)),
                                              max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:
-            raise RequestError(504, "timeout", f"no answer within {self.options.limits.timeout_s:g} s") from None
+            raise timed_out(self.options.limits.timeout_s) from None
         return [result for result, _, _ in answers], [(size, share) for _, size, share in answers]
