@@ -560,17 +560,17 @@ def test_a_replica_killed_mid_run_loses_no_request(service, demo):
     """Clients keep sending while one of the two model replicas is killed: every request is
     answered 200 with its own samples (those on the dead replica are run again on the other),
     none hangs; the metrics count the retries and every sample once, whichever replica made it.
-    Four photos, each seconds of work, are in flight when the kill comes (Ray Serve spreads
-    them over both replicas), so some request surely dies with its replica; being seeded, the
-    retried ones give the same bytes as the others."""
+    Four photos, each seconds of work, are sent first; the replica killed is one that reports a
+    request in progress (so one photo surely dies with it); being seeded, the retried ones give
+    the same bytes as the others."""
     need_detector()
     seeds = list(range(20, 26))
     expected = {seed: local_samples(demo, seed, 8) for seed in seeds}
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if "SERVE_REPLICA" in a["name"] and "cvdvae#Sampler" in a["name"]]
     assert len(replicas) == 2
+    sampler = serve.get_deployment_handle("Sampler", app_name="cvdvae")
     before = metrics_text(service)
-    stop_at = time.time() + 5
     photo = json.dumps({"image": b64(photo_jpeg(1000, 1000, faces=((50, 100, 500), (600, 300, 300)))),
                         "faces": True, "n": 2, "seed": 4}).encode()
 
@@ -588,9 +588,15 @@ def test_a_replica_killed_mid_run_loses_no_request(service, demo):
 
     with ThreadPoolExecutor(len(seeds) + 4) as pool:
         photos = [pool.submit(photo_client) for _ in range(4)]
+        give_up = time.time() + 30
+        while not (activity := sampler.activity.remote().result())["answering"] and time.time() < give_up:
+            time.sleep(0.02)
+        assert activity["answering"], "no photo reached a model replica within 30 s"
+        stop_at = time.time() + 5
         futures = [pool.submit(client, seed) for seed in seeds]
-        time.sleep(1.5)
-        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+        time.sleep(0.5)
+        busy = next(a for a in replicas if a["name"] == activity["replica"])
+        ray.kill(ray.get_actor(busy["name"], namespace=busy["namespace"]), no_restart=True)
         results = [f.result(timeout=120) for f in futures]
         photo_answers = [f.result(timeout=180) for f in photos]
     assert [status for status, _ in photo_answers] == [200] * 4

@@ -74,9 +74,11 @@ class Sampler:
         return {"model": self.pipe.model_id, "conditional": shape.conditional, "lr_size": shape.lr_size,
                 "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name}
 
-    async def activity(self) -> dict[str, int]:
-        """Requests in progress and worker steps started so far: a cancelled request's work stops."""
-        return {"answering": self.answering, "steps": self.steps}
+    async def activity(self) -> dict[str, Any]:
+        """This replica's Ray actor name, its requests in progress and the worker steps started so
+        far (a cancelled request's work stops)."""
+        return {"replica": serve.get_replica_context().replica_id.to_full_id_str(), "answering": self.answering,
+                "steps": self.steps}
 
     async def answer(self, request: SampleRequest, budget_s: float) -> AsyncIterator[Head | Failure | bytes]:
         """The request's answer (``runtime.serve.answers``), within ``budget_s`` seconds from now."""
