@@ -31,8 +31,8 @@ from machine import environment, matmul_peak  # noqa: E402 - after the path set-
 from report import print_table, summarise  # noqa: E402
 from workers import SEED, TEMPERATURE, load_model, run_worker  # noqa: E402
 
-BACKENDS = ("torch", "torch-fp16", "torch-bf16", "torch-compile", "openvino", "onnxruntime", "onnxruntime-cuda",
-            "tensorrt")
+BACKENDS = ("torch", "torch-fp16", "torch-bf16", "torch-compile", "openvino", "openvino-bf16", "onnxruntime",
+            "onnxruntime-cuda", "tensorrt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,11 @@ def available_backends() -> list[str]:
     try:
         import openvino  # noqa: F401
 
+        from runtime.backends.cpu_features import bf16_missing_here
+
         names.append("openvino")
+        if bf16_missing_here() is None:
+            names.append("openvino-bf16")
     except ImportError:
         pass
     try:
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {"cpu_fp32_gflops": matmul_peak("cpu", "float32", args.threads)}
+    if "openvino-bf16" in backends:  # the physical limit of the bf16 rows, measured the same way
+        peaks["cpu_bf16_gflops"] = matmul_peak("cpu", "bfloat16", args.threads)
     if device == "cuda":
         peaks.update(gpu_fp32_gflops=matmul_peak("cuda", "float32", args.threads),
                      gpu_fp16_gflops=matmul_peak("cuda", "float16", args.threads))

@@ -6,16 +6,20 @@ from __future__ import annotations
 FP32_MAX_ABS = 1e-4  # a float32 backend (TF32 off) that strays further, flips and tails apart, is flagged
 
 
-def agreement_with(output, reference, margin, tails, precision: str, tf32: bool) -> dict:
+def agreement_with(output, reference, margin, tails, precision: str, tf32: bool, fp32_groups=()) -> dict:
     """PSNR, max abs error (over all pixels, and away from mixture flips and float32-ill-conditioned
-    logistic tails, both counted) and NaN/Inf count against torch FP32, and whether to flag it."""
+    logistic tails, both counted) and NaN/Inf count against torch FP32, and whether to flag it.
+    ``fp32_groups``: what a bf16 CPU engine kept in float32 (judged by the shipped set's bound)."""
     from export.engine_check import away_from_flips
     from export.precision import MIN_PSNR_DB, compare
+    from runtime.backends.openvino_precision import SHIPPED_MIN_PSNR_DB
 
     a = compare(output, reference)
     away, flips, tail = away_from_flips(output, reference, margin, FP32_MAX_ABS, tails)
     if precision == "fp32" and not tf32:
         bad = away > FP32_MAX_ABS
+    elif precision == "bf16" and fp32_groups:
+        bad = a.psnr_db < SHIPPED_MIN_PSNR_DB
     else:  # TF32 keeps float16's 10-bit mantissa
         bad = a.psnr_db < MIN_PSNR_DB["fp16" if precision == "fp32" else precision]
     return {"psnr_db": a.psnr_db, "max_abs": a.max_abs_error, "max_abs_away_from_flips": away,
@@ -24,10 +28,11 @@ def agreement_with(output, reference, margin, tails, precision: str, tf32: bool)
 
 
 def matching_peak(device: str, precision: str) -> str:
-    """The matmul peak a backend is measured against: the GPU's fp16 one for reduced precision."""
+    """The matmul peak a backend is measured against: the GPU's fp16 one for reduced precision,
+    the CPU's bf16 one for bf16 on a CPU."""
     if device == "cuda":
         return "gpu_fp32_gflops" if precision == "fp32" else "gpu_fp16_gflops"
-    return "cpu_fp32_gflops"
+    return "cpu_bf16_gflops" if precision == "bf16" else "cpu_fp32_gflops"
 
 
 def summarise(raw: dict, work, peaks: dict, env: dict, device: str) -> dict:
@@ -56,7 +61,7 @@ def _row(backend: str, result: dict, s: dict, baseline: dict, raw: dict, work, p
     for optional in ("channels_last", "warmup_s"):
         if optional in s:
             row[optional] = s[optional]
-    for optional in ("cuda_graphs", "samples_per_call"):
+    for optional in ("cuda_graphs", "samples_per_call", "fp32_groups"):
         if result.get(optional) is not None:
             row[optional] = result[optional]
     peak_key = matching_peak(result["device"], result["precision"])
@@ -67,7 +72,8 @@ def _row(backend: str, result: dict, s: dict, baseline: dict, raw: dict, work, p
         name = f"{key[0]}x{key[1]}"
         reference = raw["torch"]["outputs"]
         row.update(agreement_with(result["outputs"][name], reference[name], reference[f"{name}-margin"],
-                                  reference[f"{name}-tails"], result["precision"], row["tf32"]))
+                                  reference[f"{name}-tails"], result["precision"], row["tf32"],
+                                  result.get("fp32_groups") or ()))
     row["flagged"] = bool(row.get("flagged") or row["non_finite_samples"])
     return row
 

@@ -165,7 +165,9 @@ def runtime_worker(spec: dict, backend: str) -> dict:
     from runtime.sampling import sample_images
 
     files = locate(spec["engine_dir"])
-    runner = open_backend(files, backend, threads=spec["threads"], tf32=spec["tf32"])
+    bf16 = backend.endswith("-bf16")  # openvino-bf16: OpenVINO computing in bf16
+    runner = open_backend(files, backend.removesuffix("-bf16"), threads=spec["threads"], tf32=spec["tf32"],
+                          precision="bf16" if bf16 else "auto")
     device = "cpu" if runner.provider in ("CPU", "CPUExecutionProvider") else "cuda"
     if backend == "onnxruntime-cuda" and device != "cuda":
         raise RuntimeError(f"onnxruntime-cuda ran on {runner.provider}")
@@ -192,7 +194,8 @@ def runtime_worker(spec: dict, backend: str) -> dict:
 
             entry["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         results.append(entry)
-    return {"device": device, "load_s": runner.timings.load, "precision": files.precision,
+    return {"device": device, "load_s": runner.timings.load, "precision": runner.precision,  # as the engine reports
+            "fp32_groups": list(runner.fp32_groups),
             "provider": runner.provider, "tf32": tf32, "cuda_graphs": runner.cuda_graphs,
             "samples_per_call": runner.max_batch * runner.max_n, "shapes": results}
 

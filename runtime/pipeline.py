@@ -117,17 +117,23 @@ class Pipeline:
     def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None, *,
                         max_batch: int | None = None, max_n: int | None = None, tf32: bool = False,
                         vdvae: str | Path | None = None, config: str | Path | None = None,
-                        preset: str | None = None, limits: Limits | None = None) -> "Pipeline":
+                        preset: str | None = None, limits: Limits | None = None,
+                        precision: str = "auto") -> "Pipeline":
         """``path``: an export folder, a ``model.onnx`` or an ``engine.plan`` (run by ``backend``:
         ``auto`` picks the fastest engine here), or a weight file (``.safetensors``, ``.ckpt``,
         ``.th``: run by PyTorch, on CUDA when present; ``vdvae``, ``config`` and ``preset`` complete
-        it as ``cvdvae.load_model`` does)."""
+        it as ``cvdvae.load_model`` does). ``precision``: ``auto`` computes in the export's own
+        precision; ``bf16`` runs an FP32 export in bf16 on OpenVINO, on CPUs with AVX512-BF16 or
+        AMX (faster, slightly different samples: README, "Precision")."""
         from .backends.torch import WEIGHT_SUFFIXES, TorchBackend
 
         path = Path(path)
         if backend not in CHOICES:
             raise CVDVAEError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
         if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+            if precision == "bf16":
+                raise CVDVAEError(f"{path} holds weights, which PyTorch runs in FP32; bf16 runs on OpenVINO: export "
+                                  "the weights first (cvdvae export)")
             if backend not in ("auto", "torch"):
                 raise CVDVAEError(f"{path} holds weights: only {{backend}} runs them (export for the others)",
                                   backend="torch")
@@ -136,7 +142,8 @@ class Pipeline:
         if backend == "torch":
             raise CVDVAEError(f"PyTorch runs weight files ({', '.join(WEIGHT_SUFFIXES)}), not {path}")
         files = locate(path)
-        engine = open_backend(files, backend, max_batch=max_batch, max_n=max_n, threads=threads or 0, tf32=tf32)
+        engine = open_backend(files, backend, max_batch=max_batch, max_n=max_n, threads=threads or 0, tf32=tf32,
+                              precision=precision)
         return cls(engine, files.shape, files.model_id, limits)
 
     # ------------------------------------------------------------------ samples of LR faces

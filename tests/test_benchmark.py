@@ -29,15 +29,28 @@ def test_latency_benchmark_smoke(tmp_path):
 
 
 def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
+    """With OpenVINO's bf16 where the CPU has it: its row says what ran, against its own peak."""
     pytest.importorskip("openvino", reason="OpenVINO is not installed: its benchmark row is not measured")
+    from runtime.backends.cpu_features import bf16_missing_here
+
+    bf16 = bf16_missing_here() is None
+    backends = ["torch", "openvino", "torch-compile", *(["openvino-bf16"] if bf16 else [])]
+    if not bf16:
+        print(f"openvino-bf16 not measured: {bf16_missing_here()}")
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "2", "--warmup",
-                        "1", "--iters", "1", "--backends", "torch,openvino,torch-compile", "--json", str(out)],
+                        "1", "--iters", "1", "--backends", ",".join(backends), "--json", str(out)],
                        capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr
-    rows = {row["backend"]: row for row in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"torch", "openvino", "torch-compile"}, rows
+    results = json.loads(out.read_text())
+    rows = {row["backend"]: row for row in results["results"]}
+    assert set(rows) == set(backends), rows
     check_rows(rows.values())
+    if bf16:
+        row, peaks = rows["openvino-bf16"], results["matmul_peak"]
+        assert row["precision"] == "bf16" and "residual" in row["fp32_groups"] and row["psnr_db"] < 60
+        assert peaks["cpu_bf16_gflops"] > 0
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / peaks["cpu_bf16_gflops"])
     assert rows["openvino"]["provider"] == "CPU" and rows["openvino"]["max_abs"] <= 1e-4
     assert rows["torch-compile"]["device"] == "cpu" and rows["torch-compile"]["warmup_s"] > 0  # compile, apart
     assert rows["torch-compile"]["max_abs"] <= 1e-4

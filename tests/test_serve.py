@@ -40,6 +40,13 @@ from runtime.serve.app import build_app  # noqa: E402
 TOKEN = "s3cret-token-for-tests"
 TOKEN_ENV = "CVDVAE_TEST_SERVE_TOKEN"
 ALLOWED_ORIGIN = "https://allowed.example"
+
+
+def serve_precision() -> str:
+    """``/slow`` computes in bf16 where this CPU can (its samples are never compared)."""
+    from runtime.backends.cpu_features import bf16_missing_here
+
+    return "bf16" if bf16_missing_here() is None else "auto"
 # What an error reply must never show: a path, an object's address, a traceback.
 LEAKS = re.compile(r"(/(root|home|tmp|usr|work|proc)/|\bat 0x[0-9a-f]{6,}|0x7f[0-9a-f]{6,}|Traceback|File \")")
 
@@ -103,7 +110,7 @@ def service(demo):
     """Applications on one local Ray, each an ingress before its model replicas:
     - ``/``: the demo model, a token, two replicas, small limits;
     - ``/big``: no token, large photos allowed, one allowed web origin;
-    - ``/slow``: a half-second deadline, for photos that take longer;
+    - ``/slow``: a half-second deadline, for photos that take longer; bf16 where the CPU has it;
     - ``/broken``: a model whose samples are NaN/Inf for t >= 1;
     - ``/fake``: the ingress before ``FakeSampler`` (one request at a time, one queued)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -119,7 +126,8 @@ def service(demo):
         "big": ("/big", build_app(ServeOptions(str(demo), cors_origins=(ALLOWED_ORIGIN,), limits=Limits(
             max_output_pixels=100_000_000, max_response_pixels=400_000_000)), cpus_per_replica=0.5)),
         "slow": ("/slow", build_app(ServeOptions(str(demo), limits=Limits(
-            timeout_s=0.5, max_output_pixels=10**9, max_response_pixels=10**10)), cpus_per_replica=0)),
+            timeout_s=0.5, max_output_pixels=10**9, max_response_pixels=10**10), precision=serve_precision()),
+            cpus_per_replica=0)),
         "broken": ("/broken", build_app(ServeOptions(str(nan_model(demo.parent / "broken"))), cpus_per_replica=0)),
         "fake": ("/fake", build_app(ServeOptions(str(demo), limits=Limits(retry_after_s=7)),
                                     sampler=FakeSampler.bind())),
@@ -395,6 +403,14 @@ def test_a_slow_body_is_408_and_frees_its_slot(service):
     assert head.startswith(b"HTTP/1.1 408") and 1.9 < seconds < 10, (head, seconds)
     assert_clean_error(408, body, 408, "slow_body")
     assert sample_json(service, image=b64(face_png(1)), n=1)[0] == 200
+
+
+def test_the_precision_option_reaches_the_engine_and_readyz_says_what_ran(service):
+    if serve_precision() != "bf16":
+        pytest.skip("this CPU has no native bf16: /slow runs FP32")
+    ready = wait_ready(service + "/slow/readyz")
+    assert ready["precision"] == "bf16" and "residual" in ready["fp32_groups"]
+    assert wait_ready(service + "/big/readyz")["precision"] == "fp32"
 
 
 def test_a_request_past_its_deadline_is_504_and_its_work_abandoned(service):

@@ -32,7 +32,7 @@ class Backend(Protocol):
     """What every engine fills in; engines subclass it to inherit ``sample``."""
 
     name: str                      # tensorrt, openvino, onnxruntime or torch
-    precision: str                 # what the graph computes in: fp32, fp16, bf16
+    precision: str                 # what the engine computes in, as it reports: fp32, fp16, bf16
     max_batch: int                 # images per call
     max_n: int                     # samples per image per call
     timings: Timings
@@ -40,6 +40,7 @@ class Backend(Protocol):
     note: str | None = None        # why ``auto`` fell back from a faster engine, when it did
     cuda_graphs: str | None = None  # TensorRT: "on", or "off" and why
     rows_independent: bool = False  # row b of a call is bit-identical to row b run alone
+    fp32_groups: tuple[str, ...] = ()  # op groups kept in float32 under a reduced compute precision
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
                     temperature: np.ndarray) -> Sampled:

@@ -42,6 +42,9 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace what exist
 Json = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout (and nothing else there)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")]
 Debug = Annotated[bool, typer.Option("--debug", help="show the traceback of an error")]
+Precision = Annotated[str, typer.Option("--precision", help=(
+    "auto: the export's own (FP32 on a CPU); bf16: OpenVINO in bf16 on CPUs with AVX512-BF16 or AMX, about 1.8x "
+    "FP32's rate, samples at 29.5 dB PSNR from FP32's (README, Precision)"))]
 Tf32 = Annotated[bool, typer.Option("--tf32", help="allow TF32 on CUDA (off: FP32 means FP32)")]
 
 # Where the weights come from (export, train, eval, convert).

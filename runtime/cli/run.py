@@ -16,15 +16,15 @@ import typer
 
 from cvdvae.progress import ProgressBar
 
-from ..backends import CHOICES
+from ..backends import CHOICES, PRECISION_CHOICES
 from ..faces.photos import MAX_FACES, FaceSearch, PhotoFaces, photo_outputs, write_photo
 from ..images import outputs
 from ..images.decode import InputError, error_reason
 from ..images.paths import expand_inputs
 from ..model_files import ModelShape, locate
 from ..pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
-from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Quiet, Samples, Seed, Temperatures,
-                     check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
+from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Precision, Quiet, Samples, Seed,
+                     Temperatures, check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
 
 UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
 
@@ -72,8 +72,9 @@ class Run:
                 "non_finite_samples": self.non_finite_samples,
                 "wall_s": round(wall, 3), "samples_per_s": round(self.samples / wall, 3) if wall else None,
                 "backend": backend.name, "execution_provider": backend.provider, "cuda_graphs": backend.cuda_graphs,
-                "precision": backend.precision, "seed": settings.seed, "n": len(settings.temperatures),
-                "noise_s": round(backend.timings.noise, 3), "errors": self.failed, "outputs": self.written,
+                "precision": backend.precision, "fp32_groups": list(backend.fp32_groups), "seed": settings.seed,
+                "n": len(settings.temperatures), "noise_s": round(backend.timings.noise, 3), "errors": self.failed,
+                "outputs": self.written,
                 **({"photos": self.photos} if self.photos is not None else {})}
 
     @property
@@ -128,18 +129,20 @@ def run_command(
                                                                  "profile; on a CPU, what fits its budget)")] = None,
     max_n: Annotated[Optional[int], typer.Option(min=1, help="samples per image per call (default: the profile; "
                                                              "on a CPU, what fits its budget)")] = None,
+    precision: Precision = "auto",
     quiet: Quiet = False,
     json_: Json = False,
     debug: Debug = False,
 ) -> int:
     temperatures = np.asarray(parse_temperatures(temperature, n), dtype=np.float32)
     check_choice(backend, CHOICES, "--backend")
+    check_choice(precision, PRECISION_CHOICES, "--precision")
     photo_flags = {"--max-faces": max_faces != MAX_FACES, "--upscale": upscale is not None, "--face-only": face_only,
                    "--no-paste": no_paste, "--min-face": min_face != 20, "--min-score": min_score != 0.9}
     check_face_flags(faces, from_hr, face_only, no_paste, [flag for flag, given in photo_flags.items() if given])
     if model.is_dir() or model.suffix in (".onnx", ".plan", ".engine"):
         check_inputs_fit(locate(model).shape, model, input, from_hr, faces)  # before the engine loads
-    pipe = Pipeline.from_pretrained(model, backend, max_batch=max_batch, max_n=max_n)
+    pipe = Pipeline.from_pretrained(model, backend, max_batch=max_batch, max_n=max_n, precision=precision)
     check_inputs_fit(pipe.shape, model, input, from_hr, faces)
     if faces:
         pipe.detector  # noqa: B018 - loaded before any work: a missing detector is one line

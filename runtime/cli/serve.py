@@ -15,9 +15,9 @@ import typer
 
 from cvdvae.fileio import atomic_path
 
-from ..backends import GRAPH_CHOICES
+from ..backends import GRAPH_CHOICES, PRECISION_CHOICES
 from ..model_files import locate
-from .common import EXIT_INTERRUPTED, EXIT_OK, Debug, check_choice, command_app, examples, run_app
+from .common import EXIT_INTERRUPTED, EXIT_OK, Debug, Precision, check_choice, command_app, examples, run_app
 
 TOKEN_ENV = "CVDVAE_SERVE_TOKEN"
 PROXY_GRACE_S = 10.0
@@ -55,6 +55,7 @@ def serve_command(
     max_queued: Annotated[int, typer.Option(min=1, help="requests waiting for a model replica (beyond: 503 "
                                                         "with Retry-After)")] = 64,
     threads: Annotated[int, typer.Option(min=0, help="engine threads per replica (0: the backend's default)")] = 0,
+    precision: Precision = "auto",
     token: Annotated[Optional[str], typer.Option(help=f"require 'Authorization: Bearer TOKEN' (better: set "
                                                       f"${TOKEN_ENV}; a flag shows in `ps`)",
                                                  show_default=False)] = None,
@@ -73,6 +74,7 @@ def serve_command(
     from ..serve.options import Limits, ServeOptions
 
     check_choice(backend, GRAPH_CHOICES, "--backend")
+    check_choice(precision, PRECISION_CHOICES, "--precision")
     locate(model)  # a bad folder is one line now, not a replica failing later
     token = token or os.environ.get(TOKEN_ENV) or None
     if token is None and not is_loopback(host) and not insecure_no_token:
@@ -81,7 +83,7 @@ def serve_command(
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_response_pixels=int(max_response_mp * 1e6),
                     max_n=max_n, timeout_s=timeout, body_timeout_s=body_timeout, max_queued=max_queued)
     options = ServeOptions(str(model.resolve()), backend, max_batch_size, batch_wait_ms / 1000, max_batch, None,
-                           threads, TOKEN_ENV if token else None, tuple(cors_origin or ()), limits)
+                           threads, TOKEN_ENV if token else None, tuple(cors_origin or ()), limits, precision)
     if config_out is not None:
         write_config(config_out, options, host, port, replicas, cpus_per_replica, gpus_per_replica)
         print(f"wrote {config_out}: `serve deploy {config_out}` on a Ray cluster"

@@ -38,6 +38,7 @@ class ServeOptions:
     token_env: str | None = None    # the environment variable that holds the bearer token (None: no token)
     cors_origins: tuple[str, ...] = ()  # web origins besides the service's own that may call it ("*": any)
     limits: Limits = field(default_factory=Limits)
+    precision: str = "auto"         # what the engine computes in (runtime.backends.PRECISION_CHOICES)
 
     def to_args(self) -> dict[str, Any]:
         """JSON-able, for ``serve deploy``'s config (``app_builder`` reads it back)."""

@@ -59,6 +59,7 @@ class Sampler:
         self.options, limits = options, options.limits
         self.pipe = Pipeline.from_pretrained(options.model, options.backend, options.threads or None,
                                              max_batch=options.max_batch, max_n=options.max_n,
+                                             precision=options.precision,
                                              limits=PipelineLimits(limits.max_image_pixels, limits.max_image_pixels,
                                                                    limits.max_output_pixels))
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
@@ -72,7 +73,8 @@ class Sampler:
         """What the model takes and gives (``/readyz``)."""
         shape = self.pipe.shape
         return {"model": self.pipe.model_id, "conditional": shape.conditional, "lr_size": shape.lr_size,
-                "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name}
+                "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name,
+                "precision": self.pipe.backend.precision, "fp32_groups": list(self.pipe.backend.fp32_groups)}
 
     async def activity(self) -> dict[str, Any]:
         """This replica's Ray actor name, its requests in progress and the worker steps started so
