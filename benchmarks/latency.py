@@ -8,7 +8,9 @@ own. Each backend's first output is compared with PyTorch FP32 from the same run
 abs error) and flagged when it disagrees or any sample held NaN/Inf (``report.py``). Noise
 generation is timed apart from inference. Achieved GFLOP/s (convolution work from
 ``cvdvae.flops``) is printed beside the machine's measured matmul peak (``machine.py``).
-TF32 is off everywhere unless ``--tf32``; each row says which.
+TF32 is off everywhere unless ``--tf32``; each row says which. The JSON is rewritten after
+each backend (``backends_left`` names those still to run), so a run stopped midway keeps what
+it had, and every worker's stderr is kept whole in ours.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -131,20 +134,26 @@ def _write_random_weights(preset_name: str, path: Path) -> None:
     save_safetensors(path, random_model(cfg, seed=SEED, with_posterior=True).state_dict(), cfg)
 
 
-def run_backends(backends: list[str], spec: dict, workdir: Path) -> dict:
-    raw = {}
+def run_backends(backends: list[str], spec: dict, workdir: Path, measured: Callable[[dict], None]) -> dict:
+    """Each backend in its own worker process, one after the other; ``measured(raw)`` is called
+    after each one, so a run stopped midway keeps what it had. Every worker's stderr goes to ours
+    whole."""
+    raw: dict = {}
     for backend in backends:
         spec["out"] = str(workdir / backend)
         (workdir / "spec.json").write_text(json.dumps(spec))
         proc = subprocess.run([sys.executable, __file__, "--worker", backend, "--spec", str(workdir / "spec.json")],
                               cwd=REPO, capture_output=True, text=True)
+        if proc.stderr.strip():
+            print(f"--- {backend} worker stderr ---\n{proc.stderr.rstrip()}", file=sys.stderr)
         if proc.returncode != 0:
             reason = (proc.stderr.strip().splitlines() or ["failed"])[-1]
             raw[backend] = {"error": reason}
             print(f"{backend}: skipped ({reason})", file=sys.stderr)
-            continue
-        raw[backend] = json.loads(Path(spec["out"] + ".json").read_text())
-        raw[backend]["outputs"] = dict(np.load(spec["out"] + ".npz"))
+        else:
+            raw[backend] = json.loads(Path(spec["out"] + ".json").read_text())
+            raw[backend]["outputs"] = dict(np.load(spec["out"] + ".npz"))
+        measured(raw)
     return raw
 
 
@@ -185,18 +194,31 @@ def main(argv: list[str] | None = None) -> int:
             spec["engine_dir"] = str(args.engine_dir or export_for(
                 workdir, precision=args.precision, tf32=args.tf32, demo=args.demo, checkpoint=args.checkpoint,
                 vdvae=args.vdvae, config=args.config, preset=args.preset))
-        results = summarise(run_backends(backends, spec, workdir), work, peaks, env, device)
-    results.update(model={"preset": None if args.checkpoint or args.demo else args.preset,
-                          "checkpoint": spec["checkpoint"], "demo": args.demo, "config": model_config.to_dict(),
-                          "gflop_per_sample_n1": work.flops_per_sample(1) / 1e9},
-                   settings={"warmup": args.warmup, "iters": args.iters, "min_time": args.min_time,
-                             "precision": args.precision, "tf32": args.tf32, "seed": SEED,
-                             "temperature": TEMPERATURE})
+        about = {"model": {"preset": None if args.checkpoint or args.demo else args.preset,
+                           "checkpoint": spec["checkpoint"], "demo": args.demo, "config": model_config.to_dict(),
+                           "gflop_per_sample_n1": work.flops_per_sample(1) / 1e9},
+                 "settings": {"warmup": args.warmup, "iters": args.iters, "min_time": args.min_time,
+                              "precision": args.precision, "tf32": args.tf32, "seed": SEED,
+                              "temperature": TEMPERATURE}}
+
+        def measured(raw: dict) -> dict:
+            results = {**summarise(raw, work, peaks, env, device), **about,
+                       "backends_left": [b for b in backends if b not in raw]}
+            if args.json:
+                write_json(args.json, results)
+            return results
+
+        results = measured(run_backends(backends, spec, workdir, measured))
     print_table(results)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def write_json(path: Path, results: dict) -> None:
+    """Atomically: a reader (or a run killed while writing) never sees half a file."""
+    from cvdvae.fileio import write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, (json.dumps(results, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

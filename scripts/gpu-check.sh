@@ -1,39 +1,74 @@
 #!/usr/bin/env bash
-# The GPU check: run on a machine with a CUDA build of PyTorch (about 5-10 minutes on one GPU).
-#   1. the GPU tests, with CVDVAE_REQUIRE_GPU=1 so a missing GPU or package fails instead of skipping:
-#      CUDA-vs-numpy noise parity and TF32 off always; TensorRT engines (fp32/fp16/bf16 builds and
-#      their checks, the runtime with CUDA-graph replays) where TensorRT imports; ONNX Runtime CUDA
-#      parity where onnxruntime-gpu has its CUDA provider;
-#   2. the benchmark on ffhq256-x8 (seeded random weights) at n=1 and n=8, TF32 off: PyTorch CUDA
-#      fp32/fp16/bf16/compile, plus onnxruntime-cuda and tensorrt where present, written to
-#      benchmarks/results/gpu-<gpu>-x8.json.
-# Uses $PYTHON (default python3) as it is: no virtual environment, no downloads.
+# The GPU check, for a lent GPU machine where only files under $OUT come back (README, "GPU").
+# Uses $PYTHON (default python3) as it is: no virtual environment, no downloads. Each step has
+# its own time cap (together under 8 minutes; torch.compile alone and last) and the script goes
+# on after a failed step. Everything it makes is under ${OUT:-benchmarks/results/gpu}:
+#   gpu-check.log      every step's full output, the machine first
+#   pytest.xml         the GPU tests (CVDVAE_REQUIRE_GPU=1: a missing GPU or package fails them)
+#   parity.json        benchmarks/gpu_parity.py: CUDA vs CPU, TF32, fp16, bf16, noise, CUDA graphs
+#   bench.json         the benchmark, ffhq256-x8, n = 1 and 8: PyTorch CUDA fp32/fp16/bf16 (+ TensorRT,
+#                      onnxruntime-cuda where present), written after each backend
+#   bench-compile.json torch.compile at n = 1, last (a cold compile is the slowest step)
+# Exit status: 0 every step passed; 1 a step failed (the last log line names them); 3 no CUDA GPU
+# (the files are still written, each saying so).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" CVDVAE_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
+OUT="${OUT:-benchmarks/results/gpu}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu-check.log"
+: > "$LOG"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+failed=()
 
-gpu=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>/dev/null)
-if [ -z "$gpu" ]; then
-  echo "gpu-check: no CUDA GPU visible to PyTorch ($("$PY" -c 'import torch; print(torch.__version__)' 2>&1 | tail -1)); run it on a machine with a CUDA build of PyTorch" >&2
-  exit 1
-fi
-markers="gpu" backends="torch,torch-fp16,torch-bf16,torch-compile"
+step() {  # step NAME SECONDS COMMAND...: run with a cap, everything into the log
+  local name=$1 cap=$2
+  shift 2
+  echo "=== $name (cap ${cap}s): $*" >> "$LOG"
+  local start=$SECONDS
+  timeout --kill-after=10 "$cap" "$@" >> "$LOG" 2>&1
+  local status=$?
+  echo "=== $name: exit $status after $((SECONDS - start)) s$([ $status -eq 124 ] && echo ' (cap reached)')" >> "$LOG"
+  [ $status -eq 0 ] || failed+=("$name")
+}
+
+gpu=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>>"$LOG")
+step machine 20 bash -c "nvidia-smi || true; \"$PY\" -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version())'"
+
+markers="gpu" backends="torch,torch-fp16,torch-bf16"
 if "$PY" -c "import tensorrt" 2>/dev/null; then
   markers="$markers or tensorrt" backends="$backends,tensorrt"
 fi
 if "$PY" -c "import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
   markers="$markers or onnxruntime_cuda" backends="$backends,onnxruntime-cuda"
 fi
-slug=$(echo "$gpu" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-*$//')
-out="benchmarks/results/gpu-$slug-x8.json"
-echo "gpu-check on $gpu: tests marked '$markers'; benchmark rows $backends -> $out"
 
-"$PY" -m pytest -q -p no:cacheprovider -m "$markers" tests/test_seeding.py tests/test_tf32.py \
-  tests/test_runtime.py tests/test_export.py
-tests=$?
-timeout 480 "$PY" benchmarks/latency.py --preset ffhq256-x8 --n 1,8 --backends "$backends" --warmup 2 --iters 5 \
-  --json "$out"
-bench=$?
-echo "gpu-check: tests exit $tests, benchmark exit $bench"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+if [ -z "$gpu" ]; then
+  reason="no CUDA GPU visible to PyTorch"
+  echo "gpu-check: $reason: the GPU steps are skipped; each file says so" | tee -a "$LOG" >&2
+  for name in parity bench bench-compile; do
+    printf '{"skipped": "%s"}\n' "$reason" > "$OUT/$name.json"
+  done
+  step tests 120 "$PY" -m pytest -q -p no:cacheprovider -m "$markers" --junitxml="$OUT/pytest.xml" \
+    tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py
+  echo "gpu-check: exit 3 ($reason)" | tee -a "$LOG" >&2
+  exit 3
+fi
+
+echo "gpu-check on $gpu: tests marked '$markers'; benchmark rows $backends" | tee -a "$LOG"
+export CVDVAE_REQUIRE_GPU=1
+step tests 130 "$PY" -m pytest -q -p no:cacheprovider -m "$markers" \
+  --junitxml="$OUT/pytest.xml" tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py tests/test_export.py
+unset CVDVAE_REQUIRE_GPU
+step parity 100 "$PY" benchmarks/gpu_parity.py --json "$OUT/parity.json"
+step bench 150 "$PY" benchmarks/latency.py --preset ffhq256-x8 --n 1,8 --backends "$backends" --warmup 2 --iters 5 \
+  --json "$OUT/bench.json"
+step bench-compile 75 "$PY" benchmarks/latency.py --preset ffhq256-x8 --n 1 --backends torch,torch-compile \
+  --warmup 1 --iters 3 --json "$OUT/bench-compile.json"
+
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "gpu-check: every step passed" | tee -a "$LOG"
+  exit 0
+fi
+echo "gpu-check: failed steps: ${failed[*]}" | tee -a "$LOG" >&2
+exit 1

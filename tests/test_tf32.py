@@ -36,8 +36,10 @@ def test_pytorch_can_still_export_after_the_switch(restore_tf32):
 
 
 @pytest.mark.gpu
-def test_fp32_convolutions_on_cuda_are_fp32(restore_tf32):
-    """Against a float64 convolution: float32 is within ~1e-6 relative, TF32 (10-bit mantissa) ~1e-3."""
+def test_fp32_convolutions_on_cuda_are_fp32(restore_tf32, record_property):
+    """Against a float64 convolution: float32 is within 1e-5 relative. TF32's error (10-bit
+    mantissa, ~1e-3) is recorded in pytest.xml, not required: which cuDNN kernel runs (some are
+    exact for these sizes) is cuDNN's choice."""
     require_hardware(cuda_unavailable_reason(), "TF32 on CUDA")
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(4, 256, 32, 32, generator=gen), torch.randn(256, 256, 3, 3, generator=gen)
@@ -48,7 +50,8 @@ def test_fp32_convolutions_on_cuda_are_fp32(restore_tf32):
         return float((y - exact).abs().max() / exact.abs().max())
 
     set_tf32(False)
-    assert relative_error() < 1e-5
+    fp32 = relative_error()
+    record_property("fp32_relative_error", fp32)
+    assert fp32 < 1e-5
     set_tf32(True)
-    if torch.cuda.get_device_capability()[0] >= 8:  # TF32 exists from Ampere on
-        assert relative_error() > 1e-4
+    record_property("tf32_relative_error", relative_error())
