@@ -33,13 +33,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a cap, everything into the lo
 }
 
 gpu=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>>"$LOG")
-step machine 20 bash -c "nvidia-smi || true; \"$PY\" -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version())'"
+versions='import sys, torch; print(sys.version); print("torch", torch.__version__, "cuda", torch.version.cuda,
+  "cudnn", torch.backends.cudnn.version())'
+step machine 20 bash -c "nvidia-smi || true; \"$PY\" -c '$versions'"
 
 markers="gpu" backends="torch,torch-fp16,torch-bf16"
 if "$PY" -c "import tensorrt" 2>/dev/null; then
   markers="$markers or tensorrt" backends="$backends,tensorrt"
 fi
-if "$PY" -c "import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
+ort_cuda="import sys, onnxruntime as o; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"
+if "$PY" -c "$ort_cuda" 2>/dev/null; then
   markers="$markers or onnxruntime_cuda" backends="$backends,onnxruntime-cuda"
 fi
 
@@ -49,16 +52,18 @@ if [ -z "$gpu" ]; then
   for name in parity bench bench-compile; do
     printf '{"skipped": "%s"}\n' "$reason" > "$OUT/$name.json"
   done
-  step tests 120 "$PY" -m pytest -q -p no:cacheprovider -m "$markers" --junitxml="$OUT/pytest.xml" \
-    tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py
+  step tests 120 "$PY" -m pytest -q -p no:cacheprovider -o junit_family=xunit1 -m "$markers" \
+    --junitxml="$OUT/pytest.xml" \
+    tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py tests/test_gpu_runtime.py
   echo "gpu-check: exit 3 ($reason)" | tee -a "$LOG" >&2
   exit 3
 fi
 
 echo "gpu-check on $gpu: tests marked '$markers'; benchmark rows $backends" | tee -a "$LOG"
 export CVDVAE_REQUIRE_GPU=1
-step tests 130 "$PY" -m pytest -q -p no:cacheprovider -m "$markers" \
-  --junitxml="$OUT/pytest.xml" tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py tests/test_export.py
+step tests 130 "$PY" -m pytest -q -p no:cacheprovider -o junit_family=xunit1 -m "$markers" \
+  --junitxml="$OUT/pytest.xml" tests/test_seeding.py tests/test_tf32.py tests/test_runtime.py \
+  tests/test_gpu_runtime.py tests/test_export.py
 unset CVDVAE_REQUIRE_GPU
 step parity 100 "$PY" benchmarks/gpu_parity.py --json "$OUT/parity.json"
 step bench 150 "$PY" benchmarks/latency.py --preset ffhq256-x8 --n 1,8 --backends "$backends" --warmup 2 --iters 5 \
