@@ -23,7 +23,7 @@ from ..model_files import ModelFiles, verify_onnx
 from .cpu_features import require_bf16
 from .host_memory import HostCalls, activation_limited_samples, output_names
 from .interface import Backend, Sampled
-from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_fp32, runtime_precisions
+from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_fp32
 from .timings import Timings
 
 PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -75,7 +75,6 @@ class OpenVINOBackend(Backend):
         self.request = self.compiled.create_infer_request()
         ran = PRECISION_NAMES.get(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
         self.precision = self.files.precision if ran == "fp32" else ran
-        self.layer_precisions = runtime_precisions(self.compiled) if ran != "fp32" else None
         self.max_n, self.max_batch = activation_limited_samples(self.files, self.max_n, self.max_batch, CALL_BUDGET)
         self._calls = HostCalls(self.files, self.run, self.timings)
         self.timings.load = time.perf_counter() - start
