@@ -4,6 +4,7 @@
 
     pipe = Pipeline.from_pretrained("engines/x4-fp32")      # an export folder, model.onnx, engine.plan or weights
     out = pipe("face.png", n=8, seed=0, temperature=0.8)    # out.samples: uint8 [B, n, H, W, 3]
+    out.mean, out.std                                       # per input: the samples' mean, their spread
     photos = pipe.faces("photo.jpg", n=8, seed=0)           # detection, alignment, paste-back, in memory
 
 The pipeline composes the parts and owns no maths. ``__call__`` reads as its steps:
@@ -39,6 +40,7 @@ from .faces.paste import output_shape
 from .faces.photos import MAX_FACES, PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, timed
 from .images.decode import ImageSource, InputError, decode_image, source_name
 from .images.outputs import input_grid, to_uint8
+from .images.summary import Summary, summarise
 from .model_files import ModelShape, locate
 from .sampling import Job, sample_jobs
 
@@ -89,6 +91,7 @@ class PipelineOutput:
     timings: dict[str, float] = field(default_factory=dict)
     non_finite: list[list[int]] = field(default_factory=list)  # per input, the samples that held NaN/Inf
     non_finite_values: np.ndarray | None = None  # [B, n]: how many NaN/Inf the engine counted per sample
+    first_sample: int = 0                # the samples are first_sample .. first_sample + n - 1
 
     @property
     def images(self) -> list[list[Any]]:
@@ -97,12 +100,32 @@ class PipelineOutput:
 
         return [[Image.fromarray(sample) for sample in row] for row in self.samples]
 
-    def grid(self, index: int) -> np.ndarray:
+    @property
+    def mean(self) -> np.ndarray:
+        """[B, H, W, 3] float32: per input, the mean of its finite samples in 8-bit units."""
+        return np.stack([self.summary(i).mean for i in range(len(self.inputs))])
+
+    @property
+    def std(self) -> np.ndarray:
+        """[B, H, W] float32: per input, the per-pixel standard deviation of its finite samples, in
+        8-bit levels (the RMS of the three channels', ``runtime.images.summary``)."""
+        return np.stack([self.summary(i).std for i in range(len(self.inputs))])
+
+    def finite(self, index: int) -> list[np.ndarray]:
+        """Input ``index``'s samples without those that held NaN/Inf."""
+        broken = set(self.non_finite[index]) if self.non_finite else set()
+        return [sample for k, sample in enumerate(self.samples[index]) if k not in broken]
+
+    def summary(self, index: int) -> Summary:
+        """Input ``index``'s mean and spread, with its pictures (``mean_pixels``, ``std_pixels``)."""
+        return summarise(self.finite(index))
+
+    def grid(self, index: int, summary: bool = False) -> np.ndarray:
         """Input ``index``'s grid (HWC uint8): its LR image enlarged (nearest), its HR image with
-        ``from_hr``, then its finite samples."""
-        source, broken = self.inputs[index], set(self.non_finite[index]) if self.non_finite else set()
-        finite = [sample for k, sample in enumerate(self.samples[index]) if k not in broken]
-        return input_grid(source.lr, source.hr, finite, self.scale)
+        ``from_hr``, its finite samples, and with ``summary`` their mean and standard deviation map."""
+        source = self.inputs[index]
+        return input_grid(source.lr, source.hr, self.finite(index), self.scale,
+                          self.summary(index) if summary else None)
 
 
 class Pipeline:
@@ -149,18 +172,22 @@ class Pipeline:
     # ------------------------------------------------------------------ samples of LR faces
     def __call__(self, images: ImageSource | LRInput | Sequence[ImageSource | LRInput] | None = None,
                  n: int | None = None, seed: int = 0, temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
-                 from_hr: bool = False, consistent: bool = False) -> PipelineOutput:
+                 from_hr: bool = False, consistent: bool = False, *, first_sample: int = 0) -> PipelineOutput:
         """n samples of each image (PIL images, HWC uint8 arrays, paths or bytes; one or a list), or
         with ``images`` None, n faces drawn from noise by a prior-only model. ``n`` defaults to 8,
-        or to one sample per temperature when ``temperature`` is a list. Raises ``InputError`` for
-        an unusable image and ``NonFiniteSamples`` when the model produced NaN/Inf."""
+        or to one sample per temperature when ``temperature`` is a list. ``first_sample``: these are
+        samples ``first_sample ..`` of the seed (a long run drawn in passes gives the bytes of one
+        pass). Raises ``InputError`` for an unusable image and ``NonFiniteSamples`` when the model
+        produced NaN/Inf."""
         temperatures = self.check_settings(n, seed, temperature)
+        if not isinstance(first_sample, (int, np.integer)) or isinstance(first_sample, bool) or first_sample < 0:
+            raise CVDVAEError(f"first_sample must be a whole number >= 0, not {first_sample!r}")
         timings: dict[str, float] = {}
         with timed(timings, "prepare"):
             inputs = self.prepare(images, from_hr)
         with timed(timings, "sample"):
-            samples = sample_jobs(self.backend, self.jobs(inputs, seed, temperatures))
-        return self.finish(inputs, samples, seed, temperatures, consistent, timings)
+            samples = sample_jobs(self.backend, self.jobs(inputs, seed, temperatures, first_sample))
+        return self.finish(inputs, samples, seed, temperatures, consistent, timings, first_sample)
 
     def check_settings(self, n: int | None, seed: int, temperature: float | Sequence[float]) -> np.ndarray:
         """The temperatures, one per sample ``[n]`` float32, after checking n and seed."""
@@ -210,11 +237,12 @@ class Pipeline:
         return LRInput(chw.astype(np.float32), None, decoded.name, decoded.converted)
 
     @staticmethod
-    def jobs(inputs: list[LRInput], seed: int, temperatures: np.ndarray) -> list[Job]:
-        return [Job(item.lr, seed, temperatures) for item in inputs]
+    def jobs(inputs: list[LRInput], seed: int, temperatures: np.ndarray, first_sample: int = 0) -> list[Job]:
+        return [Job(item.lr, seed, temperatures, first_sample) for item in inputs]
 
     def finish(self, inputs: list[LRInput], results: list[Sampled], seed: int, temperatures: np.ndarray,
-               consistent: bool = False, timings: dict[str, float] | None = None) -> PipelineOutput:
+               consistent: bool = False, timings: dict[str, float] | None = None,
+               first_sample: int = 0) -> PipelineOutput:
         """Each input's samples as 8-bit pixels; ``NonFiniteSamples`` when the engine counted NaN/Inf
         in any of them (its pixels are then never used)."""
         if consistent:
@@ -226,7 +254,7 @@ class Pipeline:
         broken = [broken_samples(r) for r in results]
         pixels = np.stack([to_uint8_samples(r.samples, bad) for r, bad in zip(results, broken)])
         output = PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken,
-                                np.stack([r.non_finite for r in results]))
+                                np.stack([r.non_finite for r in results]), first_sample)
         if any(broken):
             raise NonFiniteSamples(non_finite_message(results, broken, self.backend.precision), output)
         return output

@@ -2,7 +2,7 @@
 
 A request (``Job``) is one LR image (None for a prior-only model) with its own seed and
 temperatures ``[n]``. The graph takes ``noise [B, n, D]`` and ``temperature [B, n]``, so jobs
-of equal n share calls, B rows at most ``max_batch``, and n is split into balanced chunks of
+of equal n (and first sample) share calls, B rows at most ``max_batch``, and n is split into balanced chunks of
 at most ``max_n`` samples; sample k of a job always has the noise of ``(seed, k)``
 (contracts.md section 4), whatever the chunking.
 
@@ -31,6 +31,7 @@ class Job:
     lr: np.ndarray | None       # [3, h, w] float32 0..255 (None: a prior-only model)
     seed: int
     temperature: np.ndarray     # [n] float32
+    first: int = 0              # the samples are first .. first + n - 1 (a long run is drawn in passes)
 
     @property
     def n(self) -> int:
@@ -52,10 +53,10 @@ def sample_jobs(backend: Backend, jobs: list[Job],
     in the order given; or what ``keep`` makes of each as soon as its call is done (a photo's
     faces keep 8-bit pixels, so only one call's float32 samples exist at a time)."""
     results: list[Sampled | None] = [None] * len(jobs)
-    by_n: dict[int, list[int]] = defaultdict(list)
+    alike: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
-        by_n[job.n].append(index)
-    for indices in by_n.values():
+        alike[job.n, job.first].append(index)
+    for indices in alike.values():
         for group in _call_groups(backend, [jobs[i] for i in indices], indices):
             rows = _sample_rows(backend, [jobs[i] for i in group])
             for row, i in enumerate(group):
@@ -74,7 +75,7 @@ def sample_images(backend: Backend, lr: np.ndarray | None, seed: int, temperatur
 
 
 def _call_groups(backend: Backend, jobs: list[Job], indices: list[int]) -> list[list[int]]:
-    """``indices`` (of jobs with one n) in groups that may share a call."""
+    """``indices`` (of jobs with one n and first sample) in groups that may share a call."""
     shared_noise = len({job.seed for job in jobs}) == 1
     rows = backend.max_batch if shared_noise or backend.rows_independent else 1
     return [indices[start:start + rows] for start in range(0, len(indices), rows)]
@@ -84,7 +85,8 @@ def _sample_rows(backend: Backend, jobs: list[Job]) -> Sampled:
     lr = None if jobs[0].lr is None else np.stack([job.lr for job in jobs])
     temperature = np.stack([job.temperature for job in jobs]).astype(np.float32)
     seeds = [job.seed for job in jobs]
-    calls = [backend.sample_rows(lr, seeds, chunk.start, temperature[:, chunk.start:chunk.stop])
+    first = jobs[0].first
+    calls = [backend.sample_rows(lr, seeds, first + chunk.start, temperature[:, chunk.start:chunk.stop])
              for chunk in sample_chunks(jobs[0].n, backend.max_n)]
     return Sampled(np.concatenate([c.samples for c in calls], axis=1),
                    np.concatenate([c.non_finite for c in calls], axis=1))

@@ -97,11 +97,13 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     assert demo_main(["--out", str(out), "--n", "3"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["engine", "face.png", "face_s0_00.png", "face_s0_01.png", "face_s0_02.png", "face_s0_grid.png"]
+    assert names == ["engine", "face.png", "face_s0_00.png", "face_s0_01.png", "face_s0_02.png", "face_s0_grid.png",
+                     "face_s0_mean.png", "face_s0_std.png"]
     assert sorted(p.name for p in (out / "engine").iterdir()) == ["meta.json", "model.onnx", "reference.npz"]
     from PIL import Image
 
     first = (out / "face_s0_01.png").read_bytes()
-    assert Image.open(out / "face_s0_grid.png").size == (5 * 32 + 4 * 4, 32)  # LR | HR | 3 samples
+    # LR | HR | 3 samples | mean | std map, the map 14 px taller by its scale bar
+    assert Image.open(out / "face_s0_grid.png").size == (7 * 32 + 6 * 4, 32 + 14)
     assert demo_main(["--out", str(out), "--n", "3"]) == 0  # runs again, same pixels
     assert (out / "face_s0_01.png").read_bytes() == first

@@ -15,7 +15,7 @@ from cvdvae.hub.home import cvdvae_home
 from runtime.cli.run import main as run_main
 from runtime.faces.align import FaceSquare, crop
 from runtime.faces.detector import DetectedFace
-from runtime.faces.photos import Face, align_face, composites
+from runtime.faces.photos import Composites, Face, align_face
 
 pytest.importorskip("onnxruntime")
 skimage = pytest.importorskip("skimage")
@@ -106,7 +106,7 @@ def test_photo_sample_k_is_made_of_face_sample_k():
         samples = np.stack([np.full((16, 16, 3), c, np.uint8) for c in colours])
         faces.append(Face(DetectedFace(np.zeros(4), 1.0, np.zeros((5, 2))), square, "lr", np.zeros((3, 4, 4)), None,
                           samples))
-    for k, canvas in enumerate(composites(photo, faces, 2.0, "photo")):
+    for k, canvas in enumerate(Composites(photo, faces, 2.0, "photo")):
         assert canvas[80, 60].tolist() == [10 + 40 * k] * 3 and canvas[80, 61].tolist() == [10 + 40 * k] * 3
         assert canvas[100, 240].tolist() == [200 - 40 * k] * 3
         assert canvas[5, 5].tolist() == [0, 0, 0]

@@ -250,6 +250,26 @@ def test_multipart_request_and_zip_answer(service, demo):
     assert [archive.read(f"sample_s4_{k:02d}.png") for k in range(2)] == local_samples(demo, 4, 2)
 
 
+def test_a_summary_is_the_mean_and_std_map_cvdvae_run_writes(service, demo, tmp_path):
+    """``summary: true``: the mean and the standard deviation map, in JSON and in the zip, are the
+    bytes ``cvdvae run --summary`` writes for the same face and seed (which tests/test_summary.py
+    checks against numpy), and the samples are unchanged."""
+    from runtime.cli.run import main as run_main
+
+    (tmp_path / "face.png").write_bytes(face_png(6))
+    assert run_main([str(demo), "--input", str(tmp_path / "face.png"), "--n", "3", "--seed", "6", "--summary",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    status, body = sample_json(service, image=b64(face_png(6)), n=3, seed=6, summary=True)
+    assert status == 200 and [base64.b64decode(s) for s in body["samples"]] == local_samples(demo, 6, 3)
+    data, kind = multipart({"n": "3", "seed": "6", "summary": "true"}, face_png(6))
+    status, _, zipped = post(service + "/v1/samples", data, kind, accept="application/zip")
+    archive = zipfile.ZipFile(io.BytesIO(zipped))
+    for what in ("mean", "std"):
+        written = (tmp_path / "run" / f"face_s6_{what}.png").read_bytes()
+        assert base64.b64decode(body[what]) == written == archive.read(f"sample_s6_{what}.png")
+    assert "mean" not in sample_json(service, image=b64(face_png(6)), n=2, seed=6)[1]
+
+
 def test_consistent_samples_are_the_models_projection(service, demo):
     """``consistent`` applies the exact LR-consistency projection: PyTorch's (cvdvae.degradation)
     applied to the plain samples gives the same PNGs, to one 8-bit level."""
@@ -651,10 +671,10 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(servic
     photo = photo_jpeg(600, 400, faces=((20, 20, 300), (350, 60, 220)))
     (tmp_path / "two.jpg").write_bytes(photo)
     assert run_main([str(demo), "--input", str(photo_path), str(tmp_path / "two.jpg"), "--faces", "--n", "2",
-                     "--seed", "3", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+                     "--seed", "3", "--summary", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     for name, data in (("astronaut", photo_path.read_bytes()), ("two", photo)):
         before = metric(metrics_text(service), "cvdvae_samples_total")
-        form, kind = multipart({"n": "2", "seed": "3", "faces": "true"}, data)
+        form, kind = multipart({"n": "2", "seed": "3", "faces": "true", "summary": "true"}, data)
         status, content_type, body = post(service + "/v1/samples", form, kind)
         assert status == 200, body[:300]
         answer = json.loads(body)
@@ -676,6 +696,15 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(servic
                     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(got))), written)
                 np.testing.assert_array_equal(written, face.samples[k])
         assert [face["box"] for face in answer["faces"]] == [np.round(f.box, 4).tolist() for f in api.faces]
+        for what in ("mean", "std"):  # the whole photos' spread, then each face's
+            written = np.asarray(Image.open(tmp_path / "run" / f"{name}_s3_{what}.png"))
+            for got in (base64.b64decode(answer[what]), archive.read(f"photo_s3_{what}.png")):
+                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(got))), written)
+            for j in range(len(api.faces)):
+                written = (tmp_path / "run" / f"{name}_face{j}_s3_{what}.png").read_bytes()
+                assert base64.b64decode(answer["faces"][j][what]) == written == archive.read(f"face{j}_s3_{what}.png")
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "run" / f"{name}_s3_mean.png")),
+                                      api.summary.mean_pixels())
     form, kind = multipart({"n": "1", "faces": "true"}, face_png(0, size=64))
     status, _, body = post(service + "/v1/samples", form, kind)
     assert_clean_error(status, body, 422, "no_face")

@@ -194,6 +194,7 @@ def test_page_draws_samples_and_shows_errors(browser, served, downloads, tmp_pat
         assert sample["src"].startswith("data:image/png;base64,")
     status = driver.find_element("id", "status").text
     assert ready["model"] in status and "3 samples" in status and "seed 5" in status, status
+    check_spread_and_viewer(driver, served, (tmp_path / "lr.png").read_bytes(), samples)
     assert driver.find_element("id", "submit").is_enabled()
     assert not driver.find_element("id", "error").is_displayed()
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] == "javascript"]
@@ -210,7 +211,7 @@ def test_page_draws_samples_and_shows_errors(browser, served, downloads, tmp_pat
     wait(driver, lambda d: zip_path.exists() and zipfile.is_zipfile(zip_path), "samples_s5.zip")
     with zipfile.ZipFile(zip_path) as archive:
         pngs = sorted(name for name in archive.namelist() if name.endswith(".png"))
-        assert pngs == [f"sample_s5_{k:02d}.png" for k in range(3)]
+        assert pngs == [f"sample_s5_{k:02d}.png" for k in range(3)] + ["sample_s5_mean.png", "sample_s5_std.png"]
         for k, sample in enumerate(samples):
             shown = decode_png(base64.b64decode(sample["src"].split(",", 1)[1]))
             zipped = decode_png(archive.read(f"sample_s5_{k:02d}.png"))
@@ -229,6 +230,39 @@ def test_page_draws_samples_and_shows_errors(browser, served, downloads, tmp_pat
     assert "9x9" in error, error
     assert driver.find_element("id", "submit").is_enabled()
     assert driver.find_element("id", "status").text == ""
+
+
+VIEWER_JS = """const img = document.getElementById('viewer-image');
+    return {shown: !document.getElementById('viewer').hidden, src: img.src, width: img.getBoundingClientRect().width,
+            caption: document.getElementById('viewer-caption').textContent,
+            download: document.getElementById('viewer-download').getAttribute('download')};"""
+
+
+def check_spread_and_viewer(driver, served: str, image: bytes, samples: list[dict]) -> None:
+    """The mean and the std map beside the samples are the API's (``summary: true``) for the same
+    face and seed; a click on a sample shows it full size, and the arrows and the slider step
+    through the samples, then the mean and the std map."""
+    spread = driver.execute_script(SAMPLES_JS.replace("#samples .sample", "#spread .sample"))
+    assert [s["download"] for s in spread] == ["sample_s5_mean.png", "sample_s5_std.png"]
+    assert driver.find_element("id", "spread-box").is_displayed()
+    api = api_samples(served, image, 5, 3, summary=True)
+    for shown, what in zip(spread, ("mean", "std")):
+        assert shown["src"].split(",", 1)[1] == api[what], what
+    assert spread[0]["width"] == spread[1]["width"] == 32 and spread[1]["height"] > 32  # the std map's scale bar
+    viewer = driver.execute_script(VIEWER_JS)
+    assert viewer["shown"] and viewer["caption"].startswith("1 of 5") and viewer["src"] == samples[0]["src"]
+    driver.find_elements("css selector", "#samples .sample")[1].click()
+    viewer = wait(driver, lambda d: (v := d.execute_script(VIEWER_JS))["caption"].startswith("2 of 5") and v,
+                  "the clicked sample in the viewer")
+    assert viewer["src"] == samples[1]["src"] and viewer["download"] == "sample_s5_01.png"
+    assert viewer["width"] >= 8 * 32, "full size, pixels enlarged"
+    driver.find_element("id", "viewer-next").click()
+    assert driver.execute_script(VIEWER_JS)["src"] == samples[2]["src"]
+    driver.execute_script("const s = document.getElementById('viewer-slider'); s.value = 5;"
+                          "s.dispatchEvent(new Event('input'));")
+    viewer = driver.execute_script(VIEWER_JS)
+    assert viewer["caption"].startswith("5 of 5") and viewer["download"] == "sample_s5_std.png"
+    assert not driver.find_element("id", "viewer-next").is_enabled()
 
 
 def api_samples(base: str, image: bytes, seed: int, n: int, **fields) -> dict:
@@ -311,9 +345,13 @@ def test_a_photo_is_sent_with_faces_and_each_face_is_boxed_on_it(browser, served
         assert np.array_equal(shown_pixels(sample), decode_png(base64.b64decode(answer["samples"][k]))), k
     faces = driver.execute_script("""return Array.from(document.querySelectorAll('.face-row .sample'),
         img => ({src: img.src, download: img.closest('a').getAttribute('download')}));""")
-    assert [f["download"] for f in faces] == [f"face0_s{seed}_{k:02d}.png" for k in range(2)]
-    for k, face in enumerate(faces):
+    assert [f["download"] for f in faces] == [f"face0_s{seed}_{k:02d}.png" for k in range(2)] + \
+        [f"face0_s{seed}_mean.png", f"face0_s{seed}_std.png"]  # "Mean and spread" is on by default
+    for k, face in enumerate(faces[:2]):
         assert np.array_equal(shown_pixels(face), decode_png(base64.b64decode(answer["faces"][0]["samples"][k])))
+    spread = driver.execute_script(SAMPLES_JS.replace("#samples .sample", "#spread .sample"))
+    assert [s["download"] for s in spread] == [f"photo_s{seed}_mean.png", f"photo_s{seed}_std.png"]
+    assert spread[0]["width"] == spread[1]["width"] == 2048 and spread[1]["height"] > 2048
 
     # The box, read back from where the browser drew it, in photo pixels (edges).
     drawn = driver.execute_script("""const photo = document.getElementById('photo').getBoundingClientRect();

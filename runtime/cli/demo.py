@@ -3,7 +3,8 @@
 1. the model is exported into ``outputs/demo/engine/`` (once; ``export.exporter``);
 2. a synthetic 32x32 face is written as the HR input;
 3. ``cvdvae.Pipeline`` degrades it with the MATLAB bicubic kernel (``from_hr``) and draws 8
-   seeded samples; they and their grid are written as ``cvdvae run --from-hr`` writes them.
+   seeded samples; they, their mean and standard deviation map, and their grid are written as
+   ``cvdvae run --from-hr --summary`` writes them.
 
 The weights are random, so the samples are textures, not faces; with real weights the
 same steps give faces (README.md). Re-running regenerates ``outputs/demo/``.
@@ -68,7 +69,7 @@ def demo_command(
     temperature: Temperatures = None,
     debug: Debug = False,
 ) -> int:
-    from ..images.outputs import write_samples
+    from ..images.outputs import write_samples, write_summary
     from ..pipeline import Pipeline
 
     temperatures = parse_temperatures(temperature, n)
@@ -76,8 +77,10 @@ def demo_command(
     face = out / "face.png"
     write_face(face)
     output = pipe(face, len(temperatures), seed, temperatures, from_hr=True)
-    write_samples(out, face.stem, seed, output.samples[0], output.grid(0))
-    print(f"wrote {len(temperatures)} samples of {face} and {face.stem}_s{seed}_grid.png to {out}/ "
+    write_samples(out, face.stem, seed, output.samples[0], output.grid(0, summary=True))
+    write_summary(out, face.stem, seed, output.summary(0))
+    print(f"wrote {len(temperatures)} samples of {face}, their mean and standard deviation map "
+          f"({face.stem}_s{seed}_mean.png, _std.png) and {face.stem}_s{seed}_grid.png to {out}/ "
           f"({pipe.backend.name}, the built-in untrained model: textures, not faces)")
     return EXIT_OK
 

@@ -19,7 +19,8 @@ from .common import (ConfigFile, Debug, Json, Quiet, Seed, Temperatures, Tf32, V
                      command_app, examples, parse_temperatures, run_app)
 
 app = command_app("The paper's metrics on HR images degraded to LR: LR-PSNR (consistency), APD-MSE and APD-LPIPS "
-                  "(diversity), PSNR, SSIM and LPIPS against the ground truth; means over inputs.")
+                  "(diversity), PSNR, SSIM and LPIPS against the ground truth; the PSNR of the samples' mean, and "
+                  "how well their spread (std map) predicts its error; means over inputs.")
 
 
 @app.command("eval", epilog=examples(
@@ -84,7 +85,10 @@ def print_table(results: dict) -> None:
     print(f"{p['inputs']} inputs x {p['samples_per_input']} samples, t={p['temperature']}, seed {p['seed']}, "
           f"x{p['scale']}, {results['backend']} {results['precision']}")
     for key, label, unit in (("lr_psnr", "LR-PSNR", "dB"), ("apd_mse", "APD-MSE", ""), ("apd_lpips", "APD-LPIPS", ""),
-                             ("psnr", "PSNR", "dB"), ("ssim", "SSIM", ""), ("lpips", "LPIPS", "")):
+                             ("psnr", "PSNR", "dB (one sample, mean over samples)"),
+                             ("mean_psnr", "PSNR-mean", "dB (the mean of the samples)"), ("ssim", "SSIM", ""),
+                             ("lpips", "LPIPS", ""),
+                             ("std_error_corr", "std~error", "(Pearson r, std map vs the mean's error)")):
         value = m[key]
         text = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f} {unit}"
         print(f"  {label:<10} {text}")

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import numpy as np
 import typer
@@ -21,12 +21,16 @@ from ..faces.photos import MAX_FACES, FaceSearch, PhotoFaces, photo_outputs, wri
 from ..images import outputs
 from ..images.decode import InputError, error_reason
 from ..images.paths import expand_inputs
+from ..images.summary import Moments
 from ..model_files import ModelShape, locate
 from ..pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
 from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Precision, Quiet, Samples, Seed,
                      Temperatures, check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
 
 UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
+# Samples per input drawn in one pass: a run with a large n holds this many at a time (the grid,
+# an image of every sample, holds them all), so n = 1,000 with --no-grid costs what n = 64 does.
+SAMPLES_PER_PASS = 64
 
 app = command_app("Super-resolve LR face images into n diverse samples each, reproducibly from a seed; "
                   "with a prior-only model (no LR encoder), draw n faces from noise alone.")
@@ -41,6 +45,7 @@ class Written:
     temperatures: np.ndarray
     grid: bool
     overwrite: bool
+    summary: bool = False
 
 
 @dataclass
@@ -122,6 +127,10 @@ def run_command(
         "--faces: no whole-photo outputs, only the aligned face samples and their grids"))] = False,
     overwrite: Overwrite = False,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="a grid PNG per input")] = True,
+    summary: Annotated[bool, typer.Option("--summary", help=(
+        "also the samples' mean ({stem}_s{seed}_mean.png) and per-pixel standard deviation map (_std.png: "
+        "viridis, its range on a scale bar), and both in the grid; with --faces per face and for the whole "
+        "photos"))] = False,
     backend: Annotated[str, typer.Option(help=f"{', '.join(CHOICES)}; auto: TensorRT when the folder has an engine "
                                               "and TensorRT runs, else ONNX Runtime with CUDA, else OpenVINO, else "
                                               "ONNX Runtime on the CPU; torch for weight files")] = "auto",
@@ -149,7 +158,7 @@ def run_command(
     quiet = quiet or json_
     if pipe.backend.note and not quiet:
         print(f"note: {pipe.backend.note}", file=sys.stderr)
-    run = Run(pipe, Written(out, seed, temperatures, grid, overwrite), ctx.command_path)
+    run = Run(pipe, Written(out, seed, temperatures, grid, overwrite, summary), ctx.command_path)
     paths = [Path(UNCONDITIONAL_STEM)]
     if pipe.shape.conditional:
         paths, problems = expand_inputs(input or [])
@@ -206,7 +215,8 @@ def accepted_paths(paths: list[Path], run: Run, check_outputs: bool) -> list[Pat
             run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
             continue
         seen[path.stem] = path
-        planned = outputs.planned(settings.out, path.stem, settings.seed, len(settings.temperatures), settings.grid)
+        planned = outputs.planned(settings.out, path.stem, settings.seed, len(settings.temperatures), settings.grid,
+                                  settings.summary)
         existing = [p for p in planned if p.exists()] if check_outputs else []
         if existing and not settings.overwrite:
             run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite")
@@ -224,15 +234,71 @@ def run_inputs(paths: list[Path], from_hr: bool, run: Run, quiet: bool) -> None:
             group = paths[start:start + pipe.backend.max_batch]
             inputs = read_inputs(group, from_hr, run, quiet)
             if inputs:
-                try:
-                    output = pipe(inputs, len(settings.temperatures), settings.seed, settings.temperatures)
-                except NonFiniteSamples as err:
-                    output = err.output
-                for i, item in enumerate(output.inputs):
-                    write_input(output, i, Path(item.name), run)
+                sample_inputs(inputs, run)
             run.samples += len(inputs) * len(settings.temperatures)
             progress.update(len(group))
             progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
+
+
+def sample_inputs(inputs: list[LRInput], run: Run) -> None:
+    """Every sample of ``inputs`` written as it is drawn, ``SAMPLES_PER_PASS`` per input at a time;
+    then each input's grid and summary, made from its samples as they passed."""
+    settings = run.settings
+    ledgers = [InputLedger(settings.grid, settings.summary) for _ in inputs]
+    for first in range(0, len(settings.temperatures), SAMPLES_PER_PASS):
+        temperatures = settings.temperatures[first:first + SAMPLES_PER_PASS]
+        try:
+            output = run.pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first)
+        except NonFiniteSamples as err:
+            output = err.output
+        for i, ledger in enumerate(ledgers):
+            bad = output.non_finite[i]
+            written = outputs.write_samples(settings.out, Path(inputs[i].name).stem, settings.seed,
+                                            output.samples[i], None, frozenset(bad), first)
+            run.written += map(str, written)
+            ledger.add(output.finite(i), [first + k for k in bad], int(output.non_finite_values[i].sum()))
+    for item, ledger in zip(inputs, ledgers):
+        finish_input(item, ledger, run)
+
+
+@dataclass
+class InputLedger:
+    """One input's samples as they pass: what its grid and summary need, and which were broken."""
+
+    grid: bool
+    summary: bool
+    tiles: list[np.ndarray] = field(default_factory=list)
+    moments: Moments = field(default_factory=Moments)
+    broken: list[int] = field(default_factory=list)
+    non_finite_values: int = 0
+
+    def add(self, finite: list[np.ndarray], broken: list[int], non_finite_values: int) -> None:
+        if self.grid:
+            self.tiles += finite
+        if self.summary:
+            for sample in finite:
+                self.moments.add(sample)
+        self.broken += broken
+        self.non_finite_values += non_finite_values
+
+
+def finish_input(item: LRInput, ledger: InputLedger, run: Run) -> None:
+    """The input's grid and summary when every sample is finite; a sample with NaN/Inf is never
+    written (it would show as black or white pixels), and said."""
+    settings, path = run.settings, Path(item.name)
+    if ledger.broken:
+        run.non_finite_samples += len(ledger.broken)
+        run.fail(path, f"{path}: {len(ledger.broken)} of {len(settings.temperatures)} samples contain NaN/Inf "
+                       f"({ledger.non_finite_values:,} values; samples {', '.join(map(str, ledger.broken))}) and "
+                       f"were not written: {broken_model_advice(run.pipe.backend.precision)}")
+        return
+    spread = ledger.moments.summary() if settings.summary else None
+    if settings.grid:
+        pixels = outputs.input_grid(item.lr, item.hr, ledger.tiles, run.pipe.shape.scale, spread)
+        run.written.append(str(outputs.grid_path(settings.out, path.stem, settings.seed)))
+        outputs.write_png(Path(run.written[-1]), pixels)
+    if spread is not None:
+        run.written += map(str, outputs.write_summary(settings.out, path.stem, settings.seed, spread))
 
 
 def read_inputs(paths: list[Path], from_hr: bool, run: Run, quiet: bool) -> list[LRInput]:
@@ -253,22 +319,6 @@ def read_inputs(paths: list[Path], from_hr: bool, run: Run, quiet: bool) -> list
     return inputs
 
 
-def write_input(output: Any, index: int, path: Path, run: Run) -> None:
-    """Every finite sample of one input as a PNG, and the grid when all are; a sample with NaN/Inf
-    is never written (it would show as black or white pixels), and said."""
-    settings, broken = run.settings, output.non_finite[index]
-    if broken:
-        run.non_finite_samples += len(broken)
-        values = int(output.non_finite_values[index].sum())
-        run.fail(path, f"{path}: {len(broken)} of {len(settings.temperatures)} samples contain NaN/Inf ({values:,} "
-                       f"values; samples {', '.join(map(str, broken))}) and were not written: "
-                       f"{broken_model_advice(run.pipe.backend.precision)}")
-    grid = output.grid(index) if settings.grid and not broken else None
-    written = outputs.write_samples(settings.out, path.stem, settings.seed, output.samples[index], grid,
-                                    frozenset(broken))
-    run.written += map(str, written)
-
-
 def run_photos(paths: list[Path], search: FaceSearch, upscale: float | None, paste: str, run: Run,
                quiet: bool) -> None:
     """--faces: each photo on its own (its faces are one batch). A photo that fails, for what it is
@@ -283,7 +333,7 @@ def run_photos(paths: list[Path], search: FaceSearch, upscale: float | None, pas
                 planned = check_photo_outputs(path, found, paste, run)
                 result = run.pipe.sample_faces(found, run.settings.seed, run.settings.temperatures, upscale, paste)
                 written = [str(p) for p in write_photo(result, run.settings.out, path.stem, run.settings.grid,
-                                                       run.pipe.shape.scale)]
+                                                       run.pipe.shape.scale, run.settings.summary)]
             except NonFiniteSamples as err:
                 run.non_finite_samples += sum(len(broken) for broken in err.output.non_finite)
                 run.fail(path, f"{err}; nothing was written for this photo")
@@ -312,7 +362,7 @@ def check_photo_outputs(path: Path, found: PhotoFaces, paste: str, run: Run) -> 
     exist yet (what a failure midway removes: an overwritten file's old content is gone anyway)."""
     settings = run.settings
     planned = photo_outputs(settings.out, path.stem, settings.seed, len(settings.temperatures), len(found.faces),
-                            settings.grid, paste)
+                            settings.grid, paste, settings.summary)
     existing = [p for p in planned if p.exists()]
     if existing and not settings.overwrite:
         raise InputError(f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite", "exists")

@@ -16,7 +16,7 @@ from cvdvae.progress import ProgressBar
 from cvdvae.train.data import HRSource, PairDataset, split_indices
 
 from ..pipeline import LRInput, NonFiniteSamples, Pipeline
-from .scores import Scores, score
+from .scores import Scores, score, spread_scores
 
 BRISQUE_NOTE = "not computed: no BRISQUE model can be obtained and checked offline here (see README)"
 
@@ -59,8 +59,12 @@ def evaluate(pipe: Pipeline, settings: EvalSettings, progress: bool = False) -> 
             non_finite += sum(len(broken) for broken in output.non_finite)
             scored = torch.from_numpy(output.samples).permute(0, 1, 4, 2, 3).double() / 255.0
             with torch.no_grad():
-                per_input += [score(scored[i], lr, hr, shape.scale, settings.lpips)
-                              for i, (hr, lr) in enumerate(pairs) if not output.non_finite[i]]
+                for i, (hr, lr) in enumerate(pairs):
+                    if not output.non_finite[i]:
+                        scores = score(scored[i], lr, hr, shape.scale, settings.lpips)
+                        truth = hr.permute(1, 2, 0).numpy()
+                        scores.mean_psnr, scores.std_error_corr = spread_scores(output.summary(i), truth)
+                        per_input.append(scores)
             bar.update()
     results = summarise(per_input, settings, pipe, time.perf_counter() - start)
     results["non_finite_samples"] = non_finite

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cvdvae.degradation import bicubic_degradation
 from cvdvae.metrics import LPIPS, psnr, ssim
+
+from ..images.summary import Summary
 
 
 @dataclass
@@ -18,6 +22,8 @@ class Scores:
     psnr: float          # dB vs the HR image, mean over samples
     ssim: float
     lpips: float | None
+    mean_psnr: float | None = None        # dB, the samples' mean (unrounded) vs the HR image
+    std_error_corr: float | None = None   # Pearson r over pixels: the std map vs the mean's error
 
 
 def score(samples: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, lpips: LPIPS | None) -> Scores:
@@ -36,3 +42,19 @@ def score(samples: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int,
         fid_lpips = float(lpips.distance_from_features(feats, lpips.features(truth.float())).mean())
     return Scores(float(lr_psnr), float(apd_mse) if apd_mse is not None else float("nan"), apd_lpips,
                   float(psnr(samples, truth).mean()), float(ssim(samples, truth).mean()), fid_lpips)
+
+
+def spread_scores(summary: Summary, hr: np.ndarray) -> tuple[float, float | None]:
+    """The PSNR (dB) of the samples' mean against ``hr`` ([H, W, 3], 0..255), and the Pearson
+    correlation over pixels between the standard deviation map and the mean's error there (the
+    RMS over the three channels, as the map is): near 1, the model is unsure where it is wrong.
+    None where either map is constant (n = 1 has no spread)."""
+    error = summary.mean.astype(np.float64) - np.asarray(hr, np.float64)
+    mse = float(np.mean(error ** 2))
+    mean_psnr = 10 * math.log10(255.0 ** 2 / mse) if mse else math.inf
+    error_map = np.sqrt(np.mean(error ** 2, axis=-1)).ravel()
+    std = summary.std.astype(np.float64).ravel()
+    if std.std() == 0 or error_map.std() == 0:
+        return mean_psnr, None
+    correlation = np.mean((std - std.mean()) * (error_map - error_map.mean())) / (std.std() * error_map.std())
+    return mean_psnr, float(correlation)

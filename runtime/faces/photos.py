@@ -6,7 +6,7 @@ write or encode what it returns):
 1. ``find_faces``: the detector's faces that score at least ``min_score``, the ``max_faces``
    most confident; ``align_face`` makes each into the model's input;
 2. the faces are sampled together (the pipeline's one sampling path);
-3. ``composites``: whole photo ``k`` is the photo upscaled with face ``j``'s sample ``k``
+3. ``Composites``: whole photo ``k`` is the photo upscaled with face ``j``'s sample ``k``
    blended in, for every face. The noise of sample ``k`` depends on ``(seed, k)`` only
    (contracts.md section 4), so photo ``k`` is one coherent alternative of the whole picture.
 
@@ -32,6 +32,7 @@ from cvdvae import bicubic
 
 from ..images import outputs
 from ..images.png import write_png_streamed
+from ..images.summary import FrameMoments, FrameSummary, Summary, summarise
 from .align import FaceSquare, crop
 from .detector import DetectedFace, FaceDetector
 from .paste import Placement, blend, blend_over, canvas_map, output_shape, paste_order, place, upscale
@@ -62,6 +63,10 @@ class Face:
     lr: np.ndarray                   # [3, lr, lr] float32 0..255: the model's input
     hr: np.ndarray | None            # [H, W, 3] uint8: the aligned HR crop in "hr" mode
     samples: np.ndarray | None = None  # [n, H, W, 3] uint8
+
+    def summary(self, broken: list[int] = ()) -> Summary:
+        """The mean and spread of the face's samples (but the ``broken`` ones)."""
+        return summarise(sample for k, sample in enumerate(self.samples) if k not in broken)
 
     @property
     def box(self) -> np.ndarray:
@@ -106,30 +111,45 @@ def align_face(photo: np.ndarray, face: DetectedFace, lr_size: int, hr_size: int
     return Face(face, square, "hr", lr.astype(np.float32), hr)
 
 
-def composites(photo: np.ndarray, faces: list[Face], factor: float, paste: str, alpha: np.ndarray | None = None,
-               grey: bool = False) -> Iterator[np.ndarray]:
+class Composites:
     """Whole photo k for each sample k, each face's sample k blended in (``paste`` "photo": on the
     photo upscaled by ``factor``, with the photo's own ``alpha`` upscaled alongside, and made grey
     again for a ``grey`` photo; "transparent": alone on a transparent RGBA canvas). One canvas
-    is kept: each yield lends it until the next, when only the faces' regions are restored."""
-    if paste == "photo":
-        canvas = upscale(photo, factor)
-        if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
-            canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
-    else:
-        canvas = np.zeros((*output_shape(photo.shape[:2], factor), 4), np.uint8)
-    hr_size = faces[0].samples.shape[1]
-    to_output = canvas_map(photo.shape[:2], canvas.shape[:2])
-    order = paste_order([face.square for face in faces])
-    placements: list[tuple[int, Placement]] = [
-        (j, p) for j in order if (p := place(faces[j].square, to_output, hr_size, canvas.shape[:2])) is not None]
-    pristine = [canvas[p.rows, p.cols].copy() for _, p in placements]
-    for k in range(len(faces[0].samples)):
-        for j, placement in placements:
-            (blend if paste == "photo" else blend_over)(canvas, placement, faces[j].samples[k])
-        yield as_grey(canvas) if grey and paste == "photo" else canvas
-        for (_, placement), original in zip(placements, pristine):
-            canvas[placement.rows, placement.cols] = original
+    is kept: each photo is lent until the next, when only the faces' regions are restored.
+    ``regions``: the (rows, columns) any face touches; outside them every whole photo is the same."""
+
+    def __init__(self, photo: np.ndarray, faces: list[Face], factor: float, paste: str,
+                 alpha: np.ndarray | None = None, grey: bool = False):
+        if paste == "photo":
+            canvas = upscale(photo, factor)
+            if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
+                canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
+        else:
+            canvas = np.zeros((*output_shape(photo.shape[:2], factor), 4), np.uint8)
+        hr_size = faces[0].samples.shape[1]
+        to_output = canvas_map(photo.shape[:2], canvas.shape[:2])
+        order = paste_order([face.square for face in faces])
+        self.placements: list[tuple[int, Placement]] = [
+            (j, p) for j in order if (p := place(faces[j].square, to_output, hr_size, canvas.shape[:2])) is not None]
+        self.regions = [(p.rows, p.cols) for _, p in self.placements]
+        self.canvas, self.faces, self.paste, self.grey = canvas, faces, paste, grey
+        self._made = self._each()
+
+    def __iter__(self) -> "Composites":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._made)
+
+    def _each(self) -> Iterator[np.ndarray]:
+        canvas = self.canvas
+        pristine = [canvas[p.rows, p.cols].copy() for _, p in self.placements]
+        for k in range(len(self.faces[0].samples)):
+            for j, placement in self.placements:
+                (blend if self.paste == "photo" else blend_over)(canvas, placement, self.faces[j].samples[k])
+            yield as_grey(canvas) if self.grey and self.paste == "photo" else canvas
+            for (_, placement), original in zip(self.placements, pristine):
+                canvas[placement.rows, placement.cols] = original
 
 
 def as_grey(canvas: np.ndarray) -> np.ndarray:
@@ -169,17 +189,34 @@ class FacesOutput:
     alpha: np.ndarray | None = None      # the photo's transparency (``PhotoFaces``)
     grey: bool = False
 
-    def composites(self) -> Iterator[np.ndarray]:
+    def composites(self) -> Composites:
         """Whole photo k (HWC uint8; RGBA when ``paste`` is "transparent") for each sample k. One
         canvas is lent at a time, until the next: copy what must outlive the loop."""
         if self.paste == "none":
-            return iter(())
-        return composites(self.photo, self.faces, self.upscale, self.paste, self.alpha, self.grey)
+            raise ValueError("paste 'none' makes no whole photos")
+        return Composites(self.photo, self.faces, self.upscale, self.paste, self.alpha, self.grey)
 
     @cached_property
     def photos(self) -> list[np.ndarray]:
         """The n whole photos, each its own array (made on first use; ``composites`` streams them)."""
-        return [canvas.copy() for canvas in self.composites()]
+        return [] if self.paste == "none" else [canvas.copy() for canvas in self.composites()]
+
+    @cached_property
+    def summary(self) -> FrameSummary | None:
+        """The whole photos' mean and spread (None with ``paste`` "none"), made by one more pass
+        over the composites unless ``write_photo`` made it on its way."""
+        return None if self.paste == "none" else photo_summary(self.composites())
+
+    @property
+    def mean(self) -> np.ndarray | None:
+        """[H, W, C] float32: the whole photos' mean, in 8-bit units."""
+        return None if self.summary is None else self.summary.mean
+
+    @property
+    def std(self) -> np.ndarray | None:
+        """[H, W] float32: the whole photos' per-pixel standard deviation, in 8-bit levels: 0 but
+        where faces are, and there it shows where the photo's alternatives differ."""
+        return None if self.summary is None else self.summary.std
 
     @property
     def size(self) -> tuple[int, int]:
@@ -191,10 +228,11 @@ class FacesOutput:
         height, width = output_shape(self.photo.shape[:2], self.upscale)
         return 1 if height * width > FAST_PNG_PIXELS else 6
 
-    def face_grid(self, index: int, scale: int | None) -> np.ndarray:
-        """Face ``index``'s grid: its LR input enlarged (nearest), its HR crop in "hr" mode, its samples."""
+    def face_grid(self, index: int, scale: int | None, summary: Summary | None = None) -> np.ndarray:
+        """Face ``index``'s grid: its LR input enlarged (nearest), its HR crop in "hr" mode, its
+        samples, and its ``summary``'s two pictures when given."""
         face = self.faces[index]
-        return outputs.input_grid(face.lr, face.hr, face.samples, scale)
+        return outputs.input_grid(face.lr, face.hr, face.samples, scale, summary)
 
     def record(self, hr_size: int) -> dict[str, Any]:
         """The photo's JSON record: its size, the upscale, each face's record, the timings."""
@@ -204,28 +242,58 @@ class FacesOutput:
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
-def photo_outputs(out: Path, stem: str, seed: int, n: int, faces: int, grid: bool, paste: str) -> list[Path]:
+def photo_summary(canvases: Composites) -> FrameSummary:
+    """The mean and spread of the whole photos ``canvases`` makes (memory follows the faces' regions)."""
+    moments = FrameMoments(canvases.regions)
+    for canvas in canvases:
+        moments.add(canvas)
+    return moments.summary()
+
+
+def photo_outputs(out: Path, stem: str, seed: int, n: int, faces: int, grid: bool, paste: str,
+                  summary: bool = False) -> list[Path]:
     """The files ``write_photo`` makes for a photo with ``faces`` faces."""
-    paths = [p for j in range(faces) for p in outputs.planned(out, f"{stem}_face{j}", seed, n, grid)]
-    return paths + ([outputs.sample_path(out, stem, seed, k) for k in range(n)] if paste != "none" else [])
+    paths = [p for j in range(faces) for p in outputs.planned(out, f"{stem}_face{j}", seed, n, grid, summary)]
+    if paste == "none":
+        return paths
+    return (paths + [outputs.sample_path(out, stem, seed, k) for k in range(n)]
+            + (list(outputs.summary_paths(out, stem, seed)) if summary else []))
 
 
-def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: int | None) -> list[Path]:
+def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: int | None,
+                summary: bool = False) -> list[Path]:
     """Each face's samples (``{stem}_face{j}_s{seed}_{k:02d}.png``) and grid, then whole photo k
-    (``{stem}_s{seed}_{k:02d}.png``) for each sample k, written as it is made."""
+    (``{stem}_s{seed}_{k:02d}.png``) for each sample k, written as it is made; with ``summary``
+    each face's and the whole photos' mean and standard deviation map (``_mean``, ``_std``)."""
     written: list[Path] = []
     with timed(result.timings, "write_faces"):
         for j, face in enumerate(result.faces):
+            spread = face.summary() if summary else None
             written += outputs.write_samples(out, f"{stem}_face{j}", result.seed, face.samples,
-                                             result.face_grid(j, scale) if grid else None)
+                                             result.face_grid(j, scale, spread) if grid else None)
+            if spread is not None:
+                written += outputs.write_summary(out, f"{stem}_face{j}", result.seed, spread)
+    if result.paste == "none":
+        return written
     level = result.png_level
     canvases = result.composites()
-    for k in range(len(result.temperatures) if result.paste != "none" else 0):
+    moments = FrameMoments(canvases.regions) if summary else None
+    for k in range(len(result.temperatures)):
         with timed(result.timings, "paste"):
             canvas = next(canvases)
         with timed(result.timings, "write_photos"):
             written.append(outputs.sample_path(out, stem, result.seed, k))
             write_png_streamed(written[-1], canvas, level)
+        if moments is not None:
+            with timed(result.timings, "summary"):
+                moments.add(canvas)
+    if moments is not None:
+        with timed(result.timings, "summary"):
+            result.summary = whole = moments.summary()
+            for path, pixels in zip(outputs.summary_paths(out, stem, result.seed),
+                                    (whole.mean_pixels(), whole.std_pixels())):
+                written.append(path)
+                write_png_streamed(path, pixels, level)
     return written
 
 

@@ -3,8 +3,10 @@ the ingress writes them for the client, chunk by chunk.
 
 A replica sends first a ``Failure`` (a client mistake or a broken model, found before any
 image is returned) or a ``Head``: the record (model, seed, n, temperatures, and a photo's
-size and faces), the samples of LR faces or of a photo's faces, and how many whole photos
-follow; then each whole photo as one PNG, as it is made. ``JsonAnswer`` writes them as one
+size and faces), the samples of LR faces or of a photo's faces (with ``summary``: each one's
+``Spread``, the mean and standard deviation pictures), and how many whole photos follow; then
+each whole photo as one PNG, as it is made, and with ``summary`` the whole photos' ``Spread``
+after them. ``JsonAnswer`` writes them as one
 JSON object with base64 PNGs, ``ZipAnswer`` as a stored zip (PNGs are compressed already)
 written to an unseekable stream; either way no answer is ever whole in memory, only the photo
 being sent. Both end with the request's wall time.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -27,6 +29,17 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """The samples' mean and their standard deviation map, as PNGs (``runtime.images.summary``)."""
+
+    mean: bytes
+    std: bytes
+
+    def as_json(self) -> dict[str, str]:
+        return {"mean": base64_text(self.mean).decode(), "std": base64_text(self.std).decode()}
+
+
+@dataclass(frozen=True)
 class Head:
     record: dict[str, Any]            # model, seed, n, temperatures; consistent | size, upscale, faces
     samples: list[bytes]              # LR faces: the n sample PNGs (a photo's whole photos follow the head)
@@ -34,6 +47,8 @@ class Head:
     photos: int                       # whole-photo PNGs that follow
     count: int                        # samples made: n, or faces x n
     batches: list[tuple[int, float]]  # per job: the jobs in its engine batch, its share of the engine time
+    spread: Spread | None = None      # LR faces with ``summary``: the samples' spread
+    face_spreads: list[Spread] = field(default_factory=list)  # a photo with ``summary``: per face
 
 
 def base64_text(png: bytes) -> bytes:
@@ -41,18 +56,25 @@ def base64_text(png: bytes) -> bytes:
 
 
 class JsonAnswer:
-    """``{...record, "faces": [{..., "samples": [...]}], "samples": ["<base64 PNG>", ...], "elapsed_s": s}``."""
+    """``{...record, "faces": [{..., "samples": [...], "mean", "std"}], "samples": ["<base64 PNG>", ...],
+    "mean": "<base64 PNG>", "std": "<base64 PNG>", "elapsed_s": s}`` (mean and std with ``summary``:
+    of the samples in "samples", and per face of its own)."""
 
     media_type = "application/json"
 
     def __init__(self) -> None:
         self.written = 0  # entries of "samples" so far
+        self.last: Spread | None = None  # the whole photos' spread, written at the end
 
     def head(self, head: Head) -> bytes:
         record = dict(head.record)
         if head.face_samples:
-            record["faces"] = [{**face, "samples": [base64_text(png).decode() for png in pngs]}
-                               for face, pngs in zip(record["faces"], head.face_samples)]
+            spreads = head.face_spreads or [None] * len(head.face_samples)
+            record["faces"] = [{**face, "samples": [base64_text(png).decode() for png in pngs],
+                                **(spread.as_json() if spread else {})}
+                               for face, pngs, spread in zip(record["faces"], head.face_samples, spreads)]
+        if head.spread is not None:
+            record.update(head.spread.as_json())
         opening = json.dumps(record)[:-1] + ', "samples": ['
         return opening.encode() + b"".join(self.sample(png) for png in head.samples)
 
@@ -61,8 +83,13 @@ class JsonAnswer:
         self.written += 1
         return (b", " if self.written > 1 else b"") + b'"' + base64_text(png) + b'"'
 
+    def spread(self, spread: Spread) -> bytes:
+        self.last = spread
+        return b""
+
     def end(self, elapsed_s: float) -> bytes:
-        return f'], "elapsed_s": {elapsed_s:.4f}}}'.encode()
+        tail = "".join(f', "{key}": "{value}"' for key, value in self.last.as_json().items()) if self.last else ""
+        return ("]" + tail + f', "elapsed_s": {elapsed_s:.4f}}}').encode()
 
 
 class _Sink:
@@ -87,7 +114,8 @@ class _Sink:
 
 class ZipAnswer:
     """``face{j}_s{seed}_{k:02d}.png`` per face of a photo, ``sample_s{seed}_{k:02d}.png`` (LR faces)
-    or ``photo_s{seed}_{k:02d}.png`` (whole photos), then ``request.json``: the record."""
+    or ``photo_s{seed}_{k:02d}.png`` (whole photos), with ``summary`` ``{stem}_s{seed}_mean.png`` and
+    ``_std.png`` beside each, then ``request.json``: the record."""
 
     media_type = "application/zip"
 
@@ -108,12 +136,24 @@ class ZipAnswer:
         for j, pngs in enumerate(head.face_samples):
             for k, png in enumerate(pngs):
                 self.archive.writestr(f"face{j}_s{seed}_{k:02d}.png", png)
+            if head.face_spreads:
+                self._spread(f"face{j}", head.face_spreads[j])
+        if head.spread is not None:
+            self._spread(self.stem, head.spread)
         return self.sink.take() + b"".join(self.sample(png) for png in head.samples)
 
     def sample(self, png: bytes) -> bytes:
         self.archive.writestr(f"{self.stem}_s{self.record['seed']}_{self.written:02d}.png", png)
         self.written += 1
         return self.sink.take()
+
+    def spread(self, spread: Spread) -> bytes:
+        self._spread(self.stem, spread)
+        return self.sink.take()
+
+    def _spread(self, stem: str, spread: Spread) -> None:
+        self.archive.writestr(f"{stem}_s{self.record['seed']}_mean.png", spread.mean)
+        self.archive.writestr(f"{stem}_s{self.record['seed']}_std.png", spread.std)
 
     def end(self, elapsed_s: float) -> bytes:
         self.archive.writestr("request.json", json.dumps({**self.record, "elapsed_s": round(elapsed_s, 4)}, indent=2))

@@ -48,7 +48,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
-from .answers import Failure, Head, JsonAnswer, ZipAnswer
+from .answers import Failure, Head, JsonAnswer, Spread, ZipAnswer
 from .metrics import Metrics
 from .options import ServeOptions
 from .requests import RequestError, SampleRequest, bad, parse_request, timed_out
@@ -292,7 +292,8 @@ class Ingress:
             async for message in messages:
                 if isinstance(message, Failure):
                     raise RequestError(message.status, message.kind, message.message)
-                for piece in _pieces(await self._off_loop(writer.sample, message)):
+                write = writer.spread if isinstance(message, Spread) else writer.sample
+                for piece in _pieces(await self._off_loop(write, message)):
                     yield piece
             yield await self._off_loop(writer.end, time.monotonic() - start)
             status, kind = 200, None

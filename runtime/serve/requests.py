@@ -28,7 +28,7 @@ from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 from .options import Limits
 
 DEFAULT_N = 4
-FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces"}
+FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces", "summary"}
 INPUT_STATUS = {"too_large": 413, "wrong_size": 422, "no_face": 422, "unreadable": 400, "missing": 400,
                 "unsupported_format": 415}
 JSON_DEPTH = 8  # the request is a flat object with a list or two: anything deeper is refused
@@ -53,6 +53,7 @@ class SampleRequest:
     from_hr: bool
     faces: bool = False            # ``image`` is a photo: its faces are found, sampled and pasted back
     max_faces: int = 16
+    summary: bool = False          # the samples' mean and standard deviation map too
 
     @property
     def n(self) -> int:
@@ -202,12 +203,13 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
     seed = _integer(fields, "seed", 0, 0, MAX_SEED)
     temperature = _temperatures(fields.get("temperature"), n)
     consistent, from_hr = _boolean(fields, "consistent"), _boolean(fields, "from_hr")
+    summary = _boolean(fields, "summary")
     if image is None and fields.get("image") is not None:
         image = _base64(fields["image"])
     if not conditional:
         if image is not None or from_hr or consistent:
             raise bad("this is a prior-only model: it draws faces from noise alone; send no image")
-        return SampleRequest(None, seed, temperature, False, False)
+        return SampleRequest(None, seed, temperature, False, False, summary=summary)
     if image is None:
         raise bad("image: missing (a file field 'image', or base64 in JSON)")
     if len(image) > limits.max_body_bytes:
@@ -216,8 +218,8 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
         if from_hr or consistent:
             raise bad("faces: a photo's faces are aligned and degraded as they need; drop from_hr and consistent")
         max_faces = _integer(fields, "max_faces", limits.max_faces, 1, limits.max_faces)
-        return SampleRequest(image, seed, temperature, False, False, True, max_faces)
-    return SampleRequest(image, seed, temperature, consistent, from_hr)
+        return SampleRequest(image, seed, temperature, False, False, True, max_faces, summary)
+    return SampleRequest(image, seed, temperature, consistent, from_hr, summary=summary)
 
 
 def _shown(value: Any) -> str:

@@ -33,14 +33,22 @@ from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
 from ..images.decode import InputError
 from ..images.outputs import png_bytes
 from ..images.png import encode_png
+from ..images.summary import FrameMoments
 from ..pipeline import Limits as PipelineLimits
 from ..pipeline import LRInput, NonFiniteSamples, Pipeline
 from ..sampling import Job, sample_jobs
-from .answers import Failure, Head
+from .answers import Failure, Head, Spread
 from .options import ServeOptions
 from .requests import RequestError, SampleRequest, request_error, timed_out
 
 log = logging.getLogger("ray.serve")
+SUMMARY_IMAGES = 2  # the mean and the standard deviation map (its scale bar aside)
+
+
+def spread_pngs(summary: Any, encode: Callable[[Any], bytes] = png_bytes) -> Spread:
+    """A ``runtime.images.summary`` summary's two pictures as PNGs, encoded as ``cvdvae run`` writes
+    them (a face's by Pillow, a whole photo's by ``encode_png`` at the photo's level)."""
+    return Spread(encode(summary.mean_pixels()), encode(summary.std_pixels()))
 
 
 def library_call(work: Callable[..., Any], *args: Any) -> Any:
@@ -114,13 +122,15 @@ class Sampler:
         inputs = pipe.prepare(None) if request.image is None else \
             [await self._step(deadline, pipe.prepare_one, request.image, request.from_hr, "image")]
         results, batches = await self._sampled(pipe.jobs(inputs, request.seed, request.temperature), deadline)
-        pngs = await self._step(deadline, self._lr_pngs, inputs, results, request)
+        pngs, spread = await self._step(deadline, self._lr_pngs, inputs, results, request)
         record = {**self._record(request), "consistent": request.consistent}
-        return Head(record, pngs, [], 0, request.n, batches)
+        return Head(record, pngs, [], 0, request.n, batches, spread)
 
-    def _lr_pngs(self, inputs: list[LRInput], results: list[Any], request: SampleRequest) -> list[bytes]:
+    def _lr_pngs(self, inputs: list[LRInput], results: list[Any], request: SampleRequest) \
+            -> tuple[list[bytes], Spread | None]:
         output = self.pipe.finish(inputs, results, request.seed, request.temperature, request.consistent)
-        return [png_bytes(sample) for sample in output.samples[0]]
+        spread = spread_pngs(output.summary(0)) if request.summary else None
+        return [png_bytes(sample) for sample in output.samples[0]], spread
 
     async def _photo(self, request: SampleRequest, deadline: float) -> AsyncIterator[Head | bytes]:
         """``faces``: the photo's faces found, sampled (its faces share batches) and pasted back, as
@@ -132,18 +142,30 @@ class Sampler:
             "photo", lambda header: self._check_photo_answer(request, header.width, header.height, 0))
         self._check_photo_answer(request, found.photo.shape[1], found.photo.shape[0], len(found.faces))
         results, batches = await self._sampled(pipe.face_jobs(found, request.seed, request.temperature), deadline)
-        output, face_pngs = await self._step(deadline, self._face_pngs, found, results, request)
+        output, face_pngs, face_spreads = await self._step(deadline, self._face_pngs, found, results, request)
         record = {**self._record(request), **output.record(pipe.shape.hr_size)}
         del record["timings_s"]
-        yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches)
+        yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches, None, face_spreads)
         canvases = output.composites()
+        moments = FrameMoments(canvases.regions) if request.summary else None
+
+        def next_photo() -> bytes:
+            canvas = next(canvases)
+            if moments is not None:
+                moments.add(canvas)
+            return encode_png(canvas, output.png_level)
+
         for _ in range(request.n):
-            yield await self._step(deadline, lambda: encode_png(next(canvases), output.png_level))
+            yield await self._step(deadline, next_photo)
+        if moments is not None:
+            yield await self._step(deadline, lambda: spread_pngs(moments.summary(),
+                                                                 lambda pixels: encode_png(pixels, output.png_level)))
 
     def _face_pngs(self, found: PhotoFaces, results: list[Any], request: SampleRequest) \
-            -> tuple[FacesOutput, list[list[bytes]]]:
+            -> tuple[FacesOutput, list[list[bytes]], list[Spread]]:
         output = self.pipe.finish_faces(found, results, request.seed, request.temperature)
-        return output, [[png_bytes(sample) for sample in face.samples] for face in output.faces]
+        spreads = [spread_pngs(face.summary()) for face in output.faces] if request.summary else []
+        return output, [[png_bytes(sample) for sample in face.samples] for face in output.faces], spreads
 
     def _detector_ready(self) -> None:
         try:
@@ -162,9 +184,10 @@ class Sampler:
             raise InputError(f"photo: {width}x{height} at x{factor:g} is {out_width * out_height / 1e6:.0f} "
                              f"megapixels, more than the {limits.max_output_pixels / 1e6:.0f} a whole photo may have",
                              "too_large")
-        total = request.n * (out_width * out_height + faces * hr_size * hr_size)
+        images = request.n + (SUMMARY_IMAGES if request.summary else 0)  # per face and for the whole photos
+        total = images * (out_width * out_height + faces * hr_size * hr_size)
         if total > limits.max_response_pixels:
-            what = f"{request.n} photos of {out_width}x{out_height}" + (f" and {faces} faces' samples" if faces else "")
+            what = f"{images} photos of {out_width}x{out_height}" + (f" and {faces} faces' samples" if faces else "")
             raise InputError(f"photo: the answer would hold {total / 1e6:.0f} megapixels ({what}), more than the "
                              f"{limits.max_response_pixels / 1e6:.0f} one request may: lower n or send a smaller "
                              "photo", "too_large")

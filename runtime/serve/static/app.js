@@ -1,6 +1,8 @@
 // The sampling page's behaviour: read the model from readyz, send the form to v1/samples,
-// show the samples (base64 PNGs) as a grid of downloadable images (for a photo: the photo with
-// each face boxed, the whole-photo samples, then each face's), or the server's error line.
+// show the samples (base64 PNGs) as a grid of downloadable images beside their mean and
+// standard deviation map, with a viewer that steps through them at full size (for a photo: the
+// photo with each face boxed, the whole-photo samples, then each face's), or the server's error
+// line.
 // URLs are relative, so the page also works behind a path prefix. Seeds are 64-bit: they are
 // kept as decimal strings (BigInt to check and draw them), never as JSON numbers, which
 // JavaScript rounds above 2^53.
@@ -12,6 +14,7 @@ const MAX_SEED = (1n << 64n) - 1n;
 let model = null;      // the readyz answer once the model is loaded
 let lastForm = null;   // the request behind the samples shown, re-sent for the zip
 let lastSeed = null;   // its seed, as the decimal string sent
+let viewed = [];       // what the viewer steps through: {png, name, alt, caption}
 
 function showError(message) {
   $("error").textContent = message;
@@ -110,6 +113,7 @@ function formFields(seed) {
   data.append("n", $("n").value.trim());
   data.append("seed", seed);
   data.append("temperature", $("temperature").value.replace(/\s+/g, ""));
+  data.append("summary", $("summary").checked ? "true" : "false");
   if ($("faces").checked) {
     data.append("faces", "true");
   } else {
@@ -138,6 +142,44 @@ function sampleFigure(png, name, alt, caption) {
 }
 
 const numbered = (k) => String(k).padStart(2, "0");
+
+// The mean and the standard deviation map of a set of samples, as two figures.
+function spreadFigures(holder, stem, seed, n, what) {
+  const figures = [
+    sampleFigure(holder.mean, `${stem}_s${seed}_mean.png`, `${what}: the mean of its ${n} samples`, "mean"),
+    sampleFigure(holder.std, `${stem}_s${seed}_std.png`, `${what}: the per-pixel standard deviation of its ` +
+      `${n} samples, dark purple 0 to yellow at the top of the scale bar`, "std"),
+  ];
+  figures.forEach((figure) => figure.classList.add("spread"));
+  return figures;
+}
+
+// The viewer: one image of `viewed` at full size, the slider and arrows step through them.
+function view(index) {
+  if (!viewed.length) return;
+  const k = Math.min(Math.max(index, 0), viewed.length - 1);
+  const item = viewed[k];
+  const img = $("viewer-image");
+  img.src = `data:image/png;base64,${item.png}`;
+  img.alt = item.alt;
+  $("viewer-slider").max = viewed.length;
+  $("viewer-slider").value = k + 1;
+  $("viewer-caption").textContent = `${k + 1} of ${viewed.length}: ${item.caption}`;
+  $("viewer-download").href = img.src;
+  $("viewer-download").download = item.name;
+  $("viewer-prev").disabled = k === 0;
+  $("viewer-next").disabled = k === viewed.length - 1;
+  $("viewer").hidden = false;
+}
+
+// A click on a thumbnail shows it in the viewer (its link still names the file, for saving).
+function openInViewer(event) {
+  const figure = event.target.closest("figure[data-view]");
+  if (!figure) return;
+  event.preventDefault();
+  view(Number(figure.dataset.view));
+  $("viewer").scrollIntoView({ block: "nearest" });
+}
 
 // The photo sent, with a box over each face found. Boxes come in pixel-centre coordinates
 // (a pixel's centre is an integer), so the edges are half a pixel out; they are placed in
@@ -172,14 +214,24 @@ function showPhoto(result, file) {
 function showSamples(result, seed, file) {
   const photo = Boolean(result.faces);
   const stem = photo ? "photo" : "sample";
+  const what = photo ? "Photo sample" : "Sample";
+  viewed = result.samples.map((png, k) => ({
+    png, name: `${stem}_s${seed}_${numbered(k)}.png`,
+    alt: `${what} ${k + 1} of ${result.n}, seed ${seed}, temperature ${result.temperatures[k]}`,
+    caption: `#${k + 1}  t = ${result.temperatures[k]}`,
+  }));
   const grid = $("samples");
-  grid.replaceChildren();
-  result.samples.forEach((png, k) => {
-    const t = result.temperatures[k];
-    const what = photo ? "Photo sample" : "Sample";
-    grid.append(sampleFigure(png, `${stem}_s${seed}_${numbered(k)}.png`,
-      `${what} ${k + 1} of ${result.n}, seed ${seed}, temperature ${t}`, `#${k + 1}  t = ${t}`));
-  });
+  grid.replaceChildren(...viewed.map((item) => sampleFigure(item.png, item.name, item.alt, item.caption)));
+  const spread = $("spread");
+  spread.replaceChildren(...(result.mean ? spreadFigures(result, stem, seed, result.n, photo ? "The photo" : "The face")
+    : []));
+  if (result.mean) {
+    viewed.push({ png: result.mean, name: `${stem}_s${seed}_mean.png`, alt: spread.children[0].querySelector("img").alt,
+      caption: "mean" }, { png: result.std, name: `${stem}_s${seed}_std.png`,
+      alt: spread.children[1].querySelector("img").alt, caption: "standard deviation" });
+  }
+  [...grid.children, ...spread.children].forEach((figure, k) => { figure.dataset.view = k; });
+  $("spread-box").hidden = !result.mean;
   const faces = $("face-samples");
   faces.replaceChildren();
   for (const face of photo ? result.faces : []) {
@@ -189,12 +241,15 @@ function showSamples(result, seed, file) {
       row.append(sampleFigure(png, `face${face.index}_s${seed}_${numbered(k)}.png`,
         `Face ${face.index}, sample ${k + 1} of ${result.n}, seed ${seed}`, `face ${face.index} #${k + 1}`));
     });
+    if (face.mean) row.append(...spreadFigures(face, `face${face.index}`, seed, result.n, `Face ${face.index}`));
     faces.append(row);
   }
   $("faces-title").hidden = !photo || !result.faces.length;
   grid.classList.toggle("photos", photo);
+  $("viewer").classList.toggle("photos", photo);
   if (photo) showPhoto(result, file); else $("photo-box").hidden = true;
   $("results").hidden = false;
+  view(0);
 }
 
 function busy(on) {
@@ -292,6 +347,11 @@ function init() {
   $("faces").addEventListener("change", photoMode);
   $("random-seed").addEventListener("click", randomSeed);
   $("download-all").addEventListener("click", downloadAll);
+  $("samples").addEventListener("click", openInViewer);
+  $("spread").addEventListener("click", openInViewer);
+  $("viewer-slider").addEventListener("input", () => view(Number($("viewer-slider").value) - 1));
+  $("viewer-prev").addEventListener("click", () => view(Number($("viewer-slider").value) - 2));
+  $("viewer-next").addEventListener("click", () => view(Number($("viewer-slider").value)));
   $("sample-form").addEventListener("submit", submit);
   photoMode();
   pollReady();
