@@ -13,5 +13,5 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==$TORCH_VERSION"
-.venv/bin/python -m pip install --quiet -e ".[cpu,dev,serve]"
+.venv/bin/python -m pip install --quiet -e ".[cpu,dev,serve,cluster]"
 echo "$want" > "$stamp"

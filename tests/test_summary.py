@@ -166,10 +166,10 @@ def test_the_output_objects_mean_and_std_are_numpys_on_its_samples(demo, tmp_pat
 def test_run_summary_is_numpys_on_the_written_samples_and_passes_give_the_same_bytes(demo, tmp_path):
     """n = 70 is drawn in two passes (64 + 6): each sample file is what one Pipeline call with
     n = 70 gives, and the mean and std files are numpy's over the 70 sample files read back."""
-    from runtime.cli.run import SAMPLES_PER_PASS
     from runtime.cli.run import main as run_main
     from runtime.images.outputs import png_bytes
     from runtime.pipeline import Pipeline
+    from runtime.run_files import SAMPLES_PER_PASS
 
     n = 70
     assert n > SAMPLES_PER_PASS

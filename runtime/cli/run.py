@@ -17,57 +17,36 @@ import typer
 from cvdvae.progress import ProgressBar
 
 from ..backends import CHOICES, PRECISION_CHOICES
-from ..faces.photos import MAX_FACES, FaceSearch, PhotoFaces, photo_outputs, write_photo
-from ..images import outputs
-from ..images.decode import InputError, error_reason
+from ..cluster.driver import ClusterOptions
+from ..cluster.worker import EngineChoice
+from ..faces.photos import MAX_FACES, FaceSearch
 from ..images.paths import expand_inputs
-from ..images.summary import Moments
 from ..model_files import ModelShape, locate
-from ..pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
+from ..pipeline import Pipeline
+from ..run_files import CONVERTED_NOTE, RunRecord, RunSettings, write_lr_inputs, write_photo_input
 from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Precision, Quiet, Samples, Seed,
                      Temperatures, check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
 
 UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
-# Samples per input drawn in one pass: a run with a large n holds this many at a time (the grid,
-# an image of every sample, holds them all), so n = 1,000 with --no-grid costs what n = 64 does.
-SAMPLES_PER_PASS = 64
 
 app = command_app("Super-resolve LR face images into n diverse samples each, reproducibly from a seed; "
                   "with a prior-only model (no LR encoder), draw n faces from noise alone.")
 
 
-@dataclass(frozen=True)
-class Written:
-    """Where and how the outputs go."""
-
-    out: Path
-    seed: int
-    temperatures: np.ndarray
-    grid: bool
-    overwrite: bool
-    summary: bool = False
-
-
 @dataclass
-class Run:
-    """What happened, for the summary line and --json."""
+class Run(RunRecord):
+    """What happened, for the summary line and --json; each failure is said as it happens."""
 
-    pipe: Pipeline
-    settings: Written
-    prog: str
+    pipe: Pipeline | None = None
+    settings: RunSettings | None = None
+    prog: str = "cvdvae run"
     inputs: int = 0
-    written: list[str] = field(default_factory=list)
-    failed: list[dict] = field(default_factory=list)
-    samples: int = 0
-    non_finite_samples: int = 0
     start: float = field(default_factory=time.perf_counter)
-    converted_note_shown: bool = False
-    photos: list[dict] | None = None  # --faces: per photo, its faces and outputs
-
-    broken_inputs: int = 0  # inputs that failed while being worked on (not for what they are)
+    faces: bool = False
+    converted_said: bool = False
 
     def fail(self, path: Path | str, message: str) -> None:
-        self.failed.append({"input": str(path), "error": message})
+        super().fail(path, message)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
 
     def summary(self) -> dict:
@@ -78,14 +57,13 @@ class Run:
                 "wall_s": round(wall, 3), "samples_per_s": round(self.samples / wall, 3) if wall else None,
                 "backend": backend.name, "execution_provider": backend.provider, "cuda_graphs": backend.cuda_graphs,
                 "precision": backend.precision, "fp32_groups": list(backend.fp32_groups), "seed": settings.seed,
-                "n": len(settings.temperatures), "noise_s": round(backend.timings.noise, 3), "errors": self.failed,
-                "outputs": self.written,
-                **({"photos": self.photos} if self.photos is not None else {})}
+                "n": settings.n, "noise_s": round(backend.timings.noise, 3), "errors": self.failed,
+                "outputs": self.written, **({"photos": self.photos} if self.faces else {})}
 
     @property
     def exit_status(self) -> int:
         """1 when an engine produced NaN/Inf or a photo failed while worked on, else 2 for bad inputs."""
-        if self.non_finite_samples or self.broken_inputs:
+        if any(item.get("broken") for item in self.failed):
             return EXIT_FAILURE
         return EXIT_BAD_INPUT if self.failed else EXIT_OK
 
@@ -139,6 +117,22 @@ def run_command(
     max_n: Annotated[Optional[int], typer.Option(min=1, help="samples per image per call (default: the profile; "
                                                              "on a CPU, what fits its budget)")] = None,
     precision: Precision = "auto",
+    ray: Annotated[bool, typer.Option("--ray", help=(
+        "run on Ray Data: the inputs as a data set, each actor one engine, the same files; resumable (a second "
+        "run skips complete inputs). Needs the serve extra"))] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help=(
+        "--ray: 'auto' or HOST:PORT for a running cluster (default: a Ray started here for this run)"))] = None,
+    actors_per_node: Annotated[int, typer.Option(min=1, help="--ray: actors per node, each one engine")] = (
+        ClusterOptions.actors_per_node),
+    cpus_per_actor: Annotated[Optional[float], typer.Option(min=1.0, help=(
+        "--ray: CPUs Ray reserves per actor, and its engine's threads (default: reserve 1; threads: a node's "
+        "CPUs shared out among its actors)"))] = None,
+    gpus_per_actor: Annotated[float, typer.Option(min=0.0, help="--ray: GPUs per actor (1: one engine per "
+                                                                "GPU)")] = ClusterOptions.gpus_per_actor,
+    actor_batch: Annotated[int, typer.Option(min=1, help="--ray: inputs per actor call")] = ClusterOptions.batch_inputs,
+    block_inputs: Annotated[int, typer.Option(min=1, help=(
+        "--ray: inputs per Ray Data block (a task reads a block: a million small files are not a million "
+        "tasks)"))] = ClusterOptions.block_inputs,
     quiet: Quiet = False,
     json_: Json = False,
     debug: Debug = False,
@@ -149,8 +143,16 @@ def run_command(
     photo_flags = {"--max-faces": max_faces != MAX_FACES, "--upscale": upscale is not None, "--face-only": face_only,
                    "--no-paste": no_paste, "--min-face": min_face != 20, "--min-score": min_score != 0.9}
     check_face_flags(faces, from_hr, face_only, no_paste, [flag for flag, given in photo_flags.items() if given])
+    cluster = ClusterOptions(ray_address, actors_per_node, cpus_per_actor, gpus_per_actor, actor_batch, block_inputs)
+    check_ray_flags(ray, cluster, model)
     if model.is_dir() or model.suffix in (".onnx", ".plan", ".engine"):
         check_inputs_fit(locate(model).shape, model, input, from_hr, faces)  # before the engine loads
+    paste = "transparent" if face_only else "none" if no_paste else "photo"
+    settings = RunSettings(out, seed, temperatures, grid, overwrite, summary, from_hr,
+                           FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste)
+    if ray:
+        engine = EngineChoice(str(model), backend, precision, None, max_batch, max_n)  # threads: per node
+        return run_ray(engine, settings, cluster, input, ctx.command_path, quiet or json_, json_)
     pipe = Pipeline.from_pretrained(model, backend, max_batch=max_batch, max_n=max_n, precision=precision)
     check_inputs_fit(pipe.shape, model, input, from_hr, faces)
     if faces:
@@ -158,7 +160,7 @@ def run_command(
     quiet = quiet or json_
     if pipe.backend.note and not quiet:
         print(f"note: {pipe.backend.note}", file=sys.stderr)
-    run = Run(pipe, Written(out, seed, temperatures, grid, overwrite, summary), ctx.command_path)
+    run = Run(pipe=pipe, settings=settings, prog=ctx.command_path, faces=faces)
     paths = [Path(UNCONDITIONAL_STEM)]
     if pipe.shape.conditional:
         paths, problems = expand_inputs(input or [])
@@ -168,16 +170,62 @@ def run_command(
     run.inputs = len(paths) + len(run.failed)
     out.mkdir(parents=True, exist_ok=True)
     if faces:
-        paste = "transparent" if face_only else "none" if no_paste else "photo"
-        run_photos(paths, FaceSearch(min_face, max_faces, min_score), upscale, paste, run, quiet)
+        run_photos(paths, run, quiet)
     else:
-        run_inputs(paths, from_hr, run, quiet)
+        run_inputs(paths, run, quiet)
     report(run, json_, quiet)
     return run.exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_app(app, argv, prog="cvdvae-run")
+
+
+def check_ray_flags(ray: bool, cluster: ClusterOptions, model: Path) -> None:
+    """The --ray flags need --ray, and --ray an export (its actors open the engine it names)."""
+    flags = {"--ray-address": "address", "--actors-per-node": "actors_per_node", "--cpus-per-actor": "cpus_per_actor",
+             "--gpus-per-actor": "gpus_per_actor", "--actor-batch": "batch_inputs", "--block-inputs": "block_inputs"}
+    given = [flag for flag, name in flags.items() if getattr(cluster, name) != getattr(ClusterOptions, name)]
+    if given and not ray:
+        raise typer.BadParameter("applies to runs on Ray: add --ray", param_hint=f"'{given[0]}'")
+    if ray and not (model.is_dir() or model.suffix in (".onnx", ".plan", ".engine")):
+        raise typer.BadParameter(f"{model}: --ray runs an export (cvdvae export), whose engine each actor opens",
+                                 param_hint="'MODEL'")
+
+
+def run_ray(engine: EngineChoice, settings: RunSettings, cluster: ClusterOptions, input: list[str] | None, prog: str,
+            quiet: bool, as_json: bool) -> int:
+    """--ray: the inputs through Ray Data (``runtime.cluster``), then one summary line or --json."""
+    from ..cluster.driver import run_on_ray
+    from ..cluster.ledger import run_key
+    from ..faces.detector import FaceDetector
+
+    if settings.search is not None:
+        FaceDetector.from_folder()  # here, before any actor starts: a missing detector is one line
+    files = locate(Path(engine.model))
+    run = Run(settings=settings, prog=prog, faces=settings.search is not None)
+    paths = [Path(UNCONDITIONAL_STEM)]
+    if files.shape.conditional:
+        paths, problems = expand_inputs(input or [])
+        for problem in problems:
+            run.fail(problem.split(":")[0], problem)
+    paths = accepted_paths(paths, run, check_outputs=False)  # outputs: checked by each actor, against the ledger
+    settings.out.mkdir(parents=True, exist_ok=True)
+    result = run_on_ray(engine, paths, settings, run_key(files.model_id, settings), cluster, flag_for,
+                        progress=not quiet, say=lambda line: print(f"{prog}: error: {line}", file=sys.stderr))
+    result.failed = run.failed + result.failed
+    result.inputs += len(run.failed)
+    summary = result.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    elif not quiet:
+        print(f"{summary['inputs']} inputs: {summary['done']} done, {summary['skipped']} skipped (complete), "
+              f"{summary['failed']} failed; {summary['samples']} samples in {summary['wall_s']:.1f} s, "
+              f"{summary['samples_per_s'] or 0:.2f} samples/s on {summary['actors']} actors, seed {settings.seed} "
+              f"-> {settings.out}/" + (f" (failures: {summary['failures_file']})" if summary['failures_file'] else ""))
+    if any(item.get("broken") for item in result.failed):
+        return EXIT_FAILURE
+    return EXIT_BAD_INPUT if result.failed else EXIT_OK
 
 
 def check_inputs_fit(shape: ModelShape, model: Path, input: list[str] | None, from_hr: bool, faces: bool) -> None:
@@ -215,9 +263,7 @@ def accepted_paths(paths: list[Path], run: Run, check_outputs: bool) -> list[Pat
             run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
             continue
         seen[path.stem] = path
-        planned = outputs.planned(settings.out, path.stem, settings.seed, len(settings.temperatures), settings.grid,
-                                  settings.summary)
-        existing = [p for p in planned if p.exists()] if check_outputs else []
+        existing = [p for p in settings.planned(path.stem) if p.exists()] if check_outputs else []
         if existing and not settings.overwrite:
             run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite")
             continue
@@ -225,148 +271,33 @@ def accepted_paths(paths: list[Path], run: Run, check_outputs: bool) -> list[Pat
     return keep
 
 
-def run_inputs(paths: list[Path], from_hr: bool, run: Run, quiet: bool) -> None:
-    """LR faces (or prior draws), a group of images per engine call; a group's outputs are written
-    before the next group is read."""
-    pipe, settings = run.pipe, run.settings
+def run_inputs(paths: list[Path], run: Run, quiet: bool) -> None:
+    """LR faces (or prior draws), a group of images per engine call (``runtime.run_files``)."""
+
+    def progressed(inputs: int) -> None:
+        progress.update(inputs)
+        progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
+        say_converted(run, quiet)
+
     with ProgressBar(len(paths), "inputs", disable=quiet or not paths) as progress:
-        for start in range(0, len(paths), pipe.backend.max_batch):
-            group = paths[start:start + pipe.backend.max_batch]
-            inputs = read_inputs(group, from_hr, run, quiet)
-            if inputs:
-                sample_inputs(inputs, run)
-            run.samples += len(inputs) * len(settings.temperatures)
-            progress.update(len(group))
-            progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
+        write_lr_inputs(run.pipe, paths, run.settings, run, flag_for, progressed)
 
 
-def sample_inputs(inputs: list[LRInput], run: Run) -> None:
-    """Every sample of ``inputs`` written as it is drawn, ``SAMPLES_PER_PASS`` per input at a time;
-    then each input's grid and summary, made from its samples as they passed."""
-    settings = run.settings
-    ledgers = [InputLedger(settings.grid, settings.summary) for _ in inputs]
-    for first in range(0, len(settings.temperatures), SAMPLES_PER_PASS):
-        temperatures = settings.temperatures[first:first + SAMPLES_PER_PASS]
-        try:
-            output = run.pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first)
-        except NonFiniteSamples as err:
-            output = err.output
-        for i, ledger in enumerate(ledgers):
-            bad = output.non_finite[i]
-            written = outputs.write_samples(settings.out, Path(inputs[i].name).stem, settings.seed,
-                                            output.samples[i], None, frozenset(bad), first)
-            run.written += map(str, written)
-            ledger.add(output.finite(i), [first + k for k in bad], int(output.non_finite_values[i].sum()))
-    for item, ledger in zip(inputs, ledgers):
-        finish_input(item, ledger, run)
-
-
-@dataclass
-class InputLedger:
-    """One input's samples as they pass: what its grid and summary need, and which were broken."""
-
-    grid: bool
-    summary: bool
-    tiles: list[np.ndarray] = field(default_factory=list)
-    moments: Moments = field(default_factory=Moments)
-    broken: list[int] = field(default_factory=list)
-    non_finite_values: int = 0
-
-    def add(self, finite: list[np.ndarray], broken: list[int], non_finite_values: int) -> None:
-        if self.grid:
-            self.tiles += finite
-        if self.summary:
-            for sample in finite:
-                self.moments.add(sample)
-        self.broken += broken
-        self.non_finite_values += non_finite_values
-
-
-def finish_input(item: LRInput, ledger: InputLedger, run: Run) -> None:
-    """The input's grid and summary when every sample is finite; a sample with NaN/Inf is never
-    written (it would show as black or white pixels), and said."""
-    settings, path = run.settings, Path(item.name)
-    if ledger.broken:
-        run.non_finite_samples += len(ledger.broken)
-        run.fail(path, f"{path}: {len(ledger.broken)} of {len(settings.temperatures)} samples contain NaN/Inf "
-                       f"({ledger.non_finite_values:,} values; samples {', '.join(map(str, ledger.broken))}) and "
-                       f"were not written: {broken_model_advice(run.pipe.backend.precision)}")
-        return
-    spread = ledger.moments.summary() if settings.summary else None
-    if settings.grid:
-        pixels = outputs.input_grid(item.lr, item.hr, ledger.tiles, run.pipe.shape.scale, spread)
-        run.written.append(str(outputs.grid_path(settings.out, path.stem, settings.seed)))
-        outputs.write_png(Path(run.written[-1]), pixels)
-    if spread is not None:
-        run.written += map(str, outputs.write_summary(settings.out, path.stem, settings.seed, spread))
-
-
-def read_inputs(paths: list[Path], from_hr: bool, run: Run, quiet: bool) -> list[LRInput]:
-    if not run.pipe.shape.conditional:
-        return run.pipe.prepare(None)
-    inputs = []
-    for path in paths:
-        try:
-            item = run.pipe.prepare_one(path, from_hr)
-        except InputError as err:
-            run.fail(path, err.describe(flag_for))
-            continue
-        if item.converted and not run.converted_note_shown and not quiet:
-            print(f"note: {path} is {item.converted}; inputs are converted to 8-bit sRGB RGB "
-                  "(16-bit scaled, transparency over white, colour profiles to sRGB)", file=sys.stderr)
-            run.converted_note_shown = True
-        inputs.append(item)
-    return inputs
-
-
-def run_photos(paths: list[Path], search: FaceSearch, upscale: float | None, paste: str, run: Run,
-               quiet: bool) -> None:
+def run_photos(paths: list[Path], run: Run, quiet: bool) -> None:
     """--faces: each photo on its own (its faces are one batch). A photo that fails, for what it is
     or while it is worked on (a decoder's error, alignment, memory, the disk), is one line naming
     it, leaves none of its outputs behind, and does not stop the others."""
-    run.photos = []
     with ProgressBar(len(paths), "photos", disable=quiet or not paths) as progress:
         for path in paths:
-            planned: list[Path] = []
-            try:
-                found = run.pipe.detect_faces(path, search, upscale, paste)
-                planned = check_photo_outputs(path, found, paste, run)
-                result = run.pipe.sample_faces(found, run.settings.seed, run.settings.temperatures, upscale, paste)
-                written = [str(p) for p in write_photo(result, run.settings.out, path.stem, run.settings.grid,
-                                                       run.pipe.shape.scale, run.settings.summary)]
-            except NonFiniteSamples as err:
-                run.non_finite_samples += sum(len(broken) for broken in err.output.non_finite)
-                run.fail(path, f"{err}; nothing was written for this photo")
-            except InputError as err:
-                run.fail(path, err.describe(flag_for))
-            except Exception as err:  # noqa: BLE001 - one photo's failure never stops the rest
-                remove_partial(planned)
-                run.broken_inputs += 1
-                what = "out of memory" if isinstance(err, MemoryError) else f"{type(err).__name__}: {error_reason(err)}"
-                run.fail(path, f"{path}: failed while being worked on ({what}); nothing was kept for this photo")
-            else:
-                run.written += written
-                run.photos.append({"input": str(path), **result.record(run.pipe.shape.hr_size), "outputs": written})
-                run.samples += len(result.faces) * len(run.settings.temperatures)
+            write_photo_input(run.pipe, path, run.settings, run, flag_for)
             progress.update(1)
 
 
-def remove_partial(planned: list[Path]) -> None:
-    """A failed photo's outputs written so far (none of them existed before: ``check_photo_outputs``)."""
-    for path in planned:
-        path.unlink(missing_ok=True)
-
-
-def check_photo_outputs(path: Path, found: PhotoFaces, paste: str, run: Run) -> list[Path]:
-    """The photo's outputs to be: none may exist unless --overwrite. Returns those that do not
-    exist yet (what a failure midway removes: an overwritten file's old content is gone anyway)."""
-    settings = run.settings
-    planned = photo_outputs(settings.out, path.stem, settings.seed, len(settings.temperatures), len(found.faces),
-                            settings.grid, paste, settings.summary)
-    existing = [p for p in planned if p.exists()]
-    if existing and not settings.overwrite:
-        raise InputError(f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite", "exists")
-    return [p for p in planned if not p.exists()]
+def say_converted(run: Run, quiet: bool) -> None:
+    """The note on converted inputs, once."""
+    if run.converted and not quiet and not run.converted_said:
+        print(f"note: {run.converted}; {CONVERTED_NOTE}", file=sys.stderr)
+        run.converted_said = True
 
 
 def report(run: Run, as_json: bool, quiet: bool) -> None:
