@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_export
+from conftest import REPO, copy_export, nan_model
 from PIL import Image
 
 from cvdvae.hub.home import cvdvae_home
@@ -191,6 +191,19 @@ def test_a_driver_killed_midway_resumes_to_every_output_once(local_ray, demo, tm
     assert summary["skipped"] >= complete and summary["skipped"] + summary["done"] == 24
     assert files(out) == expected
     no_temporary_files(out)
+
+
+def test_samples_with_nan_or_inf_are_not_written_and_exit_1(local_ray, tmp_path):
+    """A model whose samples at t = 1 are -Inf: as without --ray, their files are never written, the
+    input is listed and the exit status is 1 (a broken model, not a bad input)."""
+    model = nan_model(tmp_path / "broken")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((2, 2, 3), 9, np.uint8)).save(inputs / "x.png")
+    out = tmp_path / "out"
+    assert on_ray(model, inputs, out, "--temperature", "0.5,1.0") == 1
+    assert sorted(files(out)) == ["x_s0_00.png"]  # the finite sample; no grid
+    assert "1 of 2 samples contain NaN/Inf" in (out / "failures_s0.txt").read_text()
 
 
 def test_the_ledger_reads_journals_torn_lines_other_keys_and_missing_outputs(tmp_path):

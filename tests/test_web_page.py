@@ -369,4 +369,5 @@ def test_a_photo_is_sent_with_faces_and_each_face_is_boxed_on_it(browser, served
     status = driver.find_element("id", "status").text
     assert f"seed {seed}." in status and "2 photo samples (1 face)" in status, status
     driver.save_screenshot(str(tmp_path / "photo.png"))
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)  # this test may run first, on its own worker
     shutil.copyfile(tmp_path / "photo.png", ARTIFACT.with_name("web_page_photo.png"))

@@ -45,8 +45,8 @@ class Run(RunRecord):
     faces: bool = False
     converted_said: bool = False
 
-    def fail(self, path: Path | str, message: str) -> None:
-        super().fail(path, message)
+    def fail(self, path: Path | str, message: str, broken: bool = False) -> None:
+        super().fail(path, message, broken)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
 
     def summary(self) -> dict:

@@ -64,9 +64,9 @@ class Face:
     hr: np.ndarray | None            # [H, W, 3] uint8: the aligned HR crop in "hr" mode
     samples: np.ndarray | None = None  # [n, H, W, 3] uint8
 
-    def summary(self, broken: list[int] = ()) -> Summary:
-        """The mean and spread of the face's samples (but the ``broken`` ones)."""
-        return summarise(sample for k, sample in enumerate(self.samples) if k not in broken)
+    def summary(self) -> Summary:
+        """The mean and spread of the face's samples (``runtime.images.summary``)."""
+        return summarise(self.samples)
 
     @property
     def box(self) -> np.ndarray:
