@@ -72,6 +72,8 @@ class Run(RunRecord):
     "cvdvae run engines/x4-fp16 --input faces/ --n 8 --seed 0 --temperature 0.8",
     "cvdvae run engines/x4-fp16 --input 'ffhq/*.png' --from-hr --temperature 0.2,0.6,1.0 --json",
     "cvdvae run engines/x4-fp16 --input photos/ --faces --n 8 --json > faces.json   # whole photos",
+    "cvdvae run engines/x4-fp16 --input faces/ --n 100 --summary   # + the samples' mean and std map",
+    "cvdvae run engines/x4-fp16 --input lr/ --n 100 --ray --ray-address auto --gpus-per-actor 1   # a Ray cluster",
     "cvdvae run engines/vdvae-ffhq256-fp32 --n 16 --seed 0      # a prior-only model: faces from noise"))
 def run_command(
     ctx: typer.Context,
