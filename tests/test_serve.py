@@ -592,6 +592,13 @@ def test_health_ready_page_and_metrics_counts(service):
     assert metric(after, "cvdvae_queue_depth") == 0
 
 
+def busiest(sampler) -> dict:
+    """The ``activity`` of a replica answering a request, if one is. Several calls at once: the
+    router sends a lone call to the less busy replica, the idle one, so it alone would not tell."""
+    reports = [call.result() for call in [sampler.activity.remote() for _ in range(6)]]
+    return max(reports, key=lambda report: report["answering"])
+
+
 def test_a_replica_killed_mid_run_loses_no_request(service, demo):
     """Clients keep sending while one of the two model replicas is killed: every request is
     answered 200 with its own samples (those on the dead replica are run again on the other),
@@ -624,10 +631,10 @@ def test_a_replica_killed_mid_run_loses_no_request(service, demo):
 
     with ThreadPoolExecutor(len(seeds) + 4) as pool:
         photos = [pool.submit(photo_client) for _ in range(4)]
-        give_up = time.time() + 30
-        while not (activity := sampler.activity.remote().result())["answering"] and time.time() < give_up:
+        give_up = time.time() + 60
+        while not (activity := busiest(sampler))["answering"] and time.time() < give_up:
             time.sleep(0.02)
-        assert activity["answering"], "no photo reached a model replica within 30 s"
+        assert activity["answering"], "no photo reached a model replica within 60 s"
         stop_at = time.time() + 5
         futures = [pool.submit(client, seed) for seed in seeds]
         time.sleep(0.5)
