@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -103,13 +104,18 @@ class PipelineOutput:
     @property
     def mean(self) -> np.ndarray:
         """[B, H, W, 3] float32: per input, the mean of its finite samples in 8-bit units."""
-        return np.stack([self.summary(i).mean for i in range(len(self.inputs))])
+        return np.stack([summary.mean for summary in self.summaries])
 
     @property
     def std(self) -> np.ndarray:
         """[B, H, W] float32: per input, the per-pixel standard deviation of its finite samples, in
         8-bit levels (the RMS of the three channels', ``runtime.images.summary``)."""
-        return np.stack([self.summary(i).std for i in range(len(self.inputs))])
+        return np.stack([summary.std for summary in self.summaries])
+
+    @cached_property
+    def summaries(self) -> list[Summary]:
+        """Per input, its samples' mean and spread (made once, on first use)."""
+        return [summarise(self.finite(i)) for i in range(len(self.inputs))]
 
     def finite(self, index: int) -> list[np.ndarray]:
         """Input ``index``'s samples without those that held NaN/Inf."""
@@ -118,7 +124,7 @@ class PipelineOutput:
 
     def summary(self, index: int) -> Summary:
         """Input ``index``'s mean and spread, with its pictures (``mean_pixels``, ``std_pixels``)."""
-        return summarise(self.finite(index))
+        return self.summaries[index]
 
     def grid(self, index: int, summary: bool = False) -> np.ndarray:
         """Input ``index``'s grid (HWC uint8): its LR image enlarged (nearest), its HR image with

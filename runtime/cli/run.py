@@ -163,12 +163,7 @@ def run_command(
     if pipe.backend.note and not quiet:
         print(f"note: {pipe.backend.note}", file=sys.stderr)
     run = Run(pipe=pipe, settings=settings, prog=ctx.command_path, faces=faces)
-    paths = [Path(UNCONDITIONAL_STEM)]
-    if pipe.shape.conditional:
-        paths, problems = expand_inputs(input or [])
-        for problem in problems:
-            run.fail(problem.split(":")[0], problem)
-    paths = accepted_paths(paths, run, check_outputs=not faces)
+    paths = input_paths(pipe.shape, input, run, check_outputs=not faces)
     run.inputs = len(paths) + len(run.failed)
     out.mkdir(parents=True, exist_ok=True)
     if faces:
@@ -206,12 +201,7 @@ def run_ray(engine: EngineChoice, settings: RunSettings, cluster: ClusterOptions
         FaceDetector.from_folder()  # here, before any actor starts: a missing detector is one line
     files = locate(Path(engine.model))
     run = Run(settings=settings, prog=prog, faces=settings.search is not None)
-    paths = [Path(UNCONDITIONAL_STEM)]
-    if files.shape.conditional:
-        paths, problems = expand_inputs(input or [])
-        for problem in problems:
-            run.fail(problem.split(":")[0], problem)
-    paths = accepted_paths(paths, run, check_outputs=False)  # outputs: checked by each actor, against the ledger
+    paths = input_paths(files.shape, input, run, check_outputs=False)  # outputs: checked by each actor
     settings.out.mkdir(parents=True, exist_ok=True)
     result = run_on_ray(engine, paths, settings, run_key(files.model_id, settings), cluster, flag_for,
                         progress=not quiet, say=lambda line: print(f"{prog}: error: {line}", file=sys.stderr))
@@ -252,6 +242,17 @@ def check_face_flags(faces: bool, from_hr: bool, face_only: bool, no_paste: bool
     if face_only and no_paste:
         raise typer.BadParameter("--face-only makes whole-photo outputs, --no-paste makes none: choose one",
                                  param_hint="'--face-only'")
+
+
+def input_paths(shape: ModelShape, input: list[str] | None, run: Run, check_outputs: bool) -> list[Path]:
+    """The inputs to work on (a prior-only model: the one stem its draws are named by); problems
+    with the rest are said through ``run``."""
+    if not shape.conditional:
+        return accepted_paths([Path(UNCONDITIONAL_STEM)], run, check_outputs)
+    paths, problems = expand_inputs(input or [])
+    for problem in problems:
+        run.fail(problem.split(":")[0], problem)
+    return accepted_paths(paths, run, check_outputs)
 
 
 def accepted_paths(paths: list[Path], run: Run, check_outputs: bool) -> list[Path]:

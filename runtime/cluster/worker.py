@@ -52,7 +52,7 @@ class InputWriter:
 
     def _lr_inputs(self, paths: list[Path]) -> list[dict[str, Any]]:
         settings, record = self.settings, RunRecord()
-        claimed: dict[Path, set[Path]] = {}
+        claimed: dict[Path, tuple[list[Path], set[Path]]] = {}  # input -> its outputs, the files there before
         for path in paths:
             planned = settings.planned(path.stem)
             preexisting = self.ledger.start(path.stem, planned)
@@ -62,7 +62,7 @@ class InputWriter:
                                    overwrite=True)
                 record.fail(path, error.describe(self.spell))
             else:
-                claimed[path] = preexisting
+                claimed[path] = planned, preexisting
         write_lr_inputs(self.pipe, list(claimed), settings, record, self.spell)
         failed = {item["input"]: item for item in record.failed}
         rows = []
@@ -70,9 +70,9 @@ class InputWriter:
             if str(path) in failed:
                 rows.append(_failed(path, failed[str(path)]))
                 continue
-            outputs = [str(p) for p in settings.planned(path.stem)]
-            self.ledger.finish(path.stem, outputs, claimed[path])
-            rows.append(_row(path, "done", "", settings.n, len(outputs)))
+            planned, preexisting = claimed[path]
+            self.ledger.finish(path.stem, [str(p) for p in planned], preexisting)
+            rows.append(_row(path, "done", "", settings.n, len(planned)))
         return rows
 
     def _photos(self, paths: list[Path]) -> list[dict[str, Any]]:
