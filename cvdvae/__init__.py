@@ -8,9 +8,14 @@
 This package is the model and its maths, at the bottom of the layers (``export`` and
 ``runtime`` sit above it). The public names below are imported on first use, so torch-free
 parts (``cvdvae.seeding``, ``cvdvae.errors``, ``cvdvae.config``) serve the runtime on machines
-without PyTorch. ``Pipeline`` (and its output types) is the one name from above: it lives in
-``runtime.pipeline`` and is re-exported here, lazily, so ``from cvdvae import Pipeline`` is the
-library's front door; nothing in this package imports ``runtime``.
+without PyTorch.
+
+The front door. ``Pipeline`` and its output types are the one way up: they live in
+``runtime.pipeline`` and are re-exported here, lazily (``_FROM_RUNTIME``), so that
+``from cvdvae import Pipeline`` is the library's entry. It is the only upward import in the
+project, and tests/test_layout.py knows it by name; no other module of ``cvdvae``, ``export``
+or ``runtime`` imports this package's ``__init__`` (they import its modules), so the entry
+closes no circle. The errors a caller catches live in ``cvdvae.errors``, down here.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+from .version import __version__
 
 _PUBLIC = {
     "CVDVAEConfig": "config", "PRESETS": "config", "preset": "config", "load_config": "config",
     "config_from_mapping": "config", "preset_values": "config",
-    "CVDVAEError": "errors", "ConfigError": "errors", "WeightsError": "errors",
+    "CVDVAEError": "errors", "ConfigError": "errors", "WeightsError": "errors", "InputError": "errors",
+    "NoFaceFound": "errors", "NonFiniteSamples": "errors", "MissingExtra": "errors",
     "NoiseLayout": "noise_layout",
     "noise_numpy": "seeding", "noise_torch": "seeding",
     "CVDVAE": "model",
@@ -32,7 +38,7 @@ _PUBLIC = {
     "bicubic_degradation": "degradation",
     "demo_model": "random_weights", "random_model": "random_weights",
 }
-_FROM_RUNTIME = ("Pipeline", "PipelineOutput", "FacesOutput", "NonFiniteSamples")
+_FROM_RUNTIME = ("Pipeline", "PipelineOutput", "FacesOutput")  # the front door (above)
 
 __all__ = ["__version__", *_PUBLIC, *_FROM_RUNTIME]
 

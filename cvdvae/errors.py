@@ -47,3 +47,44 @@ class ConfigError(CVDVAEError):
 
 class WeightsError(CVDVAEError):
     """A weight file that cannot be read safely or does not match the model."""
+
+
+class InputError(CVDVAEError):
+    """One input image is unusable (the others are still processed). ``kind`` says how: unreadable,
+    unsupported_format, too_large, wrong_size, missing, exists, no_face (the service answers each
+    with its own status)."""
+
+    def __init__(self, message: str, kind: str = "unreadable", **settings: Any):
+        super().__init__(message, **settings)
+        self.kind = kind
+
+
+class NoFaceFound(InputError):
+    """The photo has no face the search settings accept."""
+
+    def __init__(self, message: str, **settings: Any):
+        super().__init__(message, "no_face", **settings)
+
+
+class NonFiniteSamples(CVDVAEError):
+    """Samples came out with NaN or Inf: the model is numerically broken. ``broken`` lists, per
+    input (or per face of a photo), the indices of the broken samples; ``values`` is how many
+    NaN/Inf the engine counted. To keep the finite samples, sample with ``keep_non_finite=True``:
+    the output then marks the broken ones instead of this being raised."""
+
+    def __init__(self, message: str, broken: list[list[int]], values: int):
+        super().__init__(message)
+        self.broken, self.values = broken, values
+
+    @property
+    def count(self) -> int:
+        """How many samples are broken."""
+        return sum(len(indices) for indices in self.broken)
+
+
+class MissingExtra(CVDVAEError):
+    """A job needs optional dependencies that are not installed (``cvdvae.extras``)."""
+
+    def __init__(self, job: str, extra: str):
+        super().__init__(f"{job} needs the {extra} extra: pip install 'cvdvae[{extra}]'")
+        self.job, self.extra = job, extra

@@ -1,4 +1,4 @@
-"""TF32 on or off for PyTorch's CUDA matmuls and convolutions, and what it is now.
+"""TF32 on or off for PyTorch's CUDA matmuls and convolutions.
 
 PyTorch allows TF32 in cuDNN convolutions by default, so an "fp32" PyTorch run on an Ampere
 or later GPU computes its convolutions with 10-bit mantissas. Every PyTorch CUDA path here
@@ -18,8 +18,3 @@ import torch
 def set_tf32(allowed: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = allowed
     torch.backends.cudnn.allow_tf32 = allowed
-
-
-def tf32_allowed() -> bool:
-    """Whether any CUDA matmul or convolution may use TF32 now."""
-    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)

@@ -22,10 +22,12 @@ import typer
 
 from cvdvae.seeding import noise_numpy
 from runtime.backends.interface import Sampled, sampled
-from runtime.cli.common import Quiet, Samples, Seed, Temperatures, command_app, examples, parse_temperatures, run_app
+from runtime.cli.command import command_app, examples, run_app
+from runtime.cli.common import Quiet, Samples, Seed, Temperatures, parse_temperatures
 from runtime.images.decode import InputError, decode_image
 from runtime.images.outputs import write_samples
-from runtime.pipeline import Limits, broken_samples, to_uint8_samples
+from runtime.limits import Limits
+from runtime.pipeline import broken_samples, to_uint8_samples
 
 
 def build_inputs(lr_uint8_chw: np.ndarray | None, seed: int, n: int, noise_dim: int,

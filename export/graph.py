@@ -113,16 +113,6 @@ def _quiet_logger(name: str, verbose: bool):
         logger.setLevel(level)
 
 
-def io_signature(proto: onnx.ModelProto) -> dict[str, tuple[str, list]]:
-    """name -> (dtype name, dims with symbolic names) of every graph input and output."""
-    out = {}
-    for value in [*proto.graph.input, *proto.graph.output]:
-        t = value.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        out[value.name] = (onnx.TensorProto.DataType.Name(t.elem_type), dims)
-    return out
-
-
 def random_ops(proto: onnx.ModelProto) -> list[str]:
     """Any random-number operator: the graph must have none (all randomness is ``noise``)."""
     return sorted({node.op_type for node in proto.graph.node if node.op_type.startswith("Random")

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-import cvdvae
+from cvdvae.version import __version__
 from cvdvae.model import CVDVAE
 from runtime.model_files import META_FORMAT
 
@@ -24,7 +24,7 @@ def graph_metadata(model: CVDVAE, precision: str, consistent: bool, graph_sha256
     cfg, layout = model.config, model.noise_layout
     return {
         "format": META_FORMAT,
-        "cvdvae_version": cvdvae.__version__,
+        "cvdvae_version": __version__,
         "config": cfg.to_dict(),
         "scale": cfg.scale_factor,
         "lr_size": cfg.image_size_y,
@@ -49,16 +49,6 @@ def stamp(proto: onnx.ModelProto, metadata: dict[str, Any]) -> None:
         entry = proto.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
-
-
-def read_stamp(proto: onnx.ModelProto) -> dict[str, Any]:
-    out = {}
-    for entry in proto.metadata_props:
-        try:
-            out[entry.key] = json.loads(entry.value)
-        except json.JSONDecodeError:
-            out[entry.key] = entry.value
-    return out
 
 
 def graph_sha256(proto: onnx.ModelProto) -> str:

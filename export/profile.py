@@ -51,10 +51,6 @@ class Profile:
             shapes["lr"] = tuple((bi, 3, lr_size, lr_size) for bi in b)
         return shapes
 
-    @property
-    def max_samples(self) -> int:
-        return self.max_batch * self.max_n
-
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 

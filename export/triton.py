@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import cvdvae
+from cvdvae.version import __version__
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_folder, sha256_file
 from runtime.model_files import ModelFiles, locate
@@ -95,7 +95,7 @@ def config_text(name: str, kind: str, meta: dict[str, Any], max_batch: int, max_
         engine = meta["engine"]
         parameters.update(cvdvae_tensorrt_version=engine.get("tensorrt_version"), cvdvae_gpu=engine.get("gpu"))
     source = " ".join(str(meta.get("source", "")).split())
-    lines = [f"# cvdvae {cvdvae.__version__} (python -m export.triton) for: {source}",
+    lines = [f"# cvdvae {__version__} (python -m export.triton) for: {source}",
              "# A request is B images x n samples; Triton batches requests of equal n along B.",
              "# cvdvae_max_n: the most samples per image in one call (a plan's profile refuses more).",
              f"name: {quoted(name)}", f"platform: {quoted(PLATFORMS[kind])}", f"max_batch_size: {max_batch}",

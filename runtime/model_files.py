@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvdvae import __version__
+from cvdvae.version import __version__
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_path, sha256_file
 

@@ -31,45 +31,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from cvdvae import bicubic
-from cvdvae.errors import CVDVAEError
+from cvdvae.errors import CVDVAEError, InputError, NoFaceFound, NonFiniteSamples
 from cvdvae.seeding import MAX_SEED
 
 from .backends import CHOICES, Backend, open_backend
 from .backends.interface import Sampled
 from .consistency import project
 from .faces.paste import output_shape
-from .faces.photos import MAX_FACES, PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces, timed
-from .images.decode import ImageSource, InputError, decode_image, source_name
+from .faces.photos import PASTE_MODES, FaceSearch, FacesOutput, PhotoFaces, align_face, find_faces
+from .images.decode import ImageSource, decode_image, source_name
 from .images.outputs import input_grid, to_uint8
 from .images.summary import Summary, summarise
-from .model_files import ModelShape, locate
+from .limits import DEFAULT_N, DEFAULT_TEMPERATURE, MAX_FACES, MAX_TEMPERATURE, Limits
+from .model_files import ModelFiles, ModelShape, locate
 from .sampling import Job, sample_jobs
-
-DEFAULT_N, DEFAULT_TEMPERATURE = 8, 0.8
-# A temperature scales the prior's standard deviation. The paper samples at t <= 1; at 10 the
-# latents already lie ten standard deviations out, where the prior decodes nothing it learnt,
-# and beyond it the latent draws only move towards float16/float32 overflow.
-MAX_TEMPERATURE = 10.0
-
-
-class NonFiniteSamples(CVDVAEError):
-    """Samples came out with NaN or Inf: the model is numerically broken. ``output`` holds every
-    sample (the broken ones as zeros) and says which are broken, so the finite ones can be kept."""
-
-    def __init__(self, message: str, output: Any):
-        super().__init__(message)
-        self.output = output
-
-
-class NoFaceFound(InputError):
-    """The photo has no face the search settings accept."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_image_pixels: int = 4096 * 4096     # an LR face or HR crop (headers above are refused undecoded)
-    max_photo_pixels: int = 100_000_000     # a photo for ``faces``
-    max_output_pixels: int = 400_000_000    # a whole-photo output of ``faces`` (1.2 GB in 8-bit RGB)
+from .timings import timed
 
 
 @dataclass(frozen=True)
@@ -143,48 +119,66 @@ class Pipeline:
         self._detector: Any = None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, backend: str = "auto", threads: int | None = None, *,
+    def from_pretrained(cls, path: str | Path | ModelFiles, backend: str = "auto", threads: int | None = None, *,
                         max_batch: int | None = None, max_n: int | None = None, tf32: bool = False,
                         vdvae: str | Path | None = None, config: str | Path | None = None,
                         preset: str | None = None, limits: Limits | None = None,
                         precision: str = "auto") -> "Pipeline":
         """``path``: an export folder, a ``model.onnx`` or an ``engine.plan`` (run by ``backend``:
-        ``auto`` picks the fastest engine here), or a weight file (``.safetensors``, ``.ckpt``,
+        ``auto`` picks the fastest engine here; or the folder already read, ``model_files.locate``), or
+        a weight file (``.safetensors``, ``.ckpt``,
         ``.th``: run by PyTorch, on CUDA when present; ``vdvae``, ``config`` and ``preset`` complete
         it as ``cvdvae.load_model`` does). ``precision``: ``auto`` computes in the export's own
         precision; ``bf16`` runs an FP32 export in bf16 on OpenVINO, on CPUs with AVX512-BF16 or
         AMX (faster, slightly different samples: README, "Precision")."""
-        from .backends.torch import WEIGHT_SUFFIXES, TorchBackend
+        from .backends.torch import WEIGHT_SUFFIXES
 
-        path = Path(path)
         if backend not in CHOICES:
             raise CVDVAEError(f"unknown backend {backend!r}: choose one of {', '.join(CHOICES)}")
-        if path.is_file() and path.suffix in WEIGHT_SUFFIXES:
-            if precision == "bf16":
-                raise CVDVAEError(f"{path} holds weights, which PyTorch runs in FP32; bf16 runs on OpenVINO: export "
-                                  "the weights first (cvdvae export)")
-            if backend not in ("auto", "torch"):
-                raise CVDVAEError(f"{path} holds weights: only {{backend}} runs them (export for the others)",
-                                  backend="torch")
-            engine = TorchBackend.from_weights(path, vdvae=vdvae, config=config, preset=preset, tf32=tf32)
-            return cls(engine, engine.shape, f"torch-{path.stem}", limits)
-        if backend == "torch":
+        if isinstance(path, ModelFiles):
+            files = path
+        elif Path(path).is_file() and Path(path).suffix in WEIGHT_SUFFIXES:
+            return cls.from_weights(Path(path), backend, tf32=tf32, vdvae=vdvae, config=config, preset=preset,
+                                    limits=limits, precision=precision)
+        elif backend == "torch":
             raise CVDVAEError(f"PyTorch runs weight files ({', '.join(WEIGHT_SUFFIXES)}), not {path}")
-        files = locate(path)
+        else:
+            files = locate(path)
         engine = open_backend(files, backend, max_batch=max_batch, max_n=max_n, threads=threads or 0, tf32=tf32,
                               precision=precision)
         return cls(engine, files.shape, files.model_id, limits)
 
+    @classmethod
+    def from_weights(cls, path: Path, backend: str = "auto", *, tf32: bool = False, vdvae: str | Path | None = None,
+                     config: str | Path | None = None, preset: str | None = None, limits: Limits | None = None,
+                     precision: str = "auto") -> "Pipeline":
+        """A weight file run by PyTorch (the export extra), on CUDA when present."""
+        from cvdvae.extras import require
+
+        from .backends.torch import TorchBackend
+
+        if precision == "bf16":
+            raise CVDVAEError(f"{path} holds weights, which PyTorch runs in FP32; bf16 runs on OpenVINO: export "
+                              "the weights first (cvdvae export)")
+        if backend not in ("auto", "torch"):
+            raise CVDVAEError(f"{path} holds weights: only {{backend}} runs them (export for the others)",
+                              backend="torch")
+        require("export", "running weight files (PyTorch)")
+        engine = TorchBackend.from_weights(path, vdvae=vdvae, config=config, preset=preset, tf32=tf32)
+        return cls(engine, engine.shape, f"torch-{path.stem}", limits)
+
     # ------------------------------------------------------------------ samples of LR faces
     def __call__(self, images: ImageSource | LRInput | Sequence[ImageSource | LRInput] | None = None,
                  n: int | None = None, seed: int = 0, temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
-                 from_hr: bool = False, consistent: bool = False, *, first_sample: int = 0) -> PipelineOutput:
+                 from_hr: bool = False, consistent: bool = False, *, first_sample: int = 0,
+                 keep_non_finite: bool = False) -> PipelineOutput:
         """n samples of each image (PIL images, HWC uint8 arrays, paths or bytes; one or a list), or
         with ``images`` None, n faces drawn from noise by a prior-only model. ``n`` defaults to 8,
         or to one sample per temperature when ``temperature`` is a list. ``first_sample``: these are
         samples ``first_sample ..`` of the seed (a long run drawn in passes gives the bytes of one
         pass). Raises ``InputError`` for an unusable image and ``NonFiniteSamples`` when the model
-        produced NaN/Inf."""
+        produced NaN/Inf; with ``keep_non_finite`` the output is returned instead, its broken samples
+        as zeros and listed in ``non_finite``."""
         temperatures = self.check_settings(n, seed, temperature)
         if not isinstance(first_sample, (int, np.integer)) or isinstance(first_sample, bool) or first_sample < 0:
             raise CVDVAEError(f"first_sample must be a whole number >= 0, not {first_sample!r}")
@@ -193,7 +187,7 @@ class Pipeline:
             inputs = self.prepare(images, from_hr)
         with timed(timings, "sample"):
             samples = sample_jobs(self.backend, self.jobs(inputs, seed, temperatures, first_sample))
-        return self.finish(inputs, samples, seed, temperatures, consistent, timings, first_sample)
+        return self.finish(inputs, samples, seed, temperatures, consistent, timings, first_sample, keep_non_finite)
 
     def check_settings(self, n: int | None, seed: int, temperature: float | Sequence[float]) -> np.ndarray:
         """The temperatures, one per sample ``[n]`` float32, after checking n and seed."""
@@ -248,9 +242,9 @@ class Pipeline:
 
     def finish(self, inputs: list[LRInput], results: list[Sampled], seed: int, temperatures: np.ndarray,
                consistent: bool = False, timings: dict[str, float] | None = None,
-               first_sample: int = 0) -> PipelineOutput:
+               first_sample: int = 0, keep_non_finite: bool = False) -> PipelineOutput:
         """Each input's samples as 8-bit pixels; ``NonFiniteSamples`` when the engine counted NaN/Inf
-        in any of them (its pixels are then never used)."""
+        in any (with ``keep_non_finite``: such a sample is zeros and listed in ``non_finite``)."""
         if consistent:
             if not self.shape.conditional:
                 raise CVDVAEError("consistent needs LR images to be consistent with; a prior-only model has none")
@@ -259,24 +253,25 @@ class Pipeline:
                            for r, item in zip(results, inputs)]
         broken = [broken_samples(r) for r in results]
         pixels = np.stack([to_uint8_samples(r.samples, bad) for r, bad in zip(results, broken)])
-        output = PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken,
-                                np.stack([r.non_finite for r in results]), first_sample)
-        if any(broken):
-            raise NonFiniteSamples(non_finite_message(results, broken, self.backend.precision), output)
-        return output
+        counts = np.stack([r.non_finite for r in results])
+        if not keep_non_finite:
+            raise_if_broken(broken, int(counts.sum()), counts.shape, self.backend.precision)
+        return PipelineOutput(pixels, inputs, seed, temperatures, self.shape.scale, timings or {}, broken, counts,
+                              first_sample)
 
     # ------------------------------------------------------------------ photos
     def faces(self, photo: ImageSource, n: int | None = None, seed: int = 0,
               temperature: float | Sequence[float] = DEFAULT_TEMPERATURE, *, min_face: int = 20,
               max_faces: int = MAX_FACES, min_score: float = 0.9, upscale: float | None = None,
-              paste: str = "photo") -> FacesOutput:
+              paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
         """Every face of ``photo`` found, aligned as FFHQ was, sampled n times and pasted back: n whole
         photos (``paste``: "photo" on the photo upscaled by ``upscale``, default the model's
         factor; "transparent": the faces alone, RGBA; "none": no whole photos) and per face its
-        box, landmarks, mode and samples. Nothing is written to disk."""
+        box, landmarks, mode and samples. Nothing is written to disk. ``NoFaceFound`` when the
+        photo has none; ``NonFiniteSamples`` as ``__call__`` raises it."""
         temperatures = self.check_settings(n, seed, temperature)
         found = self.detect_faces(photo, FaceSearch(min_face, max_faces, min_score), upscale, paste)
-        return self.sample_faces(found, seed, temperatures, upscale, paste)
+        return self.sample_faces(found, seed, temperatures, upscale, paste, keep_non_finite)
 
     def detect_faces(self, photo: ImageSource, search: FaceSearch = FaceSearch(), upscale: float | None = None,
                      paste: str = "photo", name: str | None = None, check: Any = None) -> PhotoFaces:
@@ -308,15 +303,15 @@ class Pipeline:
         with timed(timings, "align"):
             faces = [align_face(decoded.pixels, face, self.shape.lr_size, self.shape.hr_size) for face in detected]
         if not faces:
-            raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", "no_face", min_face=None, min_score=None)
+            raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", min_face=None, min_score=None)
         return PhotoFaces(decoded.pixels, faces, decoded.name, timings, decoded.alpha, decoded.grey)
 
     def sample_faces(self, found: PhotoFaces, seed: int, temperatures: np.ndarray, upscale: float | None = None,
-                     paste: str = "photo") -> FacesOutput:
+                     paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
         """The found faces sampled together (``temperatures`` [n]) and made into whole photos."""
         with timed(found.timings, "sample"):
             samples = sample_jobs(self.backend, self.face_jobs(found, seed, temperatures), keep=as_uint8)
-        return self.finish_faces(found, samples, seed, temperatures, upscale, paste)
+        return self.finish_faces(found, samples, seed, temperatures, upscale, paste, keep_non_finite)
 
     @staticmethod
     def face_jobs(found: PhotoFaces, seed: int, temperatures: np.ndarray) -> list[Job]:
@@ -324,16 +319,16 @@ class Pipeline:
         return [Job(face.lr, seed, temperatures) for face in found.faces]
 
     def finish_faces(self, found: PhotoFaces, results: list[Sampled], seed: int, temperatures: np.ndarray,
-                     upscale: float | None = None, paste: str = "photo") -> FacesOutput:
+                     upscale: float | None = None, paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
+        """Each face's samples as 8-bit pixels, as ``finish``; the whole photos are made from them on demand."""
         broken = [broken_samples(r) for r in results]
         for face, result, bad in zip(found.faces, results, broken):
             face.samples = to_uint8_samples(result.samples, bad)
-        output = FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
-                             found.name, found.timings, broken, found.alpha, found.grey)
-        if any(broken):
-            raise NonFiniteSamples(f"{found.name}: " + non_finite_message(results, broken, self.backend.precision,
-                                                                          "face samples"), output)
-        return output
+        if not keep_non_finite:
+            raise_if_broken(broken, sum(int(r.non_finite.sum()) for r in results), (len(results), len(temperatures)),
+                            self.backend.precision, "face samples", f"{found.name}: ")
+        return FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
+                           found.name, found.timings, broken, found.alpha, found.grey)
 
     def upscale_factor(self, upscale: float | None) -> float:
         factor = float(self.shape.scale if upscale is None else upscale)
@@ -389,12 +384,13 @@ def to_uint8_samples(samples: np.ndarray, broken: list[int]) -> np.ndarray:
     return pixels
 
 
-def non_finite_message(results: list[Sampled], broken: list[list[int]], precision: str,
-                       what: str = "samples") -> str:
-    count = sum(len(b) for b in broken)
-    values = sum(int(r.non_finite.sum()) for r in results)
-    total = sum(len(r.samples) for r in results)
-    return f"{count} of {total} {what} contain NaN/Inf ({values:,} values): {broken_model_advice(precision)}"
+def raise_if_broken(broken: list[list[int]], values: int, shape: tuple[int, int], precision: str,
+                    what: str = "samples", prefix: str = "") -> None:
+    """``NonFiniteSamples`` when any of the ``shape`` = (inputs, n) samples is ``broken``."""
+    count = sum(len(indices) for indices in broken)
+    if count:
+        raise NonFiniteSamples(f"{prefix}{count} of {shape[0] * shape[1]} {what} contain NaN/Inf ({values:,} values): "
+                               f"{broken_model_advice(precision)}", broken, values)
 
 
 def broken_model_advice(precision: str) -> str:

@@ -4,8 +4,10 @@ The one flow the command and its Ray Data workers (``runtime.cluster``) share, s
 the same bytes whichever wrote it. Names (``runtime.images.outputs``): per input
 ``{stem}_s{seed}_{k:02d}.png``, ``_grid.png``, with a summary ``_mean.png`` and ``_std.png``; a
 photo's faces as ``{stem}_face{j}_s{seed}_...`` and its whole photos as ``{stem}_s{seed}_...``.
-Every file is written atomically. What went wrong is recorded, one line per input, in a
-``RunRecord``; the caller says it (a command prints it, a worker returns it).
+Every file is written atomically. What a run did is one ``RunRecord``, whichever way it ran
+(``cvdvae run``, ``run --ray``, the demo): the files written, the inputs done, skipped and
+failed (one line each, said as it happens and listed in ``failures_s{seed}.txt``), the engine,
+the exit status, and the one ``--json`` shape.
 
 LR faces are read a group per engine call (``max_batch``) and their samples drawn
 ``SAMPLES_PER_PASS`` per input at a time, each written as it is drawn; the grid and the summary
@@ -15,17 +17,22 @@ a photo that fails leaves none of its outputs behind.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from cvdvae.errors import InputError, NonFiniteSamples
+from cvdvae.fileio import atomic_path
+
+from .backends import Backend
 from .faces.photos import FaceSearch, PhotoFaces, photo_outputs, write_photo
 from .images import outputs
-from .images.decode import InputError, error_reason
+from .images.decode import error_reason
 from .images.summary import Moments
-from .pipeline import LRInput, NonFiniteSamples, Pipeline, broken_model_advice
+from .pipeline import LRInput, Pipeline, broken_model_advice
 
 # Samples per input drawn in one pass: a run with a large n holds this many at a time (the grid,
 # an image of every sample, holds them all), so n = 1,000 without a grid costs what n = 64 does.
@@ -33,7 +40,11 @@ SAMPLES_PER_PASS = 64
 CONVERTED_NOTE = ("inputs are converted to 8-bit sRGB RGB (16-bit scaled, transparency over white, colour profiles "
                   "to sRGB)")
 
+FAILURES = "failures_s{seed}.txt"
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2  # contracts.md section 5
+
 Spell = Callable[[str, Any], str]  # a setting as the caller names it (``CVDVAEError.describe``)
+Replaceable = Callable[[Path], bool]  # whether an existing output may be written over
 
 
 @dataclass(frozen=True)
@@ -62,21 +73,107 @@ class RunSettings:
     def photo_planned(self, stem: str, faces: int) -> list[Path]:
         return photo_outputs(self.out, stem, self.seed, self.n, faces, self.grid, self.paste, self.summary)
 
+    def replaceable(self, path: Path) -> bool:
+        """Whether an output that exists may be written over: only with ``overwrite``."""
+        return self.overwrite
+
 
 @dataclass
 class RunRecord:
-    """What happened to the inputs worked on: the files written, one line per failed input, counts."""
+    """What a run did, whichever way it ran: its ``--json`` (``summary``) and its exit status.
 
-    written: list[str] = field(default_factory=list)
+    A run's inputs are ``done``, ``skipped`` (complete from an earlier run, on Ray) or ``failed``;
+    ``say(line)`` hears each failure as it happens. A Ray actor keeps its own record of a batch
+    and the driver ``merge``s what comes back."""
+
+    inputs: int = 0
+    done: int = 0
+    skipped: int = 0
     failed: list[dict] = field(default_factory=list)
     samples: int = 0
     non_finite_samples: int = 0
+    written: list[str] = field(default_factory=list)
     photos: list[dict] = field(default_factory=list)  # per photo: its faces and outputs
     converted: str | None = None  # the first converted input, said once: "PATH is 16-bit grey"
+    engine: dict[str, Any] = field(default_factory=lambda: engine_record(None))
+    cluster: dict[str, Any] = field(default_factory=lambda: {"actors": None, "cpus_per_actor": None,
+                                                                "gpus_per_actor": None})
+    failures_file: str | None = None
+    start: float = field(default_factory=time.perf_counter)
+    wall_s: float | None = None  # once the run has ended
+    say: Callable[[str], None] | None = field(default=None, repr=False)
 
     def fail(self, path: Path | str, message: str, broken: bool = False) -> None:
         """``broken``: the input failed while worked on (NaN/Inf samples, a failure midway), not for what it is."""
         self.failed.append({"input": str(path), "error": message, **({"broken": True} if broken else {})})
+        if self.say is not None:
+            self.say(message)
+
+    def merge(self, other: "RunRecord") -> None:
+        """An actor's record of its inputs into this (the driver's) record."""
+        self.done += other.done
+        self.samples += other.samples
+        self.non_finite_samples += other.non_finite_samples
+        self.written += other.written
+        self.photos += other.photos
+        self.engine["noise_s"] += other.engine["noise_s"]
+        if self.engine["backend"] is None:
+            self.engine = {**other.engine, "noise_s": self.engine["noise_s"]}
+        for failure in other.failed:
+            self.fail(failure["input"], failure["error"], failure.get("broken", False))
+
+    @property
+    def exit_status(self) -> int:
+        """1 when an engine produced NaN/Inf or an input failed while worked on, else 2 for bad inputs, else 0."""
+        if any(item.get("broken") for item in self.failed):
+            return EXIT_FAILURE
+        return EXIT_BAD_INPUT if self.failed else EXIT_OK
+
+    def finish(self, settings: "RunSettings") -> None:
+        """The run has ended: its wall time, and its failures listed in ``settings.out`` (a previous
+        run's list replaced, or removed when none failed)."""
+        self.wall_s = time.perf_counter() - self.start
+        self.failures_file = write_failures(settings, self.failed)
+
+    def summary(self, settings: "RunSettings") -> dict[str, Any]:
+        """The ``--json`` of every run: the same fields whichever way it ran (null where they do not apply)."""
+        wall = self.wall_s if self.wall_s is not None else time.perf_counter() - self.start
+        return {"inputs": self.inputs, "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
+                "samples": self.samples, "non_finite_samples": self.non_finite_samples, "wall_s": round(wall, 3),
+                "samples_per_s": round(self.samples / wall, 3) if wall else None, "seed": settings.seed,
+                "n": settings.n, **self.engine, "noise_s": round(self.engine["noise_s"], 3), **self.cluster,
+                "failures_file": self.failures_file, "errors": self.failed, "outputs": self.written,
+                "photos": self.photos}
+
+
+def engine_record(backend: Backend | None) -> dict[str, Any]:
+    """What ran the samples, for ``RunRecord.engine`` (all None before an engine is known)."""
+    if backend is None:
+        return {"backend": None, "execution_provider": None, "precision": None, "fp32_groups": [],
+                "cuda_graphs": None, "noise_s": 0.0}
+    return {"backend": backend.name, "execution_provider": backend.provider, "precision": backend.precision,
+            "fp32_groups": list(backend.fp32_groups), "cuda_graphs": backend.cuda_graphs,
+            "noise_s": backend.timings.noise}
+
+
+def write_failures(settings: "RunSettings", failed: list[dict]) -> str | None:
+    """The failures of this run, one line each, as ``OUT/failures_s{seed}.txt`` (None when none failed)."""
+    path = settings.out / FAILURES.format(seed=settings.seed)
+    if not failed:
+        path.unlink(missing_ok=True)
+        return None
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(item["error"].replace("\n", " ") + "\n" for item in failed))
+    return str(path)
+
+
+def refuse_existing(path: Path, planned: list[Path], replaceable: Replaceable) -> None:
+    """``InputError`` when one of ``path``'s outputs to be exists and may not be written over."""
+    taken = [p for p in planned if p.exists() and not replaceable(p)]
+    if taken:
+        raise InputError(f"{path}: {taken[0]} exists ({len(taken)} outputs); pass {{overwrite}}", "exists",
+                         overwrite=True)
 
 
 # ---------------------------------------------------------------- LR faces and prior draws
@@ -137,10 +234,7 @@ def sample_inputs(pipe: Pipeline, inputs: list[LRInput], settings: RunSettings, 
     passing = [PassingSamples(settings.grid, settings.summary) for _ in inputs]
     for first in range(0, settings.n, SAMPLES_PER_PASS):
         temperatures = settings.temperatures[first:first + SAMPLES_PER_PASS]
-        try:
-            output = pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first)
-        except NonFiniteSamples as err:
-            output = err.output
+        output = pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first, keep_non_finite=True)
         for i, samples in enumerate(passing):
             bad = output.non_finite[i]
             written = outputs.write_samples(settings.out, Path(inputs[i].name).stem, settings.seed,
@@ -169,11 +263,12 @@ def finish_input(pipe: Pipeline, item: LRInput, samples: PassingSamples, setting
         outputs.write_png(Path(record.written[-1]), pixels)
     if spread is not None:
         record.written += map(str, outputs.write_summary(settings.out, path.stem, settings.seed, spread))
+    record.done += 1
 
 
 # ---------------------------------------------------------------- photos
 def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record: RunRecord, spell: Spell,
-                      replaceable: Callable[[Path], bool] | None = None) -> list[str] | None:
+                      replaceable: Replaceable | None = None) -> list[str] | None:
     """The photo's files, or None when it failed (one line in ``record``, none of its outputs
     left behind). An output that exists already is refused unless ``replaceable(path)`` (default:
     ``settings.overwrite``)."""
@@ -185,7 +280,7 @@ def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record:
         written = [str(p) for p in write_photo(result, settings.out, path.stem, settings.grid, pipe.shape.scale,
                                                settings.summary)]
     except NonFiniteSamples as err:
-        record.non_finite_samples += sum(len(broken) for broken in err.output.non_finite)
+        record.non_finite_samples += err.count
         record.fail(path, f"{err}; nothing was written for this photo", broken=True)
     except InputError as err:
         record.fail(path, err.describe(spell))
@@ -198,6 +293,7 @@ def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record:
         record.written += written
         record.photos.append({"input": str(path), **result.record(pipe.shape.hr_size), "outputs": written})
         record.samples += len(result.faces) * settings.n
+        record.done += 1
         return written
     return None
 
@@ -209,13 +305,10 @@ def remove_partial(planned: list[Path]) -> None:
 
 
 def check_photo_outputs(path: Path, found: PhotoFaces, settings: RunSettings,
-                        replaceable: Callable[[Path], bool] | None = None) -> list[Path]:
-    """The photo's outputs to be: none may exist unless replaceable. Returns those that do not
-    exist yet (what a failure midway removes: an overwritten file's old content is gone anyway)."""
+                        replaceable: Replaceable | None = None) -> list[Path]:
+    """The photo's outputs to be: none may exist unless replaceable (default: with ``overwrite``).
+    Returns those that do not exist yet (what a failure midway removes: an overwritten file's old
+    content is gone anyway)."""
     planned = settings.photo_planned(path.stem, len(found.faces))
-    existing = [p for p in planned if p.exists()]
-    refused = [p for p in existing if not (replaceable(p) if replaceable else settings.overwrite)]
-    if refused:
-        raise InputError(f"{path}: {refused[0]} exists ({len(refused)} outputs); pass {{overwrite}}", "exists",
-                         overwrite=True)
+    refuse_existing(path, planned, replaceable or settings.replaceable)
     return [p for p in planned if not p.exists()]

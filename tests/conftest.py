@@ -45,6 +45,18 @@ def make_inputs(cfg: CVDVAEConfig, batch: int, n: int, seed: int = 0, t: float =
     return lr, noise, temperature
 
 
+def io_signature(proto) -> dict[str, tuple[str, list]]:
+    """name -> (dtype name, dims with symbolic names) of every input and output of an ONNX graph."""
+    import onnx
+
+    out = {}
+    for value in [*proto.graph.input, *proto.graph.output]:
+        t = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        out[value.name] = (onnx.TensorProto.DataType.Name(t.elem_type), dims)
+    return out
+
+
 def require_hardware(reason: str | None, what: str) -> None:
     """Skip, printing why, when ``reason`` says the hardware or package is missing; under
     ``CVDVAE_REQUIRE_GPU=1`` (scripts/gpu-check.sh) fail instead, so a GPU run cannot pass by skipping."""

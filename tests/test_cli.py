@@ -12,7 +12,7 @@ from PIL import Image
 
 from runtime.cli.app import VERBS
 from runtime.cli.app import main as cvdvae
-from runtime.cli.common import command_app, run_app
+from runtime.cli.command import command_app, run_app
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
@@ -183,3 +183,82 @@ def test_a_typer_exit_keeps_its_status():
         raise typer.Exit(3)
 
     assert run_app(app, [], prog="t") == 3
+
+
+HEAVY = ("torch", "onnx", "polygraphy", "openvino", "onnxruntime", "ray", "numpy", "PIL")
+
+
+def imported_by(argv: list[str], banned: tuple[str, ...] = ()) -> tuple[int, set[str], str]:
+    """A fresh interpreter runs ``cvdvae ARGV`` (``banned`` modules made unimportable): its exit status,
+    the top-level packages it imported, and its stderr."""
+    code = f"""
+import sys
+for name in {list(banned)!r}:
+    sys.modules[name] = None  # importing it now fails; looking it up finds nothing
+from runtime.cli.app import main
+status = main({argv!r})
+print(sorted({{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}))
+print("verbs:", sorted(name for name in sys.modules if name.startswith("runtime.cli.")))
+sys.exit(status)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    packages, verbs = r.stdout.strip().splitlines()[-2:]
+    return r.returncode, set(eval(packages)) | set(eval(verbs.removeprefix("verbs: "))), r.stderr
+
+
+def test_help_loads_no_engine_and_no_verb():
+    """``cvdvae --help`` lists the verbs without importing them, and imports no PyTorch, ONNX,
+    engine, Ray, numpy or Pillow; ``cvdvae run --help`` imports its own verb and still no engine."""
+    code, imported, err = imported_by(["--help"])
+    assert code == 0, err
+    assert not imported & set(HEAVY), imported & set(HEAVY)
+    assert imported & {f"runtime.cli.{verb}" for verb in VERBS} == set()
+    code, imported, err = imported_by(["run", "--help"])
+    assert code == 0, err
+    assert not imported & {"torch", "onnx", "polygraphy", "openvino", "onnxruntime", "ray"}
+    assert "runtime.cli.run" in imported and "runtime.cli.export" not in imported
+
+
+@pytest.mark.parametrize("argv, banned, extra", [
+    (["export", "--demo"], ("torch",), "export"),
+    (["train", "--help"], ("onnx",), "export"),
+    (["eval", "--help"], ("polygraphy",), "export"),
+    (["demo"], ("safetensors",), "export"),
+    (["serve", "--help"], ("ray",), "serve"),
+    (["run", "MODEL", "--ray", "--input", "x.png"], ("pandas",), "cluster"),
+])
+def test_a_verb_without_its_extra_says_which_to_install(argv, banned, extra, model):
+    """One line naming the extra and the pip command, exit 2, and nothing of the verb's work done."""
+    argv = [str(model) if a == "MODEL" else a for a in argv]
+    code, _, err = imported_by(argv, banned)
+    job = "cvdvae run --ray" if "--ray" in argv else f"cvdvae {argv[0]}"
+    assert code == 2, err
+    assert err.strip().splitlines() == [f"cvdvae {argv[0]}: error: {job} needs the {extra} extra: pip install "
+                                        f"'cvdvae[{extra}]'"]
+
+
+def test_an_alias_without_its_extra_says_which_to_install():
+    code = """
+import sys
+sys.modules["torch"] = None
+from runtime.cli.app import export_main
+sys.exit(export_main(["--demo"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "cvdvae-export: error: cvdvae export needs the export extra: pip install 'cvdvae[export]'"
+
+
+def test_debug_is_declared_once_and_shows_the_traceback(capsys):
+    """Every verb takes ``--debug`` (the app adds it): a failure shows its traceback with it, one line without."""
+    app = command_app("test")
+
+    @app.command("boom")
+    def boom() -> int:
+        raise RuntimeError("disk full")
+
+    assert run_app(app, ["--debug"], prog="t") == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: disk full" in err
+    assert run_app(app, [], prog="t") == 1
+    assert capsys.readouterr().err == "t: error: disk full (run with --debug for the traceback)\n"

@@ -85,7 +85,8 @@ def test_an_unusable_timing_cache_is_one_warning_and_a_fresh_cache(cache):
 
 
 def test_profile_overrides_and_defaults():
-    assert profile.Profile().max_samples == 16
+    default = profile.Profile()
+    assert default.max_batch * default.max_n == 16
     assert profile.requested(None, {}) == {"source": "default"}
     asked = profile.requested(None, {"max_n": 4})
     assert asked["source"] == "flags" and (asked["min_n"], asked["opt_n"], asked["max_n"]) == (1, 4, 4)
@@ -96,10 +97,11 @@ def test_profile_overrides_and_defaults():
         profile.requested(None, {"min_n": 5, "max_n": 4})
     # FFHQ-256 in float16 (0.5 GiB of activations per sample): 16 samples need 16 GiB of 32 free ...
     fits, _ = profile.default_profile(2**29, 32 * 2**30)
-    assert fits.max_samples == 16
+    assert fits.max_batch * fits.max_n == 16
     # ... and a small GPU gets fewer, still at most half its free memory.
     small, basis = profile.default_profile(2**29, 5 * 2**30)
-    assert small.max_samples * 2**29 <= 2.5 * 2**30 and small.max_samples >= 4 and "GiB free" in basis
+    samples = small.max_batch * small.max_n
+    assert samples * 2**29 <= 2.5 * 2**30 and samples >= 4 and "GiB free" in basis
 
 
 # --------------------------------------------------------------- add_engine / CLI

@@ -10,15 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO, custom_config, require_hardware
+from conftest import REPO, custom_config, io_signature, require_hardware
 
 from cvdvae.config import preset
 from cvdvae.fileio import sha256_file
 from cvdvae.random_weights import demo_model, random_model
 from cvdvae.weights import load_model, save_safetensors
 from export import onnx_passes
-from export.graph import io_signature, random_ops
-from export.metadata import read_stamp
+from export.graph import random_ops
 from export.validate import onnxruntime_session, torch_reference, validation_inputs
 from runtime.backends.gpu import tensorrt_unavailable_reason as unavailable_reason
 from runtime.cli.export import main as export_main
@@ -97,11 +96,13 @@ def test_graph_contract(which, demo_export, custom_export):
     lr_convs = 1 + 4 * len(preset("tiny-x4").encoder_y_layers if which == "demo" else custom_config().encoder_y_layers)
     assert batch_of_convs.count("B") == lr_convs
     assert batch_of_convs.count("B*n") == len(batch_of_convs) - lr_convs
-    stamp = read_stamp(proto)
-    for key in ("config", "noise_dim", "noise_offsets", "scale", "precision", "cvdvae_version", "graph_sha256"):
+    stamp = {entry.key: entry.value for entry in proto.metadata_props}  # strings; structures as JSON
+    for key in ("cvdvae_version", "graph_sha256", "precision"):
         assert stamp[key] == meta[key], key
+    for key in ("config", "noise_dim", "noise_offsets", "scale"):
+        assert json.loads(stamp[key]) == meta[key], key
     assert meta["onnx_sha256"] == sha256_file(folder / "model.onnx")
-    cfg = stamp["config"]
+    cfg = json.loads(stamp["config"])
     assert meta["noise_offsets"][-1] == dim - (cfg["num_mixtures"] + 3) * big * big
 
 

@@ -13,7 +13,8 @@ from icc_profiles import swapped_red_green
 from PIL import Image
 
 from runtime.cli.run import main as run_main
-from runtime.images.decode import InputError, decode_image
+from cvdvae.errors import InputError
+from runtime.images.decode import decode_image
 from runtime.pipeline import Pipeline
 
 SIZE = 8  # the demo model's LR side
@@ -143,7 +144,7 @@ def test_the_photo_limit_is_the_documented_100_megapixels():
     header, before any pixel is decoded. The 90 MP PNG is all zeros: 1.2 MB, decoded in ~1 s."""
     import warnings
 
-    from runtime.pipeline import Limits
+    from runtime.limits import Limits
 
     limit = Limits().max_photo_pixels
     assert limit == 100_000_000

@@ -155,7 +155,7 @@ def lpips_model() -> LPIPS:
 def calibration():
     from PIL import Image
 
-    folder = lpips_weights.default_calibration_dir()
+    folder = lpips_weights.cvdvae_home() / lpips_weights.CALIBRATION_FOLDER
     require_files(*[folder / side / n for side in ("ref", "dist") for n in CALIBRATION_NAMES])
     assert sorted(p.name for p in (folder / "ref").iterdir()) == CALIBRATION_NAMES
 

@@ -120,9 +120,12 @@ def test_a_photo_of_a_broken_model_writes_nothing(broken, tmp_path):
     r = subprocess.run([sys.executable, "-m", "runtime.cli.run", str(broken["nan pixel head"]), "--input",
                         str(astronaut), "--faces", "--n", "2", "--out", str(out), "--json"],
                        capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 1 and json.loads(r.stdout)["non_finite_samples"] == 2, r.stderr
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and report["non_finite_samples"] == 2, r.stderr
     assert "face samples contain NaN/Inf" in r.stderr and "nothing was written" in r.stderr
-    assert not out.exists() or not list(out.iterdir())
+    assert report["outputs"] == [] and [p.name for p in out.iterdir()] == ["failures_s0.txt"]  # the run's own list
+    assert report["failures_file"] == str(out / "failures_s0.txt")
+    assert (out / "failures_s0.txt").read_text() == report["errors"][0]["error"] + "\n"
 
 
 def test_the_benchmark_flags_every_row_of_a_broken_model(broken, tmp_path):

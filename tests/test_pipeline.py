@@ -98,16 +98,19 @@ def test_errors_name_settings_and_never_a_flag(pipe):
         assert expected in str(err.value) and "--" not in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_broken_model_raises_with_the_finite_samples_kept(tmp_path):
-    """The crafted graph: t >= 1 gives NaN/Inf. The error says how many; the output it carries keeps
-    the finite samples and marks the others."""
+def test_a_broken_model_raises_or_keeps_the_finite_samples(tmp_path):
+    """The crafted graph: t >= 1 gives NaN/Inf (t = 1: -Inf, t > 1: NaN). The error says how many and
+    which; with ``keep_non_finite`` the output keeps the finite samples and marks the others as zeros."""
     from cvdvae import NonFiniteSamples, Pipeline
 
     broken = Pipeline.from_pretrained(nan_model(tmp_path / "nan"))
+    temperatures = [0.5, 1.0, 1.5, 0.2]
     with pytest.raises(NonFiniteSamples, match="2 of 4 samples contain NaN/Inf") as err:
-        broken(face(0, 2), n=4, temperature=[0.5, 1.0, 1.5, 0.2])
-    output = err.value.output
-    assert output.non_finite == [[1, 2]] and not output.samples[0, 1].any() and output.samples[0, 0].any()
+        broken(face(0, 2), n=4, temperature=temperatures)
+    assert err.value.broken == [[1, 2]] and err.value.count == 2 and err.value.values == 2 * 3 * 4 * 4
+    output = broken(face(0, 2), n=4, temperature=temperatures, keep_non_finite=True)
+    assert output.non_finite == [[1, 2]] and not output.samples[0, 1:3].any()
+    assert output.samples[0, 0].any() and output.samples[0, 3].any()
 
 
 def test_a_prior_only_model_draws_from_noise_alone(tmp_path):

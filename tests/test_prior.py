@@ -9,13 +9,13 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from conftest import io_signature
 from test_fetch import tiny_prior
 from test_weights import official_state, write_th
 
 from cvdvae.hub import assets
 from cvdvae.seeding import noise_torch
 from cvdvae.weights import load_model
-from export.graph import io_signature
 from runtime.cli import fetch as fetch_command
 from runtime.cli.app import main as cvdvae
 

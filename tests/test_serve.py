@@ -118,8 +118,8 @@ def service(demo):
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    small = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_n=8, timeout_s=60, body_timeout_s=2,
-                   max_response_pixels=40_000_000)
+    small = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_photo_pixels=1_000_000, max_n=8,
+                   timeout_s=60, body_timeout_s=2, max_response_pixels=40_000_000)
     apps = {
         "cvdvae": ("/", build_app(ServeOptions(str(demo), max_batch_size=8, batch_wait_s=0.05, token_env=TOKEN_ENV,
                                                limits=small), replicas=2, cpus_per_replica=0.5)),

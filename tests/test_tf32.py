@@ -3,8 +3,13 @@
 import pytest
 import torch
 
-from cvdvae.tf32 import set_tf32, tf32_allowed
+from cvdvae.tf32 import set_tf32
 from conftest import cuda_unavailable_reason, require_hardware
+
+
+def tf32_allowed() -> bool:
+    """Whether any CUDA matmul or convolution may use TF32 now."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
 @pytest.fixture

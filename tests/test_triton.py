@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO
+from conftest import REPO, io_signature
 from PIL import Image
 from test_engine_build import gpu  # noqa: F401 - TensorRT and a GPU, faked (tests/fakes.py)
 from test_fetch import tiny_prior
@@ -21,11 +21,10 @@ from test_fetch import tiny_prior
 from cvdvae.errors import CVDVAEError
 from cvdvae.random_weights import random_model
 from export import metadata
-from export.graph import io_signature
 from export.triton import write_repository
 from runtime.backends.host_memory import HostCalls
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.backends.timings import Timings
+from runtime.timings import Timings
 from runtime.cli.app import main as cvdvae
 from runtime.cli.export import main as export_main
 from runtime.cli.triton import main as triton_main

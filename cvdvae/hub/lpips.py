@@ -81,10 +81,6 @@ def default_weights_path() -> Path:
     return cvdvae_home() / WEIGHTS_FILE
 
 
-def default_calibration_dir() -> Path:
-    return cvdvae_home() / CALIBRATION_FOLDER
-
-
 def load_lpips(path: str | Path | None = None, device: str | torch.device | None = None) -> LPIPS:
     """The LPIPS-alex model from ``path`` (default ``default_weights_path()``), in eval mode."""
     path = Path(path) if path is not None else default_weights_path()

@@ -12,9 +12,9 @@ import numpy as np
 from cvdvae.seeding import noise_numpy
 
 from ..model_files import ModelFiles
+from ..timings import Timings
 from .interface import Sampled, sampled
 from .noise_cache import NoiseCache
-from .timings import Timings
 
 Outputs = tuple[np.ndarray, "np.ndarray | None"]  # sr, and the graph's non_finite where it has one
 

@@ -6,7 +6,7 @@ from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from .timings import Timings
+from ..timings import Timings
 
 
 class Sampled(NamedTuple):

@@ -17,9 +17,9 @@ import numpy as np
 from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles, verify_onnx
+from ..timings import Timings
 from .host_memory import HostCalls, activation_limited_samples, output_names
 from .interface import Backend, Sampled
-from .timings import Timings
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 GPU_CALL_SAMPLES = 16  # samples one CUDA call may hold, as the default TensorRT profile

@@ -20,11 +20,11 @@ import numpy as np
 from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles, verify_onnx
+from ..timings import Timings
 from .cpu_features import require_bf16
 from .host_memory import HostCalls, activation_limited_samples, output_names
 from .interface import Backend, Sampled
 from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_fp32
-from .timings import Timings
 
 PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 PRECISION_NAMES = {value: key for key, value in PRECISIONS.items()}

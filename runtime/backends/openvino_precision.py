@@ -28,10 +28,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-GROUPS = ("residual", "latents", "mixture_head", "edge_resolutions", "lr_encoder", "stream_writes")
-# The precision study's choice (benchmarks/bf16_study.py; benchmarks/results/*-bf16-study.md): no
-# set reached 30 dB against FP32; this one is the closest (29.5 dB, worst sample 29.2 dB, 0.29%
-# of mixture choices flipped, ffhq256-x8 with seeded random weights) at 1.84x FP32's rate.
+# The precision study's choice (benchmarks/bf16_study.py; its figures in benchmarks/results/*-bf16-study.md):
+# of the sets measured, the one whose samples come closest to FP32's.
 SHIPPED_FP32_GROUPS: tuple[str, ...] = ("residual", "latents", "mixture_head", "stream_writes")
 # Its acceptance bound, by the rule every reduced-precision bound follows (export.precision):
 # 3 dB below the worst sample the study measured, rounded down to a whole dB.

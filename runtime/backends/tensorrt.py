@@ -28,10 +28,10 @@ import numpy as np
 from cvdvae.errors import CVDVAEError
 
 from ..model_files import ModelFiles
+from ..timings import Timings
 from .cuda import CaptureRefused, TorchCuda
 from .interface import Backend, Sampled, sampled
 from .noise_cache import NoiseCache
-from .timings import Timings
 
 
 def rebuild_hint(files: ModelFiles) -> str:

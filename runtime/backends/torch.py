@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..model_files import ModelShape
+from ..timings import Timings
 from .interface import Backend, Sampled, sampled
 from .noise_cache import NoiseCache
-from .timings import Timings
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".th", ".pt", ".pth")
 

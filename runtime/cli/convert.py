@@ -12,7 +12,8 @@ import typer
 
 from cvdvae.errors import CVDVAEError
 
-from .common import Checkpoint, ConfigFile, Debug, Overwrite, Vdvae, check_preset, command_app, examples, run_app
+from .command import command_app, examples, run_app
+from .common import Checkpoint, ConfigFile, Overwrite, Vdvae, check_preset
 
 app = command_app("Check weight files strictly against a config and write one .safetensors file holding every "
                   "tensor and the resolved config.")
@@ -30,7 +31,6 @@ def convert_command(
     preset: Annotated[Optional[str], typer.Option(help="base config (default: the FFHQ-256 VD-VAE)")] = None,
     overwrite: Overwrite = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="list the config keys that were ignored")] = False,
-    debug: Debug = False,
 ) -> int:
     from cvdvae.weights import resolve_weights, save_safetensors
 

@@ -3,8 +3,9 @@
 1. the model is exported into ``outputs/demo/engine/`` (once; ``export.exporter``);
 2. a synthetic 32x32 face is written as the HR input;
 3. ``cvdvae.Pipeline`` degrades it with the MATLAB bicubic kernel (``from_hr``) and draws 8
-   seeded samples; they, their mean and standard deviation map, and their grid are written as
-   ``cvdvae run --from-hr --summary`` writes them.
+   seeded samples; they, their mean and standard deviation map, and their grid are written by
+   the flow ``cvdvae run --from-hr --summary`` writes with (``runtime.run_files``), into the
+   same kind of run record.
 
 The weights are random, so the samples are textures, not faces; with real weights the
 same steps give faces (README.md). Re-running regenerates ``outputs/demo/``.
@@ -21,7 +22,8 @@ import typer
 
 from cvdvae.fileio import atomic_path
 
-from .common import EXIT_OK, Debug, Samples, Seed, Temperatures, command_app, examples, parse_temperatures, run_app
+from .command import command_app, examples, flag_for, run_app
+from .common import Samples, Seed, Temperatures, parse_temperatures
 
 FACE_SIZE = 32
 
@@ -67,22 +69,24 @@ def demo_command(
     n: Samples = None,
     seed: Seed = 0,
     temperature: Temperatures = None,
-    debug: Debug = False,
 ) -> int:
-    from ..images.outputs import write_samples, write_summary
     from ..pipeline import Pipeline
+    from ..run_files import RunRecord, RunSettings, engine_record, write_lr_inputs
 
-    temperatures = parse_temperatures(temperature, n)
+    temperatures = np.asarray(parse_temperatures(temperature, n), np.float32)
     pipe = Pipeline.from_pretrained(demo_engine(out / "engine"))
     face = out / "face.png"
     write_face(face)
-    output = pipe(face, len(temperatures), seed, temperatures, from_hr=True)
-    write_samples(out, face.stem, seed, output.samples[0], output.grid(0, summary=True))
-    write_summary(out, face.stem, seed, output.summary(0))
-    print(f"wrote {len(temperatures)} samples of {face}, their mean and standard deviation map "
-          f"({face.stem}_s{seed}_mean.png, _std.png) and {face.stem}_s{seed}_grid.png to {out}/ "
-          f"({pipe.backend.name}, the built-in untrained model: textures, not faces)")
-    return EXIT_OK
+    settings = RunSettings(out, seed, temperatures, grid=True, overwrite=True, summary=True, from_hr=True)
+    record = RunRecord(inputs=1, say=lambda line: print(f"cvdvae demo: error: {line}", file=sys.stderr))
+    write_lr_inputs(pipe, [face], settings, record, flag_for)
+    record.engine = engine_record(pipe.backend)
+    record.finish(settings)
+    if record.done:
+        print(f"wrote {settings.n} samples of {face}, their mean and standard deviation map "
+              f"({face.stem}_s{seed}_mean.png, _std.png) and {face.stem}_s{seed}_grid.png to {out}/ "
+              f"({pipe.backend.name}, the built-in untrained model: textures, not faces)")
+    return record.exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,9 @@ import typer
 from cvdvae.fileio import atomic_path
 
 from ..backends import CHOICES
-from .common import (ConfigFile, Debug, Json, Quiet, Seed, Temperatures, Tf32, Vdvae, check_choice, check_preset,
-                     command_app, examples, parse_temperatures, run_app)
+from .command import command_app, examples, run_app
+from .common import (ConfigFile, Json, Quiet, Seed, Temperatures, Tf32, Vdvae, check_choice, check_preset,
+    parse_temperatures)
 
 app = command_app("The paper's metrics on HR images degraded to LR: LR-PSNR (consistency), APD-MSE and APD-LPIPS "
                   "(diversity), PSNR, SSIM and LPIPS against the ground truth; the PSNR of the samples' mean, and "
@@ -48,7 +49,6 @@ def eval_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the results (JSON) here")] = None,
     json_: Json = False,
     quiet: Quiet = False,
-    debug: Debug = False,
 ) -> int:
     from cvdvae.hub.lpips import load_lpips
 

@@ -19,8 +19,8 @@ from export.exporter import ExportSpec, add_engine_to_folder, export_folder
 from export.model_source import ModelChoice
 
 from ..model_files import META_NAME, PLAN_NAME, read_meta
-from .common import (Checkpoint, ConfigFile, Debug, Overwrite, Quiet, Vdvae, check_choice, check_preset, command_app,
-                     examples, run_app)
+from .command import DEBUG, command_app, examples, run_app
+from .common import Checkpoint, ConfigFile, Overwrite, Quiet, Vdvae, check_choice, check_preset
 
 PROFILE_FLAGS = ("min-batch", "opt-batch", "max-batch", "min-n", "opt-n", "max-n")
 
@@ -89,7 +89,6 @@ def export_command(
                                              help="the model's name in --triton-repo")] = triton.DEFAULT_NAME,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
-    debug: Debug = False,
 ) -> int:
     check_choice(scale, (4, 8, 16), "--scale")
     check_preset(preset)
@@ -120,7 +119,7 @@ def export_command(
     else:
         choice = ModelChoice(demo, prior, checkpoint, vdvae, config, preset, scale, consistent)
         spec = ExportSpec(choice, precision, opset, validate, tuple(parse_shapes(validate_shapes)), out, overwrite,
-                          not onnx_only, require_engine, settings, verbose=debug)
+                          not onnx_only, require_engine, settings, verbose=DEBUG.get())
         exported = export_folder(spec, log, warn)
         for note in exported.notes:
             print(f"note: {note}", file=sys.stderr)

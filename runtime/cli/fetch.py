@@ -12,7 +12,8 @@ import typer
 from cvdvae.hub.assets import ASSETS, Request, fetch, listing
 from cvdvae.hub.home import cvdvae_home
 
-from .common import Debug, Json, Overwrite, Quiet, check_choice, command_app, examples, run_app
+from .command import command_app, examples, run_app
+from .common import Json, Overwrite, Quiet, check_choice
 
 app = command_app("Fetch the public pretrained weights cvdvae uses into $CVDVAE_HOME (default ~/.cache/cvdvae): "
                   "streamed, resumable, checked before they are kept, never replacing a file without --overwrite.")
@@ -33,7 +34,6 @@ def fetch_command(
     overwrite: Overwrite = False,
     json_: Json = False,
     quiet: Quiet = False,
-    debug: Debug = False,
 ) -> int:
     home, names = cvdvae_home(), names or []
     for name in names:

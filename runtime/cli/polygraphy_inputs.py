@@ -12,7 +12,7 @@ import typer
 
 from export.polygraphy_inputs import feeds
 
-from .common import Debug, command_app, examples, run_app
+from .command import command_app, examples, run_app
 
 app = command_app("An export's validation cases as Polygraphy inputs, for `polygraphy run --load-inputs` "
                   "(README.md, 'Debugging an engine').")
@@ -25,7 +25,6 @@ def write(
                                            show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="the JSON file polygraphy run --load-inputs reads",
                                       show_default=False)],
-    debug: Debug = False,
 ) -> int:
     from polygraphy.json import save_json
 

@@ -1,13 +1,16 @@
 """``cvdvae run`` (alias ``cvdvae-run``): LR faces or whole photos -> seeded, diverse samples on disk;
-with a prior-only model, faces drawn from noise alone. The samples come from ``cvdvae.Pipeline``;
-this module reads flags, writes files and reports."""
+with a prior-only model, faces drawn from noise alone.
+
+This module reads flags and reports. The samples come from ``cvdvae.Pipeline``; the files are
+written by ``runtime.run_files``, here through one engine or, with ``--ray``, by Ray Data actors
+(``runtime.cluster``); either way the run is one ``RunRecord``: the same files, the same
+``--json`` and the same exit status."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional, Sequence
 
@@ -19,53 +22,22 @@ from cvdvae.progress import ProgressBar
 from ..backends import CHOICES, PRECISION_CHOICES
 from ..cluster.driver import ClusterOptions
 from ..cluster.worker import EngineChoice
-from ..faces.photos import MAX_FACES, FaceSearch
+from ..faces.photos import FaceSearch
 from ..images.paths import expand_inputs
-from ..model_files import ModelShape, locate
+from ..limits import MAX_FACES
+from ..model_files import ModelFiles, ModelShape, locate
 from ..pipeline import Pipeline
-from ..run_files import CONVERTED_NOTE, RunRecord, RunSettings, write_lr_inputs, write_photo_input
-from .common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, Debug, Json, Overwrite, Precision, Quiet, Samples, Seed,
-                     Temperatures, check_choice, command_app, examples, flag_for, parse_temperatures, run_app)
+from ..run_files import (CONVERTED_NOTE, RunRecord, RunSettings, engine_record, refuse_existing, write_lr_inputs,
+                         write_photo_input)
+from .command import command_app, examples, flag_for, run_app
+from .common import (Json, Overwrite, Precision, Quiet, Samples, Seed, Temperatures, check_choice,
+                     parse_temperatures)
 
 UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
+GRAPH_SUFFIXES = (".onnx", ".plan", ".engine")
 
 app = command_app("Super-resolve LR face images into n diverse samples each, reproducibly from a seed; "
                   "with a prior-only model (no LR encoder), draw n faces from noise alone.")
-
-
-@dataclass
-class Run(RunRecord):
-    """What happened, for the summary line and --json; each failure is said as it happens."""
-
-    pipe: Pipeline | None = None
-    settings: RunSettings | None = None
-    prog: str = "cvdvae run"
-    inputs: int = 0
-    start: float = field(default_factory=time.perf_counter)
-    faces: bool = False
-    converted_said: bool = False
-
-    def fail(self, path: Path | str, message: str, broken: bool = False) -> None:
-        super().fail(path, message, broken)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-
-    def summary(self) -> dict:
-        wall = time.perf_counter() - self.start
-        backend, settings = self.pipe.backend, self.settings
-        return {"inputs": self.inputs, "failed": len(self.failed), "samples": self.samples,
-                "non_finite_samples": self.non_finite_samples,
-                "wall_s": round(wall, 3), "samples_per_s": round(self.samples / wall, 3) if wall else None,
-                "backend": backend.name, "execution_provider": backend.provider, "cuda_graphs": backend.cuda_graphs,
-                "precision": backend.precision, "fp32_groups": list(backend.fp32_groups), "seed": settings.seed,
-                "n": settings.n, "noise_s": round(backend.timings.noise, 3), "errors": self.failed,
-                "outputs": self.written, **({"photos": self.photos} if self.faces else {})}
-
-    @property
-    def exit_status(self) -> int:
-        """1 when an engine produced NaN/Inf or a photo failed while worked on, else 2 for bad inputs."""
-        if any(item.get("broken") for item in self.failed):
-            return EXIT_FAILURE
-        return EXIT_BAD_INPUT if self.failed else EXIT_OK
 
 
 @app.command("run", epilog=examples(
@@ -121,7 +93,7 @@ def run_command(
     precision: Precision = "auto",
     ray: Annotated[bool, typer.Option("--ray", help=(
         "run on Ray Data: the inputs as a data set, each actor one engine, the same files; resumable (a second "
-        "run skips complete inputs). Needs the serve extra"))] = False,
+        "run skips complete inputs). Needs the cluster extra"))] = False,
     ray_address: Annotated[Optional[str], typer.Option(help=(
         "--ray: 'auto' or HOST:PORT for a running cluster (default: a Ray started here for this run)"))] = None,
     actors_per_node: Annotated[int, typer.Option(min=1, help="--ray: actors per node, each one engine")] = (
@@ -137,7 +109,6 @@ def run_command(
         "tasks)"))] = ClusterOptions.block_inputs,
     quiet: Quiet = False,
     json_: Json = False,
-    debug: Debug = False,
 ) -> int:
     temperatures = np.asarray(parse_temperatures(temperature, n), dtype=np.float32)
     check_choice(backend, CHOICES, "--backend")
@@ -147,31 +118,25 @@ def run_command(
     check_face_flags(faces, from_hr, face_only, no_paste, [flag for flag, given in photo_flags.items() if given])
     cluster = ClusterOptions(ray_address, actors_per_node, cpus_per_actor, gpus_per_actor, actor_batch, block_inputs)
     check_ray_flags(ray, cluster, model)
-    if model.is_dir() or model.suffix in (".onnx", ".plan", ".engine"):
-        check_inputs_fit(locate(model).shape, model, input, from_hr, faces)  # before the engine loads
+    files = locate(model) if model.is_dir() or model.suffix in GRAPH_SUFFIXES else None
+    if files is not None:
+        check_inputs_fit(files.shape, model, input, from_hr, faces)  # before the engine loads
     paste = "transparent" if face_only else "none" if no_paste else "photo"
     settings = RunSettings(out, seed, temperatures, grid, overwrite, summary, from_hr,
                            FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste)
-    if ray:
-        engine = EngineChoice(str(model), backend, precision, None, max_batch, max_n)  # threads: per node
-        return run_ray(engine, settings, cluster, input, ctx.command_path, quiet or json_, json_)
-    pipe = Pipeline.from_pretrained(model, backend, max_batch=max_batch, max_n=max_n, precision=precision)
-    check_inputs_fit(pipe.shape, model, input, from_hr, faces)
-    if faces:
-        pipe.detector  # noqa: B018 - loaded before any work: a missing detector is one line
     quiet = quiet or json_
-    if pipe.backend.note and not quiet:
-        print(f"note: {pipe.backend.note}", file=sys.stderr)
-    run = Run(pipe=pipe, settings=settings, prog=ctx.command_path, faces=faces)
-    paths = input_paths(pipe.shape, input, run, check_outputs=not faces)
-    run.inputs = len(paths) + len(run.failed)
-    out.mkdir(parents=True, exist_ok=True)
-    if faces:
-        run_photos(paths, run, quiet)
+    record = RunRecord(say=lambda line: print(f"{ctx.command_path}: error: {line}", file=sys.stderr))
+    if ray:
+        run_ray(files, EngineChoice(str(model), backend, precision, None, max_batch, max_n), settings, cluster,
+                input, record, quiet)
     else:
-        run_inputs(paths, run, quiet)
-    report(run, json_, quiet)
-    return run.exit_status
+        pipe = Pipeline.from_pretrained(files or model, backend, max_batch=max_batch, max_n=max_n, precision=precision)
+        if files is None:  # weights: what they take is known once they are read
+            check_inputs_fit(pipe.shape, model, input, from_hr, faces)
+        run_here(pipe, input, settings, record, quiet)
+    record.finish(settings)
+    report(record, settings, json_, quiet)
+    return record.exit_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,34 +155,39 @@ def check_ray_flags(ray: bool, cluster: ClusterOptions, model: Path) -> None:
                                  param_hint="'MODEL'")
 
 
-def run_ray(engine: EngineChoice, settings: RunSettings, cluster: ClusterOptions, input: list[str] | None, prog: str,
-            quiet: bool, as_json: bool) -> int:
-    """--ray: the inputs through Ray Data (``runtime.cluster``), then one summary line or --json."""
+def run_here(pipe: Pipeline, input: list[str] | None, settings: RunSettings, record: RunRecord, quiet: bool) -> None:
+    """The inputs through one engine here: LR faces a group per engine call, photos one by one."""
+    if settings.search is not None:
+        pipe.detector  # noqa: B018 - loaded before any work: a missing detector is one line
+    if pipe.backend.note and not quiet:
+        print(f"note: {pipe.backend.note}", file=sys.stderr)
+    paths = input_paths(pipe.shape, input, settings, record, check_outputs=settings.search is None)
+    record.inputs = len(paths) + len(record.failed)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    if settings.search is not None:
+        run_photos(pipe, paths, settings, record, quiet)
+    else:
+        run_inputs(pipe, paths, settings, record, quiet)
+    record.engine = engine_record(pipe.backend)
+
+
+def run_ray(files: ModelFiles, engine: EngineChoice, settings: RunSettings, cluster: ClusterOptions,
+            input: list[str] | None, record: RunRecord, quiet: bool) -> None:
+    """--ray: the inputs through Ray Data (``runtime.cluster``), each actor one engine; the same files."""
+    from cvdvae.extras import require
+
     from ..cluster.driver import run_on_ray
     from ..cluster.ledger import run_key
     from ..faces.detector import FaceDetector
 
+    require("cluster", "cvdvae run --ray")
     if settings.search is not None:
         FaceDetector.from_folder()  # here, before any actor starts: a missing detector is one line
-    files = locate(Path(engine.model))
-    run = Run(settings=settings, prog=prog, faces=settings.search is not None)
-    paths = input_paths(files.shape, input, run, check_outputs=False)  # outputs: checked by each actor
+    paths = input_paths(files.shape, input, settings, record, check_outputs=False)  # outputs: checked by each actor
+    record.inputs = len(paths) + len(record.failed)
     settings.out.mkdir(parents=True, exist_ok=True)
-    result = run_on_ray(engine, paths, settings, run_key(files.model_id, settings), cluster, flag_for,
-                        progress=not quiet, say=lambda line: print(f"{prog}: error: {line}", file=sys.stderr))
-    result.failed = run.failed + result.failed
-    result.inputs += len(run.failed)
-    summary = result.summary()
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    elif not quiet:
-        print(f"{summary['inputs']} inputs: {summary['done']} done, {summary['skipped']} skipped (complete), "
-              f"{summary['failed']} failed; {summary['samples']} samples in {summary['wall_s']:.1f} s, "
-              f"{summary['samples_per_s'] or 0:.2f} samples/s on {summary['actors']} actors, seed {settings.seed} "
-              f"-> {settings.out}/" + (f" (failures: {summary['failures_file']})" if summary['failures_file'] else ""))
-    if any(item.get("broken") for item in result.failed):
-        return EXIT_FAILURE
-    return EXIT_BAD_INPUT if result.failed else EXIT_OK
+    run_on_ray(engine, paths, settings, run_key(files.model_id, settings), cluster, flag_for, record,
+               progress=not quiet)
 
 
 def check_inputs_fit(shape: ModelShape, model: Path, input: list[str] | None, from_hr: bool, faces: bool) -> None:
@@ -244,74 +214,83 @@ def check_face_flags(faces: bool, from_hr: bool, face_only: bool, no_paste: bool
                                  param_hint="'--face-only'")
 
 
-def input_paths(shape: ModelShape, input: list[str] | None, run: Run, check_outputs: bool) -> list[Path]:
+def input_paths(shape: ModelShape, input: list[str] | None, settings: RunSettings, record: RunRecord,
+                check_outputs: bool) -> list[Path]:
     """The inputs to work on (a prior-only model: the one stem its draws are named by); problems
-    with the rest are said through ``run``."""
+    with the rest go to ``record``."""
     if not shape.conditional:
-        return accepted_paths([Path(UNCONDITIONAL_STEM)], run, check_outputs)
+        return accepted_paths([Path(UNCONDITIONAL_STEM)], settings, record, check_outputs)
     paths, problems = expand_inputs(input or [])
     for problem in problems:
-        run.fail(problem.split(":")[0], problem)
-    return accepted_paths(paths, run, check_outputs)
+        record.fail(problem.split(":")[0], problem)
+    return accepted_paths(paths, settings, record, check_outputs)
 
 
-def accepted_paths(paths: list[Path], run: Run, check_outputs: bool) -> list[Path]:
+def accepted_paths(paths: list[Path], settings: RunSettings, record: RunRecord, check_outputs: bool) -> list[Path]:
     """Drop inputs whose outputs exist (without --overwrite) or whose names collide (photos: their
     outputs are known, and checked, once their faces are found)."""
+    from cvdvae.errors import InputError
+
     seen: dict[str, Path] = {}
     keep = []
-    settings = run.settings
     for path in paths:
         if path.stem in seen:
-            run.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
+            record.fail(path, f"{path}: has the same name as {seen[path.stem]}; outputs would collide, rename one")
             continue
         seen[path.stem] = path
-        existing = [p for p in settings.planned(path.stem) if p.exists()] if check_outputs else []
-        if existing and not settings.overwrite:
-            run.fail(path, f"{path}: {existing[0]} exists ({len(existing)} outputs); pass --overwrite")
+        try:
+            if check_outputs:
+                refuse_existing(path, settings.planned(path.stem), settings.replaceable)
+        except InputError as err:
+            record.fail(path, err.describe(flag_for))
             continue
         keep.append(path)
     return keep
 
 
-def run_inputs(paths: list[Path], run: Run, quiet: bool) -> None:
+def run_inputs(pipe: Pipeline, paths: list[Path], settings: RunSettings, record: RunRecord, quiet: bool) -> None:
     """LR faces (or prior draws), a group of images per engine call (``runtime.run_files``)."""
 
     def progressed(inputs: int) -> None:
         progress.update(inputs)
-        progress.note(f"{run.samples / (time.perf_counter() - run.start):.2f} samples/s")
-        say_converted(run, quiet)
+        progress.note(f"{record.samples / (time.perf_counter() - record.start):.2f} samples/s")
+        say_converted(record, quiet)
 
     with ProgressBar(len(paths), "inputs", disable=quiet or not paths) as progress:
-        write_lr_inputs(run.pipe, paths, run.settings, run, flag_for, progressed)
+        write_lr_inputs(pipe, paths, settings, record, flag_for, progressed)
 
 
-def run_photos(paths: list[Path], run: Run, quiet: bool) -> None:
+def run_photos(pipe: Pipeline, paths: list[Path], settings: RunSettings, record: RunRecord, quiet: bool) -> None:
     """--faces: each photo on its own (its faces are one batch). A photo that fails, for what it is
     or while it is worked on (a decoder's error, alignment, memory, the disk), is one line naming
     it, leaves none of its outputs behind, and does not stop the others."""
     with ProgressBar(len(paths), "photos", disable=quiet or not paths) as progress:
         for path in paths:
-            write_photo_input(run.pipe, path, run.settings, run, flag_for)
+            write_photo_input(pipe, path, settings, record, flag_for)
             progress.update(1)
 
 
-def say_converted(run: Run, quiet: bool) -> None:
+def say_converted(record: RunRecord, quiet: bool) -> None:
     """The note on converted inputs, once."""
-    if run.converted and not quiet and not run.converted_said:
-        print(f"note: {run.converted}; {CONVERTED_NOTE}", file=sys.stderr)
-        run.converted_said = True
+    if record.converted and not quiet:
+        print(f"note: {record.converted}; {CONVERTED_NOTE}", file=sys.stderr)
+        record.converted = ""  # said
 
 
-def report(run: Run, as_json: bool, quiet: bool) -> None:
-    s = run.summary()
+def report(record: RunRecord, settings: RunSettings, as_json: bool, quiet: bool) -> None:
+    """The run's ``--json``, or its summary line."""
+    s = record.summary(settings)
     if as_json:
         print(json.dumps(s, indent=2))
-    elif not quiet:
-        engine = s["backend"] + (f" ({s['execution_provider']})" if s["execution_provider"] else "")
-        print(f"{s['inputs']} inputs ({s['failed']} failed), {s['samples']} samples in {s['wall_s']:.1f} s, "
-              f"{s['samples_per_s']:.2f} samples/s, {engine} {s['precision']}, seed {run.settings.seed} "
-              f"-> {run.settings.out}/")
+        return
+    if quiet:
+        return
+    engine = f"{s['backend'] or 'no engine'}" + (f" ({s['execution_provider']})" if s["execution_provider"] else "")
+    where = f" on {s['actors']} actors" if s["actors"] else ""
+    print(f"{s['inputs']} inputs: {s['done']} done, {s['skipped']} skipped (complete), {s['failed']} failed; "
+          f"{s['samples']} samples in {s['wall_s']:.1f} s, {s['samples_per_s'] or 0:.2f} samples/s, {engine} "
+          f"{s['precision'] or ''}{where}, seed {settings.seed} -> {settings.out}/"
+          + (f" (failures: {s['failures_file']})" if s["failures_file"] else ""))
 
 
 if __name__ == "__main__":

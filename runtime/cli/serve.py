@@ -17,7 +17,8 @@ from cvdvae.fileio import atomic_path
 
 from ..backends import GRAPH_CHOICES, PRECISION_CHOICES
 from ..model_files import locate
-from .common import EXIT_INTERRUPTED, EXIT_OK, Debug, Precision, check_choice, command_app, examples, run_app
+from .command import EXIT_INTERRUPTED, EXIT_OK, command_app, examples, run_app
+from .common import Precision, check_choice
 
 TOKEN_ENV = "CVDVAE_SERVE_TOKEN"
 PROXY_GRACE_S = 10.0
@@ -69,7 +70,6 @@ def serve_command(
     num_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of the local Ray (default: all)")] = None,
     config_out: Annotated[Optional[Path], typer.Option(help="write the Ray Serve config for `serve deploy` and "
                                                             "exit")] = None,
-    debug: Debug = False,
 ) -> int:
     from ..serve.options import Limits, ServeOptions
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
-from .common import (MAX_SEED, ConfigFile, Debug, Quiet, Scale, Tf32, Vdvae, check_choice, check_preset, command_app,
-                     examples, run_app)
+from .command import command_app, examples, run_app
+from .common import MAX_SEED, ConfigFile, Quiet, Scale, Tf32, Vdvae, check_choice, check_preset
 
 
 def default_device() -> str:
@@ -68,7 +68,6 @@ def train_command(
                                                        "one)")] = None,
     tf32: Tf32 = False,
     quiet: Quiet = False,
-    debug: Debug = False,
 ) -> int:
     from cvdvae.train.runs import RunOptions, fit, open_run
 

@@ -11,7 +11,8 @@ import typer
 
 from export.triton import DEFAULT_NAME, NAME, PLATFORMS, listing, write_repository
 
-from .common import Debug, Overwrite, Quiet, check_choice, command_app, examples, run_app
+from .command import command_app, examples, run_app
+from .common import Overwrite, Quiet, check_choice
 
 app = command_app("Write a Triton Inference Server model repository (REPO/NAME/config.pbtxt and REPO/NAME/1/"
                   "model.plan or model.onnx) for a folder cvdvae export wrote.")
@@ -35,7 +36,6 @@ def triton_command(
                                                                 "batch, microseconds")] = 2000,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
-    debug: Debug = False,
 ) -> int:
     check_choice(prefer, tuple(PLATFORMS), "--prefer")
     if not NAME.match(name):

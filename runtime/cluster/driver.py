@@ -4,25 +4,19 @@ each hold one engine (``worker.InputWriter``), one row per input back to this pr
 Nothing here schedules: Ray Data makes the blocks (``block_inputs`` inputs each, so a million
 small files are not a million tasks), hands batches of ``batch_inputs`` to the actors as they
 free up, restarts an actor that dies and runs its batch again. Inputs the ledger holds as
-complete are skipped before the data set is made; bad inputs are listed, one line each, in
-``OUT/failures_s{seed}.txt``, and the rest go on.
+complete are skipped before the data set is made; bad inputs go to the run's record (said as
+they come back, and listed in ``OUT/failures_s{seed}.txt``), and the rest go on.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
 
-from cvdvae.fileio import atomic_path
-
-from ..run_files import RunSettings, Spell
+from ..run_files import RunRecord, RunSettings, Spell
 from .ledger import Ledger
-from .worker import EngineChoice, InputWriter
-
-FAILURES = "failures_s{seed}.txt"
+from .worker import EngineChoice, InputWriter, record_of
 
 
 @dataclass(frozen=True)
@@ -34,30 +28,6 @@ class ClusterOptions:
     gpus_per_actor: float = 0.0
     batch_inputs: int = 16              # inputs per actor call
     block_inputs: int = 256             # inputs per Ray Data block
-
-
-@dataclass
-class ClusterRun:
-    """What happened: the summary line and ``--json``."""
-
-    inputs: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: list[dict] = field(default_factory=list)
-    samples: int = 0
-    outputs: int = 0
-    actors: int = 0
-    cpus_per_actor: float = 0.0
-    gpus_per_actor: float = 0.0
-    wall_s: float = 0.0
-    failures_file: str | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {"inputs": self.inputs, "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
-                "samples": self.samples, "outputs": self.outputs, "wall_s": round(self.wall_s, 3),
-                "samples_per_s": round(self.samples / self.wall_s, 3) if self.wall_s else None,
-                "actors": self.actors, "cpus_per_actor": self.cpus_per_actor, "gpus_per_actor": self.gpus_per_actor,
-                "failures_file": self.failures_file, "errors": self.failed}
 
 
 def connect(address: str | None) -> None:
@@ -97,49 +67,25 @@ def actor_shape(options: ClusterOptions) -> ActorShape:
 
 
 def run_on_ray(engine: EngineChoice, paths: list[Path], settings: RunSettings, key: str, options: ClusterOptions,
-               spell: Spell, progress: bool = True, say: Callable[[str], None] | None = None) -> ClusterRun:
-    """Every input of ``paths`` not complete in the ledger written by the actors; ``say(line)`` for
-    each failure as it comes back."""
+               spell: Spell, record: RunRecord, progress: bool = True) -> None:
+    """Every input of ``paths`` not complete in the ledger written by the actors, into ``record``."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    start = time.perf_counter()
     ledger = Ledger(settings.out, key)
     todo = [path for path in paths if not ledger.complete(path.stem)]
-    run = ClusterRun(inputs=len(paths), skipped=len(paths) - len(todo))
-    if todo:
-        connect(options.address)
-        DataContext.get_current().enable_progress_bars = progress
-        shape = actor_shape(options)
-        run.actors, run.cpus_per_actor, run.gpus_per_actor = shape.actors, shape.cpus, shape.gpus
-        inputs = ray.data.from_items([{"path": str(path)} for path in todo],
-                                     override_num_blocks=max(1, math.ceil(len(todo) / options.block_inputs)))
-        written = inputs.map_batches(InputWriter, fn_constructor_args=(replace(engine, threads=shape.threads),
-                                                                       settings, key, spell),
-                                     batch_size=options.batch_inputs, compute=ActorPoolStrategy(size=shape.actors),
-                                     num_cpus=shape.cpus, num_gpus=shape.gpus or None)
-        for row in written.iter_rows():
-            if row["status"] == "done":
-                run.done += 1
-                run.samples += int(row["samples"])
-                run.outputs += int(row["outputs"])
-            else:
-                run.failed.append({"input": row["input"], "error": row["error"],
-                                   **({"broken": True} if row["status"] == "broken" else {})})
-                if say is not None:
-                    say(row["error"])
-    run.failures_file = write_failures(settings, run.failed)
-    run.wall_s = time.perf_counter() - start
-    return run
-
-
-def write_failures(settings: RunSettings, failed: list[dict]) -> str | None:
-    """The failures of this run, one line each (a previous run's list is replaced, or removed when
-    none failed)."""
-    path = settings.out / FAILURES.format(seed=settings.seed)
-    if not failed:
-        path.unlink(missing_ok=True)
-        return None
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(item["error"].replace("\n", " ") + "\n" for item in failed))
-    return str(path)
+    record.skipped += len(paths) - len(todo)
+    if not todo:
+        return
+    connect(options.address)
+    DataContext.get_current().enable_progress_bars = progress
+    shape = actor_shape(options)
+    record.cluster = {"actors": shape.actors, "cpus_per_actor": shape.cpus, "gpus_per_actor": shape.gpus}
+    inputs = ray.data.from_items([{"path": str(path)} for path in todo],
+                                 override_num_blocks=max(1, math.ceil(len(todo) / options.block_inputs)))
+    written = inputs.map_batches(InputWriter, fn_constructor_args=(replace(engine, threads=shape.threads), settings,
+                                                                   key, spell),
+                                 batch_size=options.batch_inputs, compute=ActorPoolStrategy(size=shape.actors),
+                                 num_cpus=shape.cpus, num_gpus=shape.gpus or None)
+    for row in written.iter_rows():
+        record.merge(record_of(row))

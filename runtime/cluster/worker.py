@@ -1,21 +1,28 @@
 """The Ray Data actor: one ``Pipeline`` (one engine), and for each batch of input paths the files
 ``cvdvae run`` writes for them (``runtime.run_files``), each input's record kept in the ledger.
 
-Ray Data restarts an actor that dies and runs its batch again; an input that was being written
-is then written again from its start (``Ledger.start``), so it ends with every output once."""
+A batch comes back as one row: the ``RunRecord`` of its inputs, as JSON, which the driver merges
+into the run's. Ray Data restarts an actor that dies and runs its batch again; an input that was
+being written is then written again from its start (``Ledger.start``), so it ends with every
+output once."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..images.decode import InputError
+from cvdvae.errors import InputError
+
 from ..pipeline import Pipeline
-from ..run_files import RunRecord, RunSettings, Spell, write_lr_inputs, write_photo_input
+from ..run_files import (RunRecord, RunSettings, Spell, engine_record, refuse_existing, write_lr_inputs,
+                         write_photo_input)
 from .ledger import Ledger
+
+SHIPPED = ("done", "failed", "samples", "non_finite_samples", "written", "photos", "engine")  # what a row carries
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,7 @@ class EngineChoice:
 
 
 class InputWriter:
-    """``map_batches`` callable: ``{"path": [...]}`` in, one row per input out: its status ("done" or
-    "failed"), the error line, the samples made and the outputs written."""
+    """``map_batches`` callable: ``{"path": [...]}`` in, one row out: ``{"record": [the batch's RunRecord as JSON]}``."""
 
     def __init__(self, engine: EngineChoice, settings: RunSettings, key: str, spell: Spell):
         self.pipe = engine.open()
@@ -45,55 +51,43 @@ class InputWriter:
         self.settings, self.spell = settings, spell
         self.ledger = Ledger(settings.out, key)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         paths = [Path(str(p)) for p in batch["path"]]
-        rows = self._photos(paths) if self.settings.search is not None else self._lr_inputs(paths)
-        return {name: [row[name] for row in rows] for name in ("input", "status", "error", "samples", "outputs")}
+        record, noise = RunRecord(), self.pipe.backend.timings.noise
+        if self.settings.search is not None:
+            self._photos(paths, record)
+        else:
+            self._lr_inputs(paths, record)
+        record.engine = {**engine_record(self.pipe.backend), "noise_s": self.pipe.backend.timings.noise - noise}
+        return {"record": [json.dumps({name: getattr(record, name) for name in SHIPPED})]}
 
-    def _lr_inputs(self, paths: list[Path]) -> list[dict[str, Any]]:
-        settings, record = self.settings, RunRecord()
+    def _lr_inputs(self, paths: list[Path], record: RunRecord) -> None:
+        settings = self.settings
         claimed: dict[Path, tuple[list[Path], set[Path]]] = {}  # input -> its outputs, the files there before
         for path in paths:
             planned = settings.planned(path.stem)
             preexisting = self.ledger.start(path.stem, planned)
-            taken = [p for p in planned if p in preexisting and p.exists()]
-            if taken and not settings.overwrite:
-                error = InputError(f"{path}: {taken[0]} exists ({len(taken)} outputs); pass {{overwrite}}", "exists",
-                                   overwrite=True)
-                record.fail(path, error.describe(self.spell))
-            else:
-                claimed[path] = planned, preexisting
-        write_lr_inputs(self.pipe, list(claimed), settings, record, self.spell)
-        failed = {item["input"]: item for item in record.failed}
-        rows = []
-        for path in paths:
-            if str(path) in failed:
-                rows.append(_failed(path, failed[str(path)]))
+            try:
+                refuse_existing(path, planned, lambda p: settings.overwrite or p not in preexisting)
+            except InputError as err:
+                record.fail(path, err.describe(self.spell))
                 continue
-            planned, preexisting = claimed[path]
-            self.ledger.finish(path.stem, [str(p) for p in planned], preexisting)
-            rows.append(_row(path, "done", "", settings.n, len(planned)))
-        return rows
+            claimed[path] = planned, preexisting
+        write_lr_inputs(self.pipe, list(claimed), settings, record, self.spell)
+        failed = {item["input"] for item in record.failed}
+        for path, (planned, preexisting) in claimed.items():
+            if str(path) not in failed:
+                self.ledger.finish(path.stem, [str(p) for p in planned], preexisting)
 
-    def _photos(self, paths: list[Path]) -> list[dict[str, Any]]:
-        rows = []
+    def _photos(self, paths: list[Path], record: RunRecord) -> None:
         for path in paths:
-            record = RunRecord()
             preexisting = self.ledger.start(path.stem)
             written = write_photo_input(self.pipe, path, self.settings, record, self.spell,
                                         lambda p: self.settings.overwrite or p not in preexisting)
-            if written is None:
-                rows.append(_failed(path, record.failed[0]))
-                continue
-            self.ledger.finish(path.stem, written, preexisting)
-            rows.append(_row(path, "done", "", record.samples, len(written)))
-        return rows
+            if written is not None:
+                self.ledger.finish(path.stem, written, preexisting)
 
 
-def _row(path: Path, status: str, error: str, samples: int = 0, outputs: int = 0) -> dict[str, Any]:
-    return {"input": str(path), "status": status, "error": error, "samples": samples, "outputs": outputs}
-
-
-def _failed(path: Path, failure: dict) -> dict[str, Any]:
-    """"failed" for what the input is, "broken" for what happened to it (``RunRecord.fail``)."""
-    return _row(path, "broken" if failure.get("broken") else "failed", failure["error"])
+def record_of(row: dict[str, Any]) -> RunRecord:
+    """A row of ``InputWriter`` back as the ``RunRecord`` of its batch."""
+    return RunRecord(**json.loads(row["record"]))

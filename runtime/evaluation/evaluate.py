@@ -15,7 +15,7 @@ from cvdvae.errors import CVDVAEError
 from cvdvae.progress import ProgressBar
 from cvdvae.train.data import HRSource, PairDataset, split_indices
 
-from ..pipeline import LRInput, NonFiniteSamples, Pipeline
+from ..pipeline import LRInput, Pipeline
 from .scores import Scores, score, spread_scores
 
 BRISQUE_NOTE = "not computed: no BRISQUE model can be obtained and checked offline here (see README)"
@@ -52,10 +52,7 @@ def evaluate(pipe: Pipeline, settings: EvalSettings, progress: bool = False) -> 
         for first in batches:
             pairs = [images[i] for i in range(first, min(first + pipe.backend.max_batch, len(images)))]
             inputs = [LRInput(lr.numpy(), None, f"input {first + i}") for i, (_, lr) in enumerate(pairs)]
-            try:
-                output = pipe(inputs, settings.n, settings.seed, settings.temperatures)
-            except NonFiniteSamples as err:
-                output = err.output
+            output = pipe(inputs, settings.n, settings.seed, settings.temperatures, keep_non_finite=True)
             non_finite += sum(len(broken) for broken in output.non_finite)
             scored = torch.from_numpy(output.samples).permute(0, 1, 4, 2, 3).double() / 255.0
             with torch.no_grad():

@@ -19,8 +19,6 @@ Per face, the input mode follows the face's size in the photo:
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,12 +31,13 @@ from cvdvae import bicubic
 from ..images import outputs
 from ..images.png import write_png_streamed
 from ..images.summary import FrameMoments, FrameSummary, Summary, summarise
+from ..limits import MAX_FACES
+from ..timings import timed
 from .align import FaceSquare, crop
 from .detector import DetectedFace, FaceDetector
 from .paste import Placement, blend, blend_over, canvas_map, output_shape, paste_order, place, upscale
 
 PASTE_MODES = ("photo", "transparent", "none")  # on the upscaled photo; the faces alone (RGBA); no photos
-MAX_FACES = 64  # faces per photo by default: 64 x n = 8 samples of 256^2 are 100 MB
 FAST_PNG_PIXELS = 4_000_000  # larger whole photos are deflated at level 1: much faster, a little larger
 
 
@@ -295,13 +294,3 @@ def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: in
                 written.append(path)
                 write_png_streamed(path, pixels, level)
     return written
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Add the block's wall time to ``timings[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

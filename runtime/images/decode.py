@@ -31,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-from cvdvae.errors import CVDVAEError
+from cvdvae.errors import InputError
 
 ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers do
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -44,16 +44,6 @@ TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")
 GREY = ("1", "L", "LA", "La", "F", *INTEGER_GREY)
 
 ImageSource = Union[str, Path, bytes, bytearray, "Image.Image", np.ndarray]
-
-
-class InputError(CVDVAEError):
-    """One input image is unusable (the others are still processed). ``kind`` says how: unreadable,
-    unsupported_format, too_large, wrong_size, missing, exists, no_face (the service answers each
-    with its own status)."""
-
-    def __init__(self, message: str, kind: str = "unreadable", **settings: Any):
-        super().__init__(message, **settings)
-        self.kind = kind
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..limits import Limits as ImageLimits
+
 
 @dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 8 * 2**20
-    max_image_pixels: int = 4096 * 4096      # an image's header is checked before any pixel is decoded
-    max_faces: int = 16                      # faces super-resolved per photo (``faces``)
+class Limits(ImageLimits):
+    """The pipeline's bounds on one image (``runtime.limits``), tighter for a service, and each
+    request's budget. A header beyond them is refused before any pixel is decoded."""
+
+    max_photo_pixels: int = 4096 * 4096      # a photo for ``faces``: as large as an LR image may be
     max_output_pixels: int = 64_000_000      # one whole photo returned (``faces``), after upscaling
+    max_body_bytes: int = 8 * 2**20
+    max_faces: int = 16                      # faces super-resolved per photo (``faces``)
     max_response_pixels: int = 256_000_000   # every image of one answer together: n x (photo + faces)
     max_n: int = 16
     timeout_s: float = 120.0                 # the whole request, from its first byte to its last

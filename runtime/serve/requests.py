@@ -20,10 +20,9 @@ import numpy as np
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from cvdvae.errors import CVDVAEError
+from cvdvae.errors import CVDVAEError, InputError
 from cvdvae.seeding import MAX_SEED
 
-from ..images.decode import InputError
 from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 from .options import Limits
 

@@ -26,16 +26,14 @@ from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
-from cvdvae.errors import CVDVAEError
+from cvdvae.errors import CVDVAEError, InputError, NonFiniteSamples
 
 from ..faces.paste import output_shape
 from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
-from ..images.decode import InputError
 from ..images.outputs import png_bytes
 from ..images.png import encode_png
 from ..images.summary import FrameMoments
-from ..pipeline import Limits as PipelineLimits
-from ..pipeline import LRInput, NonFiniteSamples, Pipeline
+from ..pipeline import LRInput, Pipeline
 from ..sampling import Job, sample_jobs
 from .answers import Failure, Head, Spread
 from .options import ServeOptions
@@ -67,9 +65,7 @@ class Sampler:
         self.options, limits = options, options.limits
         self.pipe = Pipeline.from_pretrained(options.model, options.backend, options.threads or None,
                                              max_batch=options.max_batch, max_n=options.max_n,
-                                             precision=options.precision,
-                                             limits=PipelineLimits(limits.max_image_pixels, limits.max_image_pixels,
-                                                                   limits.max_output_pixels))
+                                             precision=options.precision, limits=limits)
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
         self.workers = ThreadPoolExecutor(max_workers=limits.image_threads, thread_name_prefix="cvdvae-images")
         self.photo_slots = asyncio.Semaphore(limits.photos_at_once)
