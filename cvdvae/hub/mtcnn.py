@@ -2,26 +2,30 @@
 
 The P-, R- and O-Net weights ship in the ``facenet-pytorch==2.6.0`` wheel (MIT licence) as
 ``facenet_pytorch/data/{pnet,rnet,onet}.pt``, torch state dicts. The wheel and each member
-must match the sha256 values pinned below; the members are read with
-``torch.load(weights_only=True)`` (no code runs), checked key by key and shape by shape,
-built into ONNX graphs (``cvdvae.hub.mtcnn_graphs``) and written, atomically, as the folder
+must match the sha256 values pinned below; the members are read by ``cvdvae.pt_reader`` (a
+restricted unpickler: no code runs, no torch needed), checked key by key and shape by shape
+and against the pinned digests of their weights, built into ONNX graphs by
+``cvdvae.hub.mtcnn_graphs`` (no onnx package needed) and written, atomically, as the folder
 ``$CVDVAE_HOME/mtcnn``:
 
-    pnet.onnx, rnet.onnx, onet.onnx    the graphs (inputs and outputs: cvdvae.mtcnn_graphs)
-    mtcnn.json                         where they came from (requirement, sha256s, digests)
+    pnet.onnx, rnet.onnx, onet.onnx    the graphs (inputs and outputs: cvdvae.hub.mtcnn_graphs),
+                                       byte for byte the sha256s pinned below
+    mtcnn.json                         where they came from (requirement, sha256s, digests, format)
     facenet_pytorch-2.6.0-...whl       the verified wheel (1.9 MB), so --overwrite re-makes
                                        the graphs without a download
 
-``folder_ok`` checks a present folder without torch: the wheel's sha256, and the weights
-inside each graph against the pinned digests (``mtcnn_graphs.weights_digest``).
+So the runtime install (numpy and ONNX Runtime, no torch, no onnx) fetches and checks the
+detector. ``folder_ok`` checks a present folder: the record's format, the wheel's sha256 and
+every graph's bytes. A folder made by an older format of the graphs (``mtcnn_graphs.FORMAT``)
+with its verified wheel is re-made from that wheel once, with a note (``upgrade``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -31,6 +35,7 @@ import numpy as np
 
 from ..errors import CVDVAEError, WeightsError
 from ..fileio import atomic_folder, sha256_file
+from ..pt_reader import read_state_dict
 from . import mtcnn_graphs
 from .pypi import pip_download, verify_sha256
 
@@ -43,11 +48,17 @@ MEMBERS = {
     "rnet": ("facenet_pytorch/data/rnet.pt", "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
     "onet": ("facenet_pytorch/data/onet.pt", "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
 }
-# mtcnn_graphs.weights_digest of each converted state dict: what a present graph must hold
+# mtcnn_graphs.weights_digest of each state dict (torch.load's arrays): what the conversion must give
 DIGESTS = {
     "pnet": "00aaf4dca09771bb22f1ead683799ec69cf8568ddd04a1014e8f8e71f31d0e5a",
     "rnet": "0cdaa97d42a1598fb73910aa3ab455aaf92581e508069bdf64c359ade80ed7f0",
     "onet": "ec9528e3eabd30f0fafb968941ceeccca1f4353a9a17f03fe0eec39d91b069f9",
+}
+# sha256 of each graph mtcnn_graphs.build makes from those weights: what a present folder must hold
+GRAPHS = {
+    "pnet": "fe45f5b6a49fedd6a3a9cfae6299a0d2cc22a61435b60f2971cbee660754260a",
+    "rnet": "64535ff2cd3278b3c1ee8f7fa39e8bdc89216011a06e58a38be27639f1447c0e",
+    "onet": "f9a618d7e4a182641412d6335fb8cc56cc954d36e662cadea8d9b102f661c2cc",
 }
 MAX_MEMBER_BYTES = 8 << 20
 RECORD = "mtcnn.json"
@@ -55,26 +66,17 @@ RECORD = "mtcnn.json"
 
 def state_dict(data: bytes, net: str) -> dict[str, np.ndarray]:
     """One ``.pt`` member -> float32 numpy arrays, with exactly the keys and shapes ``net`` needs."""
-    import torch  # only conversion needs torch; checking a present folder does not
-
-    try:
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - the unpickler raises many types
-        raise WeightsError(f"{net}.pt is not a weights-only torch file ({type(err).__name__}: {err})") from None
+    loaded = read_state_dict(data, f"{net}.pt")
     want = mtcnn_graphs.shapes(net)
-    if not isinstance(loaded, dict) or set(loaded) != set(want):
-        keys = set(loaded) if isinstance(loaded, dict) else set()
-        raise WeightsError(f"{net}.pt has unexpected keys: missing {sorted(set(want) - keys)}, "
-                           f"extra {sorted(keys - set(want))}")
-    out = {}
+    if set(loaded) != set(want):
+        raise WeightsError(f"{net}.pt has unexpected keys: missing {sorted(set(want) - set(loaded))}, "
+                           f"extra {sorted(set(loaded) - set(want))}")
     for name, shape in want.items():
-        t = loaded[name]
-        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:
-            raise WeightsError(f"{net}.pt: {name} is not a float32 tensor of shape {shape}")
-        out[name] = t.numpy().copy()
-        if not np.isfinite(out[name]).all():
+        if loaded[name].shape != shape:
+            raise WeightsError(f"{net}.pt: {name} has shape {loaded[name].shape}, not {shape}")
+        if not np.isfinite(loaded[name]).all():
             raise WeightsError(f"{net}.pt: {name} holds NaN or Inf")
-    return out
+    return {name: loaded[name] for name in want}
 
 
 def read_wheel(wheel: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -94,34 +96,61 @@ def read_wheel(wheel: Path) -> dict[str, dict[str, np.ndarray]]:
     return weights
 
 
+def graphs(wheel: Path) -> dict[str, bytes]:
+    """The three graphs, serialized, from ``wheel`` (verified), each checked against its pinned sha256."""
+    out = {}
+    for net, weights in read_wheel(wheel).items():
+        out[net] = mtcnn_graphs.build(net, weights)
+        if (got := hashlib.sha256(out[net]).hexdigest()) != GRAPHS[net]:
+            raise CVDVAEError(f"the {net} graph built here has sha256 {got}, not the pinned {GRAPHS[net]}; "
+                              f"this cvdvae's {mtcnn_graphs.FORMAT} graphs are not what it checks for")
+    return out
+
+
 def write_folder(wheel: Path, folder: Path) -> None:
     """Convert ``wheel`` into ``folder``, replacing what is there only once the new folder is complete."""
-    weights = read_wheel(wheel)
+    built = graphs(wheel)
     record = {"format": mtcnn_graphs.FORMAT, "requirement": REQUIREMENT, "licence": "MIT (facenet-pytorch)",
               "wheel": {"file": WHEEL, "sha256": WHEEL_SHA256},
               "members": {member: sha for member, sha in MEMBERS.values()},
-              "weights_digests": DIGESTS, "graphs": mtcnn_graphs.FILES,
+              "weights_digests": DIGESTS, "graphs": mtcnn_graphs.FILES, "graph_sha256s": GRAPHS,
               "normalisation": "(x - 127.5) / 128, RGB, NCHW float32"}
     with atomic_folder(folder, overwrite=True) as tmp:
         for net, file in mtcnn_graphs.FILES.items():
-            (tmp / file).write_bytes(mtcnn_graphs.build(net, weights[net]).SerializeToString())
+            (tmp / file).write_bytes(built[net])
         shutil.copyfile(wheel, tmp / WHEEL)
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def folder_ok(folder: Path) -> bool:
-    """Whether ``folder`` holds the verified wheel and the graphs this code builds from it."""
-    import onnx
-
+def made_as(folder: Path) -> str | None:
+    """The graph format ``folder``'s record names, or None without a readable record."""
     try:
-        if not (folder / RECORD).is_file() or sha256_file(folder / WHEEL) != WHEEL_SHA256:
-            return False
-        for net, file in mtcnn_graphs.FILES.items():
-            weights = mtcnn_graphs.read_weights(onnx.load(str(folder / file)), net)
-            if weights is None or mtcnn_graphs.weights_digest(weights) != DIGESTS[net]:
-                return False
-    except Exception:  # noqa: BLE001 - unreadable means "make it again"
+        return json.loads((folder / RECORD).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def folder_ok(folder: Path) -> bool:
+    """Whether ``folder`` holds the verified wheel and, byte for byte, the graphs this code builds from it."""
+    try:
+        return (made_as(folder) == mtcnn_graphs.FORMAT and sha256_file(folder / WHEEL) == WHEEL_SHA256
+                and all(sha256_file(folder / file) == GRAPHS[net] for net, file in mtcnn_graphs.FILES.items()))
+    except OSError:  # a missing file means "make it again"
         return False
+
+
+def upgrade(folder: Path) -> bool:
+    """Re-make ``folder`` from its kept wheel if an older cvdvae made it (another graph format), saying so.
+
+    Whether it did. The graphs are derived from the pinned wheel alone, so nothing of the user's is lost.
+    """
+    made = made_as(folder)
+    if made is None or made == mtcnn_graphs.FORMAT or not (folder / WHEEL).is_file() \
+            or sha256_file(folder / WHEEL) != WHEEL_SHA256:
+        return False
+    print(f"note: {folder} holds {made} graphs, this cvdvae uses {mtcnn_graphs.FORMAT}; "
+          "re-making them from the kept wheel", file=sys.stderr, flush=True)
+    write_folder(folder / WHEEL, folder)
     return True
 
 

@@ -20,7 +20,8 @@ size up (``ceil_mode``), PReLU has one slope per channel, and the dense layers r
 features in (W, H, C) order (facenet's ``permute(0, 3, 2, 1)``: the weights come from the
 original MATLAB/Caffe model, which saw transposed images).
 
-Only names and shapes are module level, so ``runtime.faces`` can import them without onnx.
+The graphs are written by ``cvdvae.onnx_writer``, not the onnx package: ``runtime.faces`` imports
+the names here, and ``cvdvae fetch mtcnn`` builds the graphs, on an install without onnx or torch.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-FORMAT = "cvdvae-mtcnn-onnx-1"  # bump when a graph changes: present graphs are then re-made
+from .. import onnx_writer
+
+FORMAT = "cvdvae-mtcnn-onnx-2"  # bump when a graph's bytes change: present graphs are then re-made
 OPSET = 17
+IR_VERSION = 8  # the IR of opset 17's onnx release (1.12): every ONNX Runtime since reads it
 INPUT = "image"
 PROBABILITY, REGRESSION, LANDMARKS = "face_probability", "regression", "landmarks"
 FILES = {"pnet": "pnet.onnx", "rnet": "rnet.onnx", "onet": "onet.onnx"}
@@ -100,30 +104,23 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
 
 # ------------------------------------------------------------------ building
 class _Graph:
-    """Appends nodes and initializers; each ``add`` returns the name of its output."""
+    """Appends nodes and initializers (encoded, ``cvdvae.onnx_writer``); each ``add`` returns its output's name."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
         self.weights, self.nodes, self.initializers, self.count = weights, [], [], 0
 
     def param(self, name: str, shape: tuple[int, ...] | None = None) -> str:
-        from onnx import numpy_helper
-
         a = np.asarray(self.weights[name], dtype=np.float32)
-        self.initializers.append(numpy_helper.from_array(a.reshape(shape or a.shape), name))
-        return name
+        return self.const(name, a.reshape(shape or a.shape))
 
     def const(self, name: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.initializers.append(numpy_helper.from_array(value, name))
+        self.initializers.append(onnx_writer.tensor(name, value))
         return name
 
     def add(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
-        from onnx import helper
-
         self.count += 1
         output = output or f"{op.lower()}_{self.count}"
-        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{self.count}", **attrs))
+        self.nodes.append(onnx_writer.node(op, inputs, [output], f"{op}_{self.count}", **attrs))
         return output
 
     def layer(self, x: str, layer: tuple, conv_features: bool, output: str | None = None) -> str:
@@ -144,11 +141,8 @@ class _Graph:
         return self.add("Flatten", [self.add("Transpose", [x], perm=[0, 3, 2, 1])], output, axis=1)
 
 
-def build(net: str, weights: Mapping[str, np.ndarray]) -> Any:
-    """The ONNX model (``onnx.ModelProto``, checked) of ``net`` with ``weights`` (a state dict)."""
-    import onnx
-    from onnx import TensorProto, helper
-
+def build(net: str, weights: Mapping[str, np.ndarray]) -> bytes:
+    """The ONNX model of ``net`` with ``weights`` (a state dict), serialized: the same bytes for the same weights."""
     spec, g = NETS[net], _Graph(weights)
     x, conv_features = INPUT, True
     for layer in spec["trunk"]:
@@ -156,8 +150,7 @@ def build(net: str, weights: Mapping[str, np.ndarray]) -> Any:
         x = g.layer(x, layer, conv_features)
     size = CROP_SIZES.get(net)
     batch, spatial = (["N", "h", "w"], ["N", 4, "h", "w"]) if size is None else (["N"], ["N", 4])
-    outputs = [helper.make_tensor_value_info(PROBABILITY, TensorProto.FLOAT, batch),
-               helper.make_tensor_value_info(REGRESSION, TensorProto.FLOAT, spatial)]
+    outputs = [onnx_writer.value_info(PROBABILITY, batch), onnx_writer.value_info(REGRESSION, spatial)]
     logits = g.layer(x, spec["heads"][PROBABILITY], conv_features)
     softmax = g.add("Softmax", [logits], axis=1)
     g.add("Gather", [softmax, g.const("face_class", np.array(1, np.int64))], PROBABILITY, axis=1)
@@ -166,25 +159,8 @@ def build(net: str, weights: Mapping[str, np.ndarray]) -> Any:
         flat = g.layer(x, spec["heads"][LANDMARKS], conv_features)
         pairs = g.add("Reshape", [flat, g.const("xy_by_point", np.array([0, 2, 5], np.int64))])
         g.add("Transpose", [pairs], LANDMARKS, perm=[0, 2, 1])
-        outputs.append(helper.make_tensor_value_info(LANDMARKS, TensorProto.FLOAT, ["N", 5, 2]))
-    image = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
-                                          ["N", 3, "H", "W"] if size is None else ["N", 3, size, size])
-    graph = helper.make_graph(g.nodes, net, [image], outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cvdvae",
-                              doc_string=f"MTCNN {net} ({FORMAT}); see cvdvae/mtcnn_graphs.py")
-    helper.set_model_props(model, {"format": FORMAT})
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def read_weights(model: Any, net: str) -> dict[str, np.ndarray] | None:
-    """The state dict inside a built graph (inverse of ``build``), or None if ``model`` is not one."""
-    from onnx import numpy_helper
-
-    if {p.key: p.value for p in model.metadata_props}.get("format") != FORMAT:
-        return None
-    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    want = shapes(net)
-    if not set(want) <= set(found) or any(found[k].size != int(np.prod(s)) for k, s in want.items()):
-        return None
-    return {k: found[k].reshape(s) for k, s in want.items()}
+        outputs.append(onnx_writer.value_info(LANDMARKS, ["N", 5, 2]))
+    image = onnx_writer.value_info(INPUT, ["N", 3, "H", "W"] if size is None else ["N", 3, size, size])
+    return onnx_writer.model(net, g.nodes, [image], outputs, g.initializers, ir_version=IR_VERSION, opset=OPSET,
+                             producer="cvdvae", doc=f"MTCNN {net} ({FORMAT}); see cvdvae/hub/mtcnn_graphs.py",
+                             metadata={"format": FORMAT})
