@@ -219,22 +219,24 @@ def test_help_loads_no_engine_and_no_verb():
     assert "runtime.cli.run" in imported and "runtime.cli.export" not in imported
 
 
-@pytest.mark.parametrize("argv, banned, extra", [
-    (["export", "--demo"], ("torch",), "export"),
-    (["train", "--help"], ("onnx",), "export"),
-    (["eval", "--help"], ("polygraphy",), "export"),
-    (["demo"], ("safetensors",), "export"),
-    (["serve", "--help"], ("ray",), "serve"),
-    (["run", "MODEL", "--ray", "--input", "x.png"], ("pandas",), "cluster"),
+@pytest.mark.parametrize("argv, banned, job, extra", [
+    (["export", "--demo"], ("torch",), "cvdvae export", "export"),
+    (["train", "--help"], ("onnx",), "cvdvae train", "export"),
+    (["eval", "--help"], ("polygraphy",), "cvdvae eval", "export"),
+    (["demo"], ("safetensors",), "cvdvae demo", "export"),
+    (["serve", "--help"], ("ray",), "cvdvae serve", "serve"),
+    (["run", "MODEL", "--ray", "--input", "x.png"], ("pandas",), "cvdvae run --ray", "cluster"),
+    (["fetch", "vdvae-ffhq256"], ("torch",), "cvdvae fetch vdvae-ffhq256", "export"),
 ])
-def test_a_verb_without_its_extra_says_which_to_install(argv, banned, extra, model):
+def test_a_verb_without_its_extra_says_which_to_install(argv, banned, job, extra, model, tmp_path, monkeypatch):
     """One line naming the extra and the pip command, exit 2, and nothing of the verb's work done."""
+    monkeypatch.setenv("CVDVAE_HOME", str(tmp_path / "home"))
     argv = [str(model) if a == "MODEL" else a for a in argv]
     code, _, err = imported_by(argv, banned)
-    job = "cvdvae run --ray" if "--ray" in argv else f"cvdvae {argv[0]}"
     assert code == 2, err
     assert err.strip().splitlines() == [f"cvdvae {argv[0]}: error: {job} needs the {extra} extra: pip install "
                                         f"'cvdvae[{extra}]'"]
+    assert not (tmp_path / "home").exists()
 
 
 def test_an_alias_without_its_extra_says_which_to_install():

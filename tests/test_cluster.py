@@ -76,16 +76,29 @@ def no_temporary_files(folder: Path) -> None:
     assert not [p.name for p in folder.rglob(".*.tmp")], "an interrupted write's temporary file was left"
 
 
-def test_the_same_bytes_as_plain_run_and_a_corrupt_input_is_listed(local_ray, demo, tmp_path):
+def test_the_same_bytes_and_record_as_plain_run_and_a_corrupt_input_is_listed(local_ray, demo, tmp_path, capsys):
+    """Files, failures list, exit status and ``--json`` (its fields, and what they count) are plain run's."""
     inputs = faces(tmp_path / "in", 9, bad_at=4)
-    flags = ("--n", "3", "--seed", "7", "--summary")
-    expected = plain(demo, inputs, tmp_path / "plain", *flags)
+    flags = ("--n", "3", "--seed", "7", "--summary", "--json")
+    capsys.readouterr()
+    assert run_main([str(demo), "--input", str(inputs), "--out", str(tmp_path / "plain"), *flags]) == 2
+    expected, plain_json = files(tmp_path / "plain"), json.loads(capsys.readouterr().out)
     assert len(expected) == 8 * 6  # 8 good inputs x (3 samples, grid, mean, std)
     out = tmp_path / "ray"
-    assert on_ray(demo, inputs, out, *flags, "--actor-batch", "2", "--block-inputs", "3") == 2
+    assert run_main([str(demo), "--input", str(inputs), "--out", str(out), "--ray", *flags, "--actor-batch", "2",
+                     "--block-inputs", "3"]) == 2
+    ray_json = json.loads(capsys.readouterr().out)
     assert files(out) == expected
     lines = (out / "failures_s7.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith(str(inputs / "f004.png")), lines
+    assert (tmp_path / "plain" / "failures_s7.txt").read_text().splitlines() == lines
+    assert list(ray_json) == list(plain_json)
+    counted = ("inputs", "done", "skipped", "failed", "samples", "non_finite_samples", "seed", "n", "backend",
+               "precision", "errors", "photos")
+    assert {key: ray_json[key] for key in counted} == {key: plain_json[key] for key in counted}
+    assert (plain_json["inputs"], plain_json["done"], plain_json["samples"]) == (9, 8, 24)
+    assert sorted(ray_json["outputs"]) == sorted(p.replace("/plain/", "/ray/") for p in plain_json["outputs"])
+    assert plain_json["actors"] is None and ray_json["actors"] >= 1
     no_temporary_files(out)
 
 

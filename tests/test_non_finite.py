@@ -152,7 +152,8 @@ def test_an_export_from_cvdvae_0_1_still_runs_and_says_what_it_cannot_see(tmp_pa
                      "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "does not count NaN/Inf itself" in err and "1 of 2 samples contain NaN/Inf" in err
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_s0_00.png"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_s0_00.png", "failures_s0.txt"]
+    assert "1 of 2 samples contain NaN/Inf" in (tmp_path / "o" / "failures_s0.txt").read_text()
 
 
 @pytest.mark.parametrize("value", ["1e39", "10.5", "-1", "inf", "nan"])

@@ -1,4 +1,4 @@
-"""``cvdvae.onnx_writer`` against the onnx package: each message byte for byte as ``onnx.helper`` and
+"""``cvdvae.hub.onnx_writer`` against the onnx package: each message byte for byte as ``onnx.helper`` and
 protobuf serialize it, varints against the protobuf documentation's examples, and a small model that
 ``onnx.checker`` accepts and ONNX Runtime runs to numpy's answer."""
 
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cvdvae import onnx_writer as w
+from cvdvae.hub import onnx_writer as w
 
 
 def test_varints_as_the_protobuf_encoding_guide_writes_them():

@@ -240,7 +240,8 @@ def test_an_output_photo_too_large_to_hold_is_refused_up_front(demo, tmp_path):
                         "--faces", "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().endswith("480 megapixels, more than the 400 written; lower "
                                                            "--upscale or use --no-paste"), r.stderr
-    assert not list((tmp_path / "o").iterdir())
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["failures_s0.txt"]  # the run's list: nothing else
+    assert (tmp_path / "o" / "failures_s0.txt").read_text() == r.stderr.strip().split(": error: ", 1)[1] + "\n"
 
 
 def test_a_photo_failing_while_written_leaves_nothing_and_the_others_go_on(demo, tmp_path, detector_fetched,
@@ -266,7 +267,8 @@ def test_a_photo_failing_while_written_leaves_nothing_and_the_others_go_on(demo,
     assert lines == [f"cvdvae-run: error: {tmp_path / 'a.png'}: failed while being worked on (OSError: [Errno 28] No "
                      "space left on device); nothing was kept for this photo"], lines
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "b_face0_s0_00.png", "b_face0_s0_01.png", "b_face0_s0_grid.png", "b_s0_00.png", "b_s0_01.png"]
+        "b_face0_s0_00.png", "b_face0_s0_01.png", "b_face0_s0_grid.png", "b_s0_00.png", "b_s0_01.png",
+        "failures_s0.txt"]
 
 
 @pytest.mark.parametrize("kind", ["L", "LA", "RGBA", "Display P3"])

