@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import math
 import operator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Sequence, Tuple
 
 import numpy as np
@@ -281,28 +282,55 @@ def _box_muller(ua: Any, ub: Any, xp: Any) -> Tuple[Any, Any]:
     return r * xp.cos(theta), r * xp.sin(theta)
 
 
-def _box_muller_numpy(xa: np.ndarray, xb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Two float64 normals from two uint64 words (see module spec, steps 4-5)."""
-    return _box_muller((xa.astype(np.float64) + 0.5) * _TWO_POW_M32, (xb.astype(np.float64) + 0.5) * _TWO_POW_M32, np)
+def _box_muller_numpy(xa: np.ndarray, xb: np.ndarray, cos_out: np.ndarray, sin_out: np.ndarray,
+                      work: Tuple[np.ndarray, np.ndarray]) -> None:
+    """``_box_muller`` on two uint64 words (module spec, steps 4-5), written into the float32
+    ``cos_out`` and ``sin_out``: the same float64 operations in the same order, in place in the
+    two float64 ``work`` arrays, without the plain expression's temporaries."""
+    ua, ub = work
+    np.add(xa, 0.5, out=ua, dtype=np.float64, casting="unsafe")  # exact: x < 2**32
+    np.multiply(ua, _TWO_POW_M32, out=ua)
+    np.add(xb, 0.5, out=ub, dtype=np.float64, casting="unsafe")
+    np.multiply(ub, _TWO_POW_M32, out=ub)
+    np.log(ua, out=ua)
+    np.multiply(ua, -2.0, out=ua)
+    r = np.sqrt(ua, out=ua)
+    theta = np.multiply(ub, _TWO_PI, out=ub)
+    trig = np.cos(theta)
+    cos_out[...] = np.multiply(r, trig, out=trig)
+    np.sin(theta, out=trig)
+    sin_out[...] = np.multiply(r, trig, out=trig)
 
 
-def noise_numpy(seed: int, n: int, dim: int, first_sample: int = 0) -> np.ndarray:
+def noise_numpy(seed: int, n: int, dim: int, first_sample: int = 0, workers: int = 1) -> np.ndarray:
     """float32 [n, dim] standard normals for samples first_sample .. +n-1.
 
     Pure numpy so the ONNX Runtime deployment reproduces torch's noise
     without torch. Element [j, e] depends only on (seed, first_sample + j, e).
+    ``workers`` threads share the chunks (numpy's loops release the GIL);
+    the values do not depend on it.
     """
     seed, n, dim, first_sample = _validate(seed, n, dim, first_sample)
     blocks = -(-dim // 4)
     total = n * blocks
     out = np.empty((total, 4), dtype=np.float32)
     key = (seed & _MASK32, seed >> 32)
-    for g0 in range(0, total, _CHUNK_BLOCKS):
+
+    def fill(g0: int) -> None:
         g = np.arange(g0, min(g0 + _CHUNK_BLOCKS, total), dtype=np.uint64)
         x0, x1, x2, x3 = _philox_rounds(_chunk_counter(g, blocks, first_sample), key)
         chunk = out[g0 : g0 + g.shape[0]]
-        chunk[:, 0], chunk[:, 1] = _box_muller_numpy(x0, x1)
-        chunk[:, 2], chunk[:, 3] = _box_muller_numpy(x2, x3)
+        work = (np.empty(g.shape[0]), np.empty(g.shape[0]))
+        _box_muller_numpy(x0, x1, chunk[:, 0], chunk[:, 1], work)
+        _box_muller_numpy(x2, x3, chunk[:, 2], chunk[:, 3], work)
+
+    starts = range(0, total, _CHUNK_BLOCKS)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(fill, starts))
+    else:
+        for g0 in starts:
+            fill(g0)
     flat = out.reshape(n, blocks * 4)
     return flat if blocks * 4 == dim else np.ascontiguousarray(flat[:, :dim])
 

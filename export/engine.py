@@ -4,8 +4,9 @@ Build with Polygraphy (``export.tensorrt``), run the new plan through the runtim
 folder's FP32 reference (``export.engine_check``), and only when it passes replace
 ``engine.plan`` and record it in ``meta.json``: TensorRT version, GPU, compute capability,
 profile and why that size, TF32, the plan's sha256 and the check. A plan that fails is never
-written; the folder keeps what it had. The timing cache is written last, so failing to
-write it cannot lose a finished plan.
+written; the folder keeps what it had. The timing cache (by default one per TensorRT version
+and kind of GPU, under ``$CVDVAE_HOME``, shared by every build there) is read before the build
+and written last, so failing to write it cannot lose a finished plan.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_path, sha256_file, write_bytes
 from runtime.backends.cuda import TorchCuda
+from runtime.compiled_cache import tensorrt_timing_cache
 from runtime.model_files import META_NAME, ONNX_NAME, PLAN_NAME, ModelFiles, locate, write_meta
 
 from . import profile, reference
@@ -38,7 +40,7 @@ class EngineSettings:
     workspace_gib: float = 8.0
     optimization_level: int = 3
     tf32: bool = False
-    timing_cache: Path | None = None
+    timing_cache: Path | None = None  # None: this TensorRT version's and GPU's own, under $CVDVAE_HOME
     validate: bool = True
     progress: bool = True
 
@@ -71,13 +73,14 @@ def build_engine(folder: Path, settings: EngineSettings, log: Callable[[str], No
     log(f"building the TensorRT engine (Polygraphy; B {chosen.min_batch}..{chosen.max_batch}, "
         f"n {chosen.min_n}..{chosen.max_n}, TF32 {'on' if settings.tf32 else 'off'})")
     start = time.perf_counter()
+    timing_cache = settings.timing_cache or default_timing_cache(cuda)
     built = build_plan(files.onnx, BuildOptions(chosen.shapes(files.lr_size, files.noise_dim), settings.workspace_gib,
-                                                settings.optimization_level, settings.tf32, settings.timing_cache,
+                                                settings.optimization_level, settings.tf32, timing_cache,
                                                 settings.progress), warn)
     record = {"tensorrt_version": built.tensorrt_version, **cuda.info(), "profile": chosen.to_dict(),
               "profile_basis": basis, "tf32": settings.tf32, "plan_sha256": hashlib.sha256(built.plan).hexdigest(),
               "workspace_gib": settings.workspace_gib, "builder_optimization_level": settings.optimization_level,
-              "timing_cache": str(settings.timing_cache) if settings.timing_cache else None,
+              "timing_cache": str(timing_cache),
               "built_with": built_with, "build_s": round(time.perf_counter() - start, 1)}
     with atomic_path(folder / PLAN_NAME) as plan:
         plan.write_bytes(built.plan)
@@ -85,12 +88,23 @@ def build_engine(folder: Path, settings: EngineSettings, log: Callable[[str], No
         record["validation"] = check_candidate(candidate, cases, source, settings.tf32, log, warn, cuda=cuda, trt=trt)
     meta.update(profile=request, engine=record)
     write_meta(folder / META_NAME, meta)
-    if built.timing_cache is not None and settings.timing_cache is not None:
+    if built.timing_cache is not None:
         try:
-            write_bytes(settings.timing_cache, built.timing_cache)
+            if settings.timing_cache is None:
+                timing_cache.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(timing_cache, built.timing_cache)
         except OSError as err:
-            warn(f"the timing cache could not be written to {settings.timing_cache} ({err}); the engine is kept")
+            warn(f"the timing cache could not be written to {timing_cache} ({err}); the engine is kept")
     return record
+
+
+def default_timing_cache(cuda: Any) -> Path:
+    """Where builds on this TensorRT version and this kind of GPU share their timing cache: a
+    later build reads it first and skips the tactic timings already made."""
+    import tensorrt
+
+    info = cuda.info()
+    return tensorrt_timing_cache(tensorrt.__version__, info["gpu"], info["compute_capability"])
 
 
 def check_candidate(candidate: ModelFiles, cases: list[reference.Case] | None, source: str | None, tf32: bool,

@@ -18,7 +18,9 @@ from typing import Any
 
 from cvdvae.version import __version__
 from cvdvae.errors import CVDVAEError
-from cvdvae.fileio import atomic_path, sha256_file
+from cvdvae.fileio import atomic_path
+
+from .compiled_cache import cache_folder, remembered_sha256
 
 ONNX_NAME, META_NAME, PLAN_NAME = "model.onnx", "meta.json", "engine.plan"
 META_FORMAT = 2  # bump when meta.json changes in a way an older reader would misread
@@ -142,11 +144,12 @@ def locate(model: str | Path) -> ModelFiles:
 
 
 def verify_onnx(files: ModelFiles) -> Path:
-    """The ONNX file, checked against the sha256 that cvdvae export recorded."""
+    """The ONNX file, checked against the sha256 that cvdvae export recorded (hashed again only
+    when the file changed since it was last checked: ``runtime.compiled_cache``)."""
     if files.onnx is None:
         raise CVDVAEError(f"no {ONNX_NAME} in {files.folder}")
     expected = files.meta.get("onnx_sha256")
-    if expected and sha256_file(files.onnx) != expected:
+    if expected and remembered_sha256(files.onnx, cache_folder(files.folder)) != expected:
         raise CVDVAEError(f"{files.onnx} does not match its meta.json (sha256): it was changed after export; "
                           "re-run cvdvae export")
     return files.onnx

@@ -15,6 +15,7 @@ class Timings:
     inference: float = 0.0   # the engine itself and the copy of its output back
     calls: int = 0
     load: float = 0.0        # opening the model
+    compile: float = 0.0     # of load, compiling the graph (0 when a compiled one was taken from the cache)
 
 
 @contextmanager

@@ -129,13 +129,17 @@ def ort_engine(folder, fault=None):
 
 @pytest.fixture
 def gpu(monkeypatch, tmp_path):
-    """TensorRT and a GPU, faked: records what the build was asked for."""
+    """TensorRT and a GPU, faked: records what the build was asked for, and the timing cache it
+    found (each build adds a line to it); $CVDVAE_HOME in tmp_path."""
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)
-    builds = []
+    builds, caches_found = [], []
+    monkeypatch.setenv("CVDVAE_HOME", str(tmp_path / "home"))
 
     def build_plan(onnx_path, options, warn):
         builds.append(options)
+        found = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
+        caches_found.append(found)
         meta = json.loads((onnx_path.parent / "meta.json").read_text())
         (low_b, low_n, dim), _, (high_b, high_n, _) = options.shapes["noise"]
         spec = {"compute": gpu.compute, "hr_size": meta["hr_size"],
@@ -146,13 +150,14 @@ def gpu(monkeypatch, tmp_path):
                        "non_finite": ["OUTPUT", "FLOAT", [-1, -1]]}}
         if gpu.fail_build:
             raise EngineBuildFailed("TensorRT could not build the engine (out of memory)")
-        return BuiltPlan(json.dumps(spec).encode(), trt.__version__, b"cache" if options.timing_cache else None)
+        return BuiltPlan(json.dumps(spec).encode(), trt.__version__, found + b"timed\n")
 
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(engine_module, "build_plan", build_plan)
     monkeypatch.setattr(engine_module, "TorchCuda", lambda: cuda)
     monkeypatch.setattr("export.exporter.tensorrt_unavailable_reason", lambda: None)
     gpu.compute, gpu.fail_build, gpu.builds, gpu.cuda, gpu.trt = "ort", False, builds, cuda, trt
+    gpu.caches_found = caches_found
     return gpu
 
 
@@ -251,6 +256,24 @@ def test_a_timing_cache_that_cannot_be_written_keeps_the_plan(exported, tmp_path
     assert export_main(["--engine-only", str(folder), "--quiet", "--timing-cache", str(cache)]) == 0
     err = capsys.readouterr().err
     assert "timing cache could not be written" in err and (folder / "engine.plan").is_file()
+
+
+def test_builds_share_one_timing_cache_per_tensorrt_version_and_gpu(exported, tmp_path, gpu):
+    """Without --timing-cache a build reads $CVDVAE_HOME's cache for its TensorRT and GPU, and writes
+    back what it timed; another GPU has its own."""
+    folder = copy_export(exported, tmp_path)
+    COMPUTE["ort"] = ort_engine(folder)
+    caches = tmp_path / "home" / "cache" / "tensorrt"
+    own = caches / "timing-10.13.0.35-Fake_GPU-sm9.0.cache"
+    for build in range(2):
+        assert export_main(["--engine-only", str(folder), "--quiet", "--overwrite"]) == 0
+        assert gpu.builds[-1].timing_cache == own and gpu.caches_found[-1] == b"timed\n" * build
+    assert own.read_bytes() == b"timed\n" * 2
+    assert json.loads((folder / "meta.json").read_text())["engine"]["timing_cache"] == str(own)
+    gpu.cuda.info = lambda: {"gpu": "Other GPU 80GB", "compute_capability": "8.6"}
+    assert export_main(["--engine-only", str(folder), "--quiet", "--overwrite"]) == 0
+    assert gpu.builds[-1].timing_cache == caches / "timing-10.13.0.35-Other_GPU_80GB-sm8.6.cache"
+    assert gpu.caches_found[-1] == b"" and own.read_bytes() == b"timed\n" * 2
 
 
 def test_an_unchecked_engine_is_recorded_as_unchecked(tmp_path, gpu, capsys):

@@ -74,3 +74,43 @@ def test_auto_takes_openvino_on_a_cpu(demo):
     backend = open_backend(demo, "auto")
     note = backend.note
     assert backend.name == "openvino" and note is None
+
+
+def test_the_next_calls_noise_is_made_ahead_off_the_calling_thread(demo, monkeypatch):
+    """While a call runs, the block of the samples after it is made on a background thread at nice 19;
+    the next call takes it, bit-equal to the block made in place, and the samples do not change."""
+    import os
+    import threading
+    import time
+
+    from cvdvae.seeding import noise_numpy
+    from runtime.backends import host_memory
+
+    if not host_memory.AHEAD:
+        pytest.skip("noise is made ahead on Linux only (thread priorities)")
+    made = []
+
+    def recording(seed, n, dim, first_sample=0, workers=1):
+        thread = threading.current_thread()
+        made.append((first_sample, thread.name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return noise_numpy(seed, n, dim, first_sample, workers)
+
+    monkeypatch.setattr(host_memory, "noise_numpy", recording)
+    backend = open_backend(demo, "openvino")
+    lr = np.random.default_rng(1).integers(0, 256, (1, 3, 8, 8)).astype(np.float32)
+    t = np.array([[0.8, 1.1]], np.float32)
+    samples = []
+    for first in (0, 2, 4):
+        samples.append(backend.sample_rows(lr, [7], first, t).samples)
+        deadline = time.monotonic() + 30
+        while backend._calls.ahead._thread.is_alive() and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert [(first, name.startswith("cvdvae-noise-ahead"), nice) for first, name, nice in made] == [
+        (0, False, ours), (2, True, 19), (4, True, 19), (6, True, 19)]
+    assert all(np.array_equal(backend._calls.noise.get_or_make((7, first, 2), None), noise_numpy(7, 2, demo.noise_dim,
+                                                                                                first))
+               for first in (0, 2, 4))
+    monkeypatch.setattr(host_memory, "AHEAD", False)
+    plain = open_backend(demo, "openvino")
+    assert all(np.array_equal(plain.sample_rows(lr, [7], first, t).samples, s) for first, s in zip((0, 2, 4), samples))

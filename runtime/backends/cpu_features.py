@@ -7,6 +7,8 @@ computes in FP32, so a user asking for bf16 would get neither its speed nor a wo
 
 from __future__ import annotations
 
+import hashlib
+import platform
 from pathlib import Path
 
 from cvdvae.errors import CVDVAEError
@@ -17,14 +19,28 @@ CPUINFO = Path("/proc/cpuinfo")
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
     """The first processor's feature flags (Linux), or None where the kernel does not list them."""
+    value = _first_value(cpuinfo, ("flags", "Features"))
+    return None if value is None else set(value.split())
+
+
+def cpu_identity(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """What code compiled for this CPU depends on: its name and (a digest of) its feature flags."""
+    flags = cpu_flags(cpuinfo)
+    features = "unknown" if flags is None else hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()
+    return {"CPU": _first_value(cpuinfo, ("model name",)) or platform.processor() or platform.machine(),
+            "CPU flags": features}
+
+
+def _first_value(cpuinfo: Path, keys: tuple[str, ...]) -> str | None:
+    """The first processor's value of one of ``keys`` in ``/proc/cpuinfo`` (Linux), else None."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
+        if key.strip() in keys:
+            return value.strip()
     return None
 
 

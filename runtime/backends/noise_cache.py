@@ -36,6 +36,9 @@ class NoiseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: Key) -> bool:
+        return key in self._entries
+
 
 def _nbytes(array: Any) -> int:
     """numpy arrays and torch tensors alike."""

@@ -4,20 +4,28 @@
 when CUDA cannot load) or ``"auto"`` (CUDA when it loads, else the CPU, with a note saying
 why). ``provider`` then names the one that actually runs. On CUDA, TF32 is off unless
 asked for: FP32 means FP32 on every backend.
+
+On the CPU, the graph ONNX Runtime optimised (its layouts and fusions for this CPU) is kept in the
+folder's cache (``runtime.compiled_cache``) and loaded at the next start with the optimisations off,
+keyed by the graph's sha256, the ONNX Runtime version, the CPU and the optimisation level.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
 
+from ..compiled_cache import GRAPH, cache_folder, entry_path, read_entry, rebuilt_note, remembered_sha256, write_entry
 from ..model_files import ModelFiles, verify_onnx
 from ..timings import Timings
+from .cpu_features import cpu_identity
 from .host_memory import HostCalls, activation_limited_samples, output_names
 from .interface import Backend, Sampled
 
@@ -60,7 +68,11 @@ class OnnxRuntimeBackend(Backend):
         path = verify_onnx(self.files)
         providers = self._providers(ort)
         try:
-            self.session = ort.InferenceSession(str(path), self._options(ort), providers=providers)
+            # A graph with its weights beside it (model.onnx.data, over 2 GiB) is optimised at every start:
+            # ONNX Runtime's optimised copy would still read them from there.
+            external = path.with_name(path.name + ".data").exists()
+            self.session = (self._cached_or_optimised(ort, path) if providers[0][0] == CPU and not external else
+                            ort.InferenceSession(str(path), self._options(ort), providers=providers))
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise CVDVAEError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}") from None
         self.provider = self.session.get_providers()[0]
@@ -74,6 +86,35 @@ class OnnxRuntimeBackend(Backend):
         self.max_n, self.max_batch = self._call_limits()
         self._calls = HostCalls(self.files, self._run, self.timings)
         self.timings.load = time.perf_counter() - start
+
+    def _cached_or_optimised(self, ort: Any, path: Path) -> Any:
+        """A CPU session: on the graph ONNX Runtime optimised at an earlier start, kept in the cache and
+        loaded with its optimisations off; else optimised now, and kept."""
+        folder = cache_folder(self.files.folder)
+        options = self._options(ort)
+        if folder is None:
+            self.note = (f"the optimised ONNX Runtime graph cannot be kept (neither {self.files.folder} nor "
+                         "$CVDVAE_HOME is writable): it is optimised at every start")
+            return ort.InferenceSession(str(path), options, providers=[CPU])
+        key = {GRAPH: self.files.meta.get("onnx_sha256") or remembered_sha256(path, folder),
+               "ONNX Runtime": ort.__version__, **cpu_identity(), "settings": str(options.graph_optimization_level)}
+        entry = entry_path(folder, "onnxruntime", key)
+        payload, why = read_entry(entry, key)
+        if payload is not None:
+            kept_options = self._options(ort)
+            kept_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                return ort.InferenceSession(payload, kept_options, providers=[CPU])
+            except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+                why = f"could not be loaded ({str(err).splitlines()[0]})"
+        # ONNX Runtime writes the optimised graph itself, and warns that it fits this CPU only: the key says so.
+        options.log_severity_level = 3
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxruntime-") as tmp:
+            options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+            session = ort.InferenceSession(str(path), options, providers=[CPU])
+            kept = write_entry(entry, key, Path(options.optimized_model_filepath).read_bytes())
+        self.note = rebuilt_note("the optimised ONNX Runtime graph", entry, why, kept, "optimised again")
+        return session
 
     def _providers(self, ort: Any) -> list[tuple[str, dict]]:
         available = ort.get_available_providers()

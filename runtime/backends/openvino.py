@@ -7,21 +7,32 @@ the convolutions in bf16 and keeps the groups of ops the precision study chose i
 dynamic B and n: reshaped to static shapes, OpenVINO 2026.4 returns correct samples on
 the first call and different, wrong ones on later calls of the same compiled model with
 the same inputs; with dynamic shapes every call is bit-identical (tests hold it).
+
+Compiled once per machine, not per start: the compiled model is exported into the folder's cache
+(``runtime.compiled_cache``) and imported at the next start, keyed by the graph's sha256, the
+OpenVINO version, the CPU (its name and feature flags) and what compiling fixes (the precision, the
+float32 groups, the latency hint). Threads and performance counters are given at import, which
+honours them, so they do not split the cache. A kept model that does not fit is said in ``note``
+and compiled again. OpenVINO's own ``CACHE_DIR`` is not used: it rebuilds a damaged blob without a
+word (measured with 2026.4), and it cannot fall back to ``$CVDVAE_HOME`` for a read-only folder.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
 
+from ..compiled_cache import GRAPH, cache_folder, entry_path, read_entry, rebuilt_note, remembered_sha256, write_entry
 from ..model_files import ModelFiles, verify_onnx
 from ..timings import Timings
-from .cpu_features import require_bf16
+from .cpu_features import cpu_identity, require_bf16
 from .host_memory import HostCalls, activation_limited_samples, output_names
 from .interface import Backend, Sampled
 from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_fp32
@@ -31,6 +42,8 @@ PRECISION_NAMES = {value: key for key, value in PRECISIONS.items()}
 # OpenVINO gains a little per sample with bigger calls while memory grows with them: four
 # FFHQ-256 samples per call (README, "Benchmark": the call sizes measured).
 CALL_BUDGET = int(4.5 * 2**30)
+# Given again at import, and honoured there: they are not part of the cache key.
+IMPORT_SETTINGS = ("INFERENCE_NUM_THREADS", "PERF_COUNT")
 
 
 def import_openvino() -> Any:
@@ -66,12 +79,7 @@ class OpenVINOBackend(Backend):
             self.fp32_groups = SHIPPED_FP32_GROUPS if self.fp32_groups is None else tuple(self.fp32_groups)
         else:
             self.fp32_groups = ()
-        try:
-            model = load_model(ov, core, path, self.fp32_groups)
-            self.compiled = core.compile_model(model, "CPU", compile_config(self.inference_precision, self.threads,
-                                                                            self.profile))
-        except RuntimeError as err:
-            raise CVDVAEError(f"OpenVINO cannot load {path}: {str(err).strip().splitlines()[0]}") from None
+        self.compiled = self._cached_or_compiled(ov, core, path)
         self.request = self.compiled.create_infer_request()
         ran = PRECISION_NAMES.get(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
         self.precision = self.files.precision if ran == "fp32" else ran
@@ -79,10 +87,41 @@ class OpenVINOBackend(Backend):
         self._calls = HostCalls(self.files, self.run, self.timings)
         self.timings.load = time.perf_counter() - start
 
+    def _cached_or_compiled(self, ov: Any, core: Any, path: Path) -> Any:
+        """The compiled model: imported from the cache when an entry made for this key is there,
+        else compiled and kept for the next start."""
+        config = compile_config(self.inference_precision, self.threads, self.profile)
+        folder = cache_folder(self.files.folder)
+        graph = self.files.meta.get("onnx_sha256") or remembered_sha256(path, folder)  # verified by verify_onnx
+        key = cache_key(ov, core, graph, config, self.fp32_groups)
+        entry = None if folder is None else entry_path(folder, "openvino", key)
+        why = None
+        if entry is not None:
+            at_import = {name: value for name, value in config.items() if name in IMPORT_SETTINGS}
+            compiled, why = _imported(ov, core, entry, key, at_import)
+            if compiled is not None:
+                return compiled
+        start = time.perf_counter()
+        try:
+            compiled = core.compile_model(load_model(ov, core, path, self.fp32_groups), "CPU", config)
+        except RuntimeError as err:
+            raise CVDVAEError(f"OpenVINO cannot load {path}: {_first_line(err)}") from None
+        self.timings.compile = time.perf_counter() - start
+        if entry is None:
+            self.note = (f"the compiled OpenVINO model cannot be kept (neither {self.files.folder} nor $CVDVAE_HOME "
+                         "is writable): it is compiled at every start")
+            return compiled
+        exported = io.BytesIO()
+        compiled.export_model(exported)
+        kept = write_entry(entry, key, exported.getbuffer())
+        self.note = rebuilt_note("the compiled OpenVINO model", entry, why, kept, "compiled again")
+        return compiled
+
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """The graph on explicit inputs (noise included): ``sr`` and, where the graph has it, its
         ``non_finite`` count. What ``sample`` calls with seeded noise."""
-        results = self.request.infer(feeds)
+        # Inputs read in place and outputs copied once (not into OpenVINO's tensors, then out again).
+        results = self.request.infer(feeds, share_inputs=True, share_outputs=True)
         sr, *count = (results[self.compiled.output(name)].copy() for name in output_names(self.files))
         return sr, count[0] if count else None
 
@@ -102,6 +141,39 @@ def compile_config(precision: str, threads: int = 0, profile: bool = False) -> d
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
+
+
+def cache_key(ov: Any, core: Any, graph_sha256: str, config: dict[str, Any],
+              fp32_groups: Sequence[str]) -> dict[str, str]:
+    """What a compiled model depends on: the graph, OpenVINO, the CPU, and the settings compiled in."""
+    compiled_in = {name: str(value) for name, value in sorted(config.items()) if name not in IMPORT_SETTINGS}
+    return {GRAPH: graph_sha256, "OpenVINO": ov.__version__, **cpu_identity(),
+            "OpenVINO's CPU": " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            "settings": ", ".join(f"{name}={value}" for name, value in compiled_in.items()),
+            "fp32 groups": ",".join(fp32_groups)}
+
+
+def _imported(ov: Any, core: Any, entry: Path, key: dict[str, str], config: dict[str, Any]) -> tuple[Any, str | None]:
+    """The model kept at ``entry``, imported with ``config``; else None and why not (None when there is none)."""
+    tensors: list[Any] = []
+
+    def openvino_memory(size: int) -> np.ndarray:
+        # The imported model reads its weights from the bytes it was given, and keeps them alive only
+        # when they are OpenVINO's own (a numpy array's memory it would not keep).
+        tensors.append(ov.Tensor(ov.Type.u8, [size]))
+        return tensors[-1].data
+
+    payload, why = read_entry(entry, key, openvino_memory)
+    if payload is None:
+        return None, why
+    try:
+        return core.import_model(tensors[-1], "CPU", config), None
+    except RuntimeError as err:
+        return None, f"could not be imported ({_first_line(err)})"
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def load_model(ov: Any, core: Any, path: Any, fp32_groups: Sequence[str] = ()) -> Any:
