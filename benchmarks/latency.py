@@ -108,6 +108,7 @@ def export_for(workdir: Path, *, precision: str = "fp32", tf32: bool = False, de
     """The model exported (unvalidated: the benchmark compares every backend itself) into ``workdir``,
     with an engine where TensorRT and a GPU exist. Without weights: ``preset`` with seeded random ones."""
     from export.engine import EngineSettings
+    from export.tensorrt import BuilderSettings
     from export.exporter import ExportSpec, export_folder
     from export.model_source import ModelChoice
 
@@ -118,7 +119,7 @@ def export_for(workdir: Path, *, precision: str = "fp32", tf32: bool = False, de
     choice = ModelChoice(demo=demo, checkpoint=checkpoint, vdvae=vdvae, config=config,
                          preset=None if demo or config else preset)
     spec = ExportSpec(choice, precision, validate=False, out=workdir / f"export-{precision}",
-                      engine_settings=EngineSettings(tf32=tf32, validate=False, progress=False))
+                      engine_settings=EngineSettings(BuilderSettings(tf32=tf32, progress=False), validate=False))
     start = time.perf_counter()
     exported = export_folder(spec, log=lambda message: None, warn=lambda message: print(message, file=sys.stderr))
     print(f"exported {exported.folder} in {time.perf_counter() - start:.0f} s", file=sys.stderr)

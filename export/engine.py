@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from runtime.model_files import META_NAME, ONNX_NAME, PLAN_NAME, ModelFiles, loc
 
 from . import profile, reference
 from .engine_check import check_engine
-from .tensorrt import BuildOptions, build_plan, polygraphy_version
+from .tensorrt import BuilderSettings, BuildOptions, build_plan, polygraphy_version
 
 DEBUG_HINT = "README.md, 'Debugging an engine', shows the polygraphy commands that find the first bad layer"
 
@@ -36,13 +36,11 @@ class EngineRejected(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """An engine build: the builder's settings (a ``timing_cache`` of None here means the one this
+    TensorRT version and GPU share), the profile asked for, and whether to check the engine."""
+    builder: BuilderSettings = field(default_factory=BuilderSettings)
     profile_overrides: dict[str, int] = field(default_factory=dict)
-    workspace_gib: float = 8.0
-    optimization_level: int = 3
-    tf32: bool = False
-    timing_cache: Path | None = None  # None: this TensorRT version's and GPU's own, under $CVDVAE_HOME
     validate: bool = True
-    progress: bool = True
 
 
 def load_reference(folder: Path, validate: bool) -> tuple[list[reference.Case] | None, str | None]:
@@ -71,26 +69,26 @@ def build_engine(folder: Path, settings: EngineSettings, log: Callable[[str], No
     bytes_per_value = 4 if files.precision == "fp32" else 2
     chosen, basis = profile.resolve(request, files.activation_bytes_per_sample(bytes_per_value), cuda.free_memory())
     log(f"building the TensorRT engine (Polygraphy; B {chosen.min_batch}..{chosen.max_batch}, "
-        f"n {chosen.min_n}..{chosen.max_n}, TF32 {'on' if settings.tf32 else 'off'})")
+        f"n {chosen.min_n}..{chosen.max_n}, TF32 {'on' if settings.builder.tf32 else 'off'})")
     start = time.perf_counter()
-    timing_cache = settings.timing_cache or default_timing_cache(cuda)
-    built = build_plan(files.onnx, BuildOptions(chosen.shapes(files.lr_size, files.noise_dim), settings.workspace_gib,
-                                                settings.optimization_level, settings.tf32, timing_cache,
-                                                settings.progress), warn)
+    builder = settings.builder
+    timing_cache = builder.timing_cache or default_timing_cache(cuda)
+    built = build_plan(files.onnx, BuildOptions(chosen.shapes(files.lr_size, files.noise_dim),
+                                                replace(builder, timing_cache=timing_cache)), warn)
     record = {"tensorrt_version": built.tensorrt_version, **cuda.info(), "profile": chosen.to_dict(),
-              "profile_basis": basis, "tf32": settings.tf32, "plan_sha256": hashlib.sha256(built.plan).hexdigest(),
-              "workspace_gib": settings.workspace_gib, "builder_optimization_level": settings.optimization_level,
+              "profile_basis": basis, "tf32": builder.tf32, "plan_sha256": hashlib.sha256(built.plan).hexdigest(),
+              "workspace_gib": builder.workspace_gib, "builder_optimization_level": builder.optimization_level,
               "timing_cache": str(timing_cache),
               "built_with": built_with, "build_s": round(time.perf_counter() - start, 1)}
     with atomic_path(folder / PLAN_NAME) as plan:
         plan.write_bytes(built.plan)
         candidate = ModelFiles(folder, {**meta, "engine": record}, files.onnx, plan, "plan")
-        record["validation"] = check_candidate(candidate, cases, source, settings.tf32, log, warn, cuda=cuda, trt=trt)
+        record["validation"] = check_candidate(candidate, cases, source, builder.tf32, log, warn, cuda=cuda, trt=trt)
     meta.update(profile=request, engine=record)
     write_meta(folder / META_NAME, meta)
     if built.timing_cache is not None:
         try:
-            if settings.timing_cache is None:
+            if builder.timing_cache is None:
                 timing_cache.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(timing_cache, built.timing_cache)
         except OSError as err:

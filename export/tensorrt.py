@@ -29,13 +29,19 @@ class EngineBuildFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    shapes: dict[str, tuple[tuple[int, ...], ...]]   # input -> (min, opt, max) shapes
+class BuilderSettings:
+    """What TensorRT's builder is told besides the shapes."""
     workspace_gib: float = 8.0
     optimization_level: int = 3
     tf32: bool = False
-    timing_cache: Path | None = None
+    timing_cache: Path | None = None  # read before the build and returned after it; None: none
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    shapes: dict[str, tuple[tuple[int, ...], ...]]   # input -> (min, opt, max) shapes
+    builder: BuilderSettings = field(default_factory=BuilderSettings)
 
 
 @dataclass
@@ -101,22 +107,23 @@ def build_plan(onnx_path: Path, options: BuildOptions, warn: Callable[[str], Non
     from polygraphy.backend.trt import Profile as TrtProfile
     from polygraphy.exception import PolygraphyException
 
+    settings = options.builder
     profile = TrtProfile()
     for name, (low, opt, high) in options.shapes.items():
         profile.add(name, min=low, opt=opt, max=high)
-    cache_in = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.is_file() else None
-    if options.timing_cache and cache_in is None:
+    cache_in = settings.timing_cache.read_bytes() if settings.timing_cache and settings.timing_cache.is_file() else None
+    if settings.timing_cache and cache_in is None:
         cache_in = b""
     settled: dict[str, Any] = {}
 
     def settle(builder: Any, network: Any, config: Any) -> None:
         settled["config"] = config
-        settled["warnings"] = configure(trt, config, tf32=options.tf32, timing_cache=cache_in)
+        settled["warnings"] = configure(trt, config, tf32=settings.tf32, timing_cache=cache_in)
 
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed_flag_exists(trt))
-    config = CreateConfig(tf32=options.tf32, profiles=[profile], builder_optimization_level=options.optimization_level,
-                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * 2**30)},
-                          progress_monitor=_progress_monitor(trt) if options.progress else None)
+    config = CreateConfig(tf32=settings.tf32, profiles=[profile], builder_optimization_level=settings.optimization_level,
+                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(settings.workspace_gib * 2**30)},
+                          progress_monitor=_progress_monitor(trt) if settings.progress else None)
     try:
         plan = EngineBytesFromNetwork(network, config=PostprocessConfig(config, settle))()
     except PolygraphyException as err:
@@ -125,7 +132,7 @@ def build_plan(onnx_path: Path, options: BuildOptions, warn: Callable[[str], Non
     for line in settled.get("warnings", []):
         warn(line)
     cache_out = None
-    if options.timing_cache is not None:
+    if settings.timing_cache is not None:
         cache_out = bytes(memoryview(settled["config"].get_timing_cache().serialize()))
     return BuiltPlan(bytes(memoryview(plan)), trt.__version__, cache_out, settled.get("warnings", []))
 

@@ -138,7 +138,7 @@ def gpu(monkeypatch, tmp_path):
 
     def build_plan(onnx_path, options, warn):
         builds.append(options)
-        found = options.timing_cache.read_bytes() if options.timing_cache.is_file() else b""
+        found = options.builder.timing_cache.read_bytes() if options.builder.timing_cache.is_file() else b""
         caches_found.append(found)
         meta = json.loads((onnx_path.parent / "meta.json").read_text())
         (low_b, low_n, dim), _, (high_b, high_n, _) = options.shapes["noise"]
@@ -267,12 +267,12 @@ def test_builds_share_one_timing_cache_per_tensorrt_version_and_gpu(exported, tm
     own = caches / "timing-10.13.0.35-Fake_GPU-sm9.0.cache"
     for build in range(2):
         assert export_main(["--engine-only", str(folder), "--quiet", "--overwrite"]) == 0
-        assert gpu.builds[-1].timing_cache == own and gpu.caches_found[-1] == b"timed\n" * build
+        assert gpu.builds[-1].builder.timing_cache == own and gpu.caches_found[-1] == b"timed\n" * build
     assert own.read_bytes() == b"timed\n" * 2
     assert json.loads((folder / "meta.json").read_text())["engine"]["timing_cache"] == str(own)
     gpu.cuda.info = lambda: {"gpu": "Other GPU 80GB", "compute_capability": "8.6"}
     assert export_main(["--engine-only", str(folder), "--quiet", "--overwrite"]) == 0
-    assert gpu.builds[-1].timing_cache == caches / "timing-10.13.0.35-Other_GPU_80GB-sm8.6.cache"
+    assert gpu.builds[-1].builder.timing_cache == caches / "timing-10.13.0.35-Other_GPU_80GB-sm8.6.cache"
     assert gpu.caches_found[-1] == b"" and own.read_bytes() == b"timed\n" * 2
 
 

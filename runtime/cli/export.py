@@ -15,6 +15,7 @@ import typer
 from cvdvae.errors import CVDVAEError
 from export import graph, profile, triton
 from export.engine import EngineSettings
+from export.tensorrt import BuilderSettings
 from export.exporter import ExportSpec, add_engine_to_folder, export_folder
 from export.model_source import ModelChoice
 
@@ -112,7 +113,8 @@ def export_command(
     repository = triton_repo / triton_name if triton_repo else None
     if repository is not None and repository.exists() and not overwrite:
         raise CVDVAEError(f"{repository} exists; pass --overwrite to replace it")  # before any work
-    settings = EngineSettings(overrides, workspace, opt_level, tf32, timing_cache, validate, progress=not quiet)
+    settings = EngineSettings(BuilderSettings(workspace, opt_level, tf32, timing_cache, progress=not quiet), overrides,
+                              validate)
     log = Log(quiet)
     if engine_only is not None:
         exported = add_engine_to_folder(engine_only, settings, overwrite, log, warn)
