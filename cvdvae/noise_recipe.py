@@ -134,15 +134,15 @@ def check_temperature_at(pairs: tuple[tuple[int, float], ...], levels: NoiseLeve
     for (level, factor), following in zip(pairs, [*pairs[1:], (math.inf, 1.0)]):
         if level not in levels.resolutions:
             raise CVDVAEError(f"{{temperature_at}} level {level} is not a level of this model: its levels are "
-                              f"{known} px", temperature_at=dict(pairs))
+                              f"{known} px", temperature_at=None)
         as_float32 = float(np.float32(factor)) if math.isfinite(factor) else math.nan
         if not 0 <= as_float32 <= MAX_FACTOR:
             raise CVDVAEError(f"{{temperature_at}} factor {factor!r} at {level} px is out of range: a number from 0 "
-                              f"to {MAX_FACTOR:g}", temperature_at=dict(pairs))
+                              f"to {MAX_FACTOR:g}", temperature_at=None)
         if not any(level <= r < following[0] and i >= levels.prior_from for i, r in enumerate(levels.levels)):
             raise CVDVAEError(f"{{temperature_at}} level {level} px reaches only LR-encoder groups, which are "
                               f"untempered: the first prior level is {levels.first_prior_level} px",
-                              temperature_at=dict(pairs))
+                              temperature_at=None)
 
 
 def compose(noise: Noise, dim: int, n: int, first: int, make: NoiseMaker, levels: NoiseLevels | None = None) -> Any:

@@ -200,3 +200,61 @@ def test_bad_settings_are_one_clear_error(demo_export, setting, message):
     with pytest.raises(CVDVAEError) as err:
         pipe(np.zeros((8, 8, 3), np.uint8), n=N, seed=SEED, **setting)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_run_writes_the_pipelines_samples_of_the_recipe(demo_export, tmp_path):
+    """``cvdvae run --like --like-seed --vary-from --temperature-at --summary``: the library's samples, as files."""
+    from PIL import Image
+
+    from cvdvae import Pipeline
+    from runtime.cli.run import main as run_main
+
+    face = np.random.default_rng(4).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(face).save(tmp_path / "f.png")
+    flags = ["--like", "1", "--like-seed", "4", "--vary-from", "8", "--temperature-at", "16=0.5,32=0.25"]
+    assert run_main([str(demo_export), "--input", str(tmp_path / "f.png"), "--n", "3", "--seed", "2", "--out",
+                     str(tmp_path / "o"), "--backend", "onnxruntime", "--summary", "--quiet", *flags]) == 0
+    want = Pipeline.from_pretrained(demo_export, "onnxruntime")(face, n=3, seed=2, like=1, like_seed=4, vary_from=8,
+                                                               temperature_at={16: 0.5, 32: 0.25})
+    for k in range(3):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / f"f_s2_{k:02d}.png")), want.samples[0, k])
+    assert (tmp_path / "o" / "f_s2_std.png").is_file()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--like", "3", "--vary-from", "12"], "--vary-from 12 is not a level of this model"),
+    (["--like", "5", "--vary-from", "16"], "--like 5 is out of range: the samples are 0 .. 3"),
+    (["--temperature-at", "16=x"], "'16=x': expected LEVEL=FACTOR"),
+    (["--temperature-at", "8=0.5,16=1"], "--temperature-at level 8 px reaches only LR-encoder groups"),
+])
+def test_run_refuses_bad_level_flags_in_one_line(demo_export, tmp_path, capsys, flags, message):
+    from runtime.cli.run import main as run_main
+
+    (tmp_path / "f.png").write_bytes(b"")  # never read: the flags are refused first
+    assert run_main([str(demo_export), "--input", str(tmp_path / "f.png"), "--n", "4", "--out", str(tmp_path / "o"),
+                     *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_every_face_of_a_photo_keeps_the_references_levels(demo_export, tmp_path):
+    """--faces: sample ``like`` of each face is the plain run's own sample; the others are new."""
+    from PIL import Image
+
+    from cvdvae.hub.home import cvdvae_home
+    from runtime.cli.run import main as run_main
+
+    skimage = pytest.importorskip("skimage")
+    if not (cvdvae_home() / "mtcnn" / "onet.onnx").is_file():
+        pytest.skip("MTCNN graphs not fetched (cvdvae fetch mtcnn)")
+    photo = __import__("pathlib").Path(skimage.__file__).parent / "data" / "astronaut.png"
+    common = [str(demo_export), "--input", str(photo), "--faces", "--n", "3", "--upscale", "1", "--quiet"]
+    assert run_main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert run_main([*common, "--out", str(tmp_path / "kept"), "--like", "1", "--vary-from", "16"]) == 0
+
+    def face(folder, k):
+        return np.asarray(Image.open(tmp_path / folder / f"astronaut_face0_s0_{k:02d}.png"))
+
+    assert np.array_equal(face("kept", 1), face("plain", 1))
+    assert not np.array_equal(face("kept", 0), face("plain", 0))
+    assert not np.array_equal(face("kept", 0), face("kept", 2))
