@@ -70,7 +70,7 @@ def pytorch(model, lr, noise, t):
 
 
 @pytest.mark.parametrize("setting", [dict(like=2, vary_from=16), dict(like=1, like_seed=11, vary_from=8),
-                                     dict(temperature_at={16: 0.5, 32: 0.2}),
+                                     dict(temperature_at={16: 0.5, 32: 0.2}), dict(temperature_at={8: 0.5}),
                                      dict(like=3, vary_from=32, temperature_at={32: 1.5})])
 def test_every_cpu_backend_samples_the_hand_composed_noise(cpu_backend, model, lr, setting):
     got = cpu_backend.sample_rows(lr, [recipe_for(SEED, **setting)], 0, T[None]).samples
