@@ -78,7 +78,8 @@ class Sampler:
         shape = self.pipe.shape
         return {"model": self.pipe.model_id, "conditional": shape.conditional, "lr_size": shape.lr_size,
                 "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name,
-                "precision": self.pipe.backend.precision, "fp32_groups": list(self.pipe.backend.fp32_groups)}
+                "precision": self.pipe.backend.precision, "fp32_groups": list(self.pipe.backend.fp32_groups),
+                "levels": shape.levels.resolutions if shape.levels is not None else []}
 
     async def activity(self) -> dict[str, Any]:
         """This replica's Ray actor name, its requests in progress and the worker steps started so
