@@ -374,11 +374,15 @@ def test_a_photo_is_sent_with_faces_and_each_face_is_boxed_on_it(browser, served
 
 
 def test_a_clicked_sample_is_varied_from_the_level_chosen(browser, served, tmp_path):
-    """Click sample 3, pick 16 px on the level slider, "Vary the details of this one": the samples the
-    API gives for like=2, vary_from=16; sample 3 is the one clicked, the others are new."""
+    """The example face fills the image field; then with an uploaded face: click sample 3, pick 16 px on
+    the level slider, "Vary the details of this one": the samples the API gives for like=2, vary_from=16;
+    sample 3 is the one clicked, the others are new."""
     driver = browser
     driver.get(served + "/")
     wait(driver, lambda d: d.find_element("id", "model").text.startswith("Model:"), "the model line")
+    driver.find_element("id", "example").click()  # a first visitor's face: drawn at the model's input size
+    wait(driver, lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") == 8
+         and d.find_element("id", "image").get_attribute("value").endswith("example.png"), "the example face")
     face = png_file(tmp_path / "lr.png", 8)
     driver.find_element("id", "image").send_keys(str(face))
     set_value(driver, "n", "4")

@@ -98,6 +98,34 @@ function showPreview() {
   img.alt = `The chosen face, ${file.name}, enlarged`;
 }
 
+// A first visitor without a face at hand: a drawn face of the model's input size, chosen as if uploaded.
+function useExample() {
+  const size = (model && model.lr_size) || 64;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const draw = canvas.getContext("2d");
+  draw.fillStyle = "#6b7f99";
+  draw.fillRect(0, 0, size, size);
+  const spot = (x, y, rx, ry, colour) => {
+    draw.fillStyle = colour;
+    draw.beginPath();
+    draw.ellipse(x * size, y * size, rx * size, ry * size, 0, 0, 2 * Math.PI);
+    draw.fill();
+  };
+  spot(0.5, 0.3, 0.36, 0.3, "#3b2a20");                                  // hair
+  spot(0.5, 0.55, 0.3, 0.38, "#d9a98a");                                 // face
+  spot(0.38, 0.48, 0.06, 0.035, "#2b2b33"); spot(0.62, 0.48, 0.06, 0.035, "#2b2b33");  // eyes
+  spot(0.5, 0.74, 0.1, 0.03, "#a4504f");                                 // mouth
+  canvas.toBlob((blob) => {
+    const files = new DataTransfer();
+    files.items.add(new File([blob], "example.png", { type: "image/png" }));
+    $("image").files = files.files;
+    $("faces").checked = $("from_hr").checked = false;
+    photoMode();
+    showPreview();
+  }, "image/png");
+}
+
 // A photo's faces are sampled and pasted back; from HR and consistent are for LR faces only.
 function photoMode() {
   const photo = $("faces").checked;
@@ -385,6 +413,7 @@ function init() {
   $("sample-form").addEventListener("submit", submit);
   $("vary-from").addEventListener("input", describeLevel);
   $("vary-this").addEventListener("click", varyThis);
+  $("example").addEventListener("click", useExample);
   photoMode();
   pollReady();
 }
