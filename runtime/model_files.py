@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from cvdvae.version import __version__
 from cvdvae.errors import CVDVAEError
 from cvdvae.fileio import atomic_path
+from cvdvae.noise_recipe import NoiseLevels
 
 from .compiled_cache import cache_folder, remembered_sha256
 
@@ -37,6 +39,7 @@ class ModelShape:
     hr_size: int
     scale: int | None
     consistent: bool = False  # the LR-consistency projection is part of the graph
+    levels: NoiseLevels | None = None  # each decoder block's level (None: the files do not say)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,17 @@ class ModelFiles:
     @property
     def shape(self) -> ModelShape:
         return ModelShape(self.conditional, self.lr_size, self.hr_size, self.scale,
-                          bool(self.meta.get("consistent", False)))
+                          bool(self.meta.get("consistent", False)), self.levels)
+
+    @cached_property
+    def levels(self) -> NoiseLevels | None:
+        """Each decoder block's level and noise slice, from the config meta.json holds (None without one)."""
+        from cvdvae.config import config_from_mapping
+
+        if not isinstance(self.meta.get("config"), dict):
+            return None
+        levels = NoiseLevels.from_config(config_from_mapping(self.meta["config"])[0])
+        return levels if levels.dim == self.noise_dim else None
 
     @property
     def model_id(self) -> str:

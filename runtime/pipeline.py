@@ -5,6 +5,8 @@
     pipe = Pipeline.from_pretrained("engines/x4-fp32")      # an export folder, model.onnx, engine.plan or weights
     out = pipe("face.png", n=8, seed=0, temperature=0.8)    # out.samples: uint8 [B, n, H, W, 3]
     out.mean, out.std                                       # per input: the samples' mean, their spread
+    out = pipe("face.png", n=8, seed=0, like=3, vary_from=64)  # sample 3's coarse levels, the finer ones varied
+    out = pipe("face.png", seed=0, temperature_at={128: 0.5})  # half the temperature from 128 px up
     photos = pipe.faces("photo.jpg", n=8, seed=0)           # detection, alignment, paste-back, in memory
 
 The pipeline composes the parts and owns no maths. ``__call__`` reads as its steps:
@@ -26,12 +28,13 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from cvdvae import bicubic
 from cvdvae.errors import CVDVAEError, InputError, NoFaceFound, NonFiniteSamples
+from cvdvae.noise_recipe import Noise, check_recipe, recipe_for, seed_of
 from cvdvae.seeding import MAX_SEED
 
 from .backends import CHOICES, Backend, open_backend
@@ -171,22 +174,25 @@ class Pipeline:
     def __call__(self, images: ImageSource | LRInput | Sequence[ImageSource | LRInput] | None = None,
                  n: int | None = None, seed: int = 0, temperature: float | Sequence[float] = DEFAULT_TEMPERATURE,
                  from_hr: bool = False, consistent: bool = False, *, first_sample: int = 0,
-                 keep_non_finite: bool = False) -> PipelineOutput:
+                 keep_non_finite: bool = False, like: int | None = None, like_seed: int | None = None,
+                 vary_from: int | None = None, temperature_at: Mapping[int, float] | None = None) -> PipelineOutput:
         """n samples of each image (PIL images, HWC uint8 arrays, paths or bytes; one or a list), or
         with ``images`` None, n faces drawn from noise by a prior-only model. ``n`` defaults to 8,
         or to one sample per temperature when ``temperature`` is a list. ``first_sample``: these are
         samples ``first_sample ..`` of the seed (a long run drawn in passes gives the bytes of one
         pass). Raises ``InputError`` for an unusable image and ``NonFiniteSamples`` when the model
         produced NaN/Inf; with ``keep_non_finite`` the output is returned instead, its broken samples
-        as zeros and listed in ``non_finite``."""
+        as zeros and listed in ``non_finite``. ``like``, ``like_seed``, ``vary_from`` and
+        ``temperature_at`` compose the noise by level (``recipe``)."""
         temperatures = self.check_settings(n, seed, temperature)
         if not isinstance(first_sample, (int, np.integer)) or isinstance(first_sample, bool) or first_sample < 0:
             raise CVDVAEError(f"first_sample must be a whole number >= 0, not {first_sample!r}")
+        noise = self.recipe(seed, first_sample + len(temperatures), like, like_seed, vary_from, temperature_at)
         timings: dict[str, float] = {}
         with timed(timings, "prepare"):
             inputs = self.prepare(images, from_hr)
         with timed(timings, "sample"):
-            samples = sample_jobs(self.backend, self.jobs(inputs, seed, temperatures, first_sample))
+            samples = sample_jobs(self.backend, self.jobs(inputs, noise, temperatures, first_sample))
         return self.finish(inputs, samples, seed, temperatures, consistent, timings, first_sample, keep_non_finite)
 
     def check_settings(self, n: int | None, seed: int, temperature: float | Sequence[float]) -> np.ndarray:
@@ -194,6 +200,24 @@ class Pipeline:
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise CVDVAEError(f"seed must be a whole number in 0 .. 2^64-1, not {seed!r}")
         return check_temperatures(temperature, n)
+
+    def recipe(self, seed: int, samples: int, like: int | None = None, like_seed: int | None = None,
+               vary_from: int | None = None, temperature_at: Mapping[int, float] | None = None) -> Noise:
+        """The noise of a call whose samples are ``0 .. samples - 1``: the seed's own, or with ``like``
+        (a sample index; ``like_seed`` its seed, default ``seed``) and ``vary_from`` (a level in px)
+        every latent group coarser than the level is sample ``like``'s and sample ``like`` is itself;
+        ``temperature_at`` ({level: factor}, each from its level up to the next) multiplies the
+        temperature of the prior's groups (``cvdvae.noise_recipe``). Checked against the model's levels."""
+        if temperature_at is not None and not isinstance(temperature_at, Mapping):
+            raise CVDVAEError("{temperature_at} must map levels (px) to factors, e.g. {128: 0.5}",
+                              temperature_at=temperature_at)
+        try:
+            noise = recipe_for(seed, like, like_seed, vary_from, temperature_at)
+        except (TypeError, ValueError):
+            raise CVDVAEError("{temperature_at} must map whole levels (px) to numbers, e.g. {128: 0.5}",
+                              temperature_at=temperature_at) from None
+        check_recipe(noise, self.shape.levels, samples)
+        return noise
 
     def prepare(self, images: Any, from_hr: bool = False) -> list[LRInput]:
         """Every image decoded, checked against the model's input size, and degraded with ``from_hr``
@@ -237,7 +261,7 @@ class Pipeline:
         return LRInput(chw.astype(np.float32), None, decoded.name, decoded.converted)
 
     @staticmethod
-    def jobs(inputs: list[LRInput], seed: int, temperatures: np.ndarray, first_sample: int = 0) -> list[Job]:
+    def jobs(inputs: list[LRInput], seed: Noise, temperatures: np.ndarray, first_sample: int = 0) -> list[Job]:
         return [Job(item.lr, seed, temperatures, first_sample) for item in inputs]
 
     def finish(self, inputs: list[LRInput], results: list[Sampled], seed: int, temperatures: np.ndarray,
@@ -263,15 +287,19 @@ class Pipeline:
     def faces(self, photo: ImageSource, n: int | None = None, seed: int = 0,
               temperature: float | Sequence[float] = DEFAULT_TEMPERATURE, *, min_face: int = 20,
               max_faces: int = MAX_FACES, min_score: float = 0.9, upscale: float | None = None,
-              paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
+              paste: str = "photo", keep_non_finite: bool = False, like: int | None = None,
+              like_seed: int | None = None, vary_from: int | None = None,
+              temperature_at: Mapping[int, float] | None = None) -> FacesOutput:
         """Every face of ``photo`` found, aligned as FFHQ was, sampled n times and pasted back: n whole
         photos (``paste``: "photo" on the photo upscaled by ``upscale``, default the model's
         factor; "transparent": the faces alone, RGBA; "none": no whole photos) and per face its
         box, landmarks, mode and samples. Nothing is written to disk. ``NoFaceFound`` when the
-        photo has none; ``NonFiniteSamples`` as ``__call__`` raises it."""
+        photo has none; ``NonFiniteSamples`` as ``__call__`` raises it. ``like`` .. ``temperature_at``:
+        every face's noise by level, as ``__call__``."""
         temperatures = self.check_settings(n, seed, temperature)
+        noise = self.recipe(seed, len(temperatures), like, like_seed, vary_from, temperature_at)
         found = self.detect_faces(photo, FaceSearch(min_face, max_faces, min_score), upscale, paste)
-        return self.sample_faces(found, seed, temperatures, upscale, paste, keep_non_finite)
+        return self.sample_faces(found, noise, temperatures, upscale, paste, keep_non_finite)
 
     def detect_faces(self, photo: ImageSource, search: FaceSearch = FaceSearch(), upscale: float | None = None,
                      paste: str = "photo", name: str | None = None, check: Any = None) -> PhotoFaces:
@@ -306,16 +334,17 @@ class Pipeline:
             raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", min_face=None, min_score=None)
         return PhotoFaces(decoded.pixels, faces, decoded.name, timings, decoded.alpha, decoded.grey)
 
-    def sample_faces(self, found: PhotoFaces, seed: int, temperatures: np.ndarray, upscale: float | None = None,
+    def sample_faces(self, found: PhotoFaces, seed: Noise, temperatures: np.ndarray, upscale: float | None = None,
                      paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
-        """The found faces sampled together (``temperatures`` [n]) and made into whole photos."""
+        """The found faces sampled together (``temperatures`` [n]; ``seed`` a seed or a checked recipe)
+        and made into whole photos."""
         with timed(found.timings, "sample"):
             samples = sample_jobs(self.backend, self.face_jobs(found, seed, temperatures), keep=as_uint8)
-        return self.finish_faces(found, samples, seed, temperatures, upscale, paste, keep_non_finite)
+        return self.finish_faces(found, samples, seed_of(seed), temperatures, upscale, paste, keep_non_finite)
 
     @staticmethod
-    def face_jobs(found: PhotoFaces, seed: int, temperatures: np.ndarray) -> list[Job]:
-        """One job per face: sample k of every face has the noise of ``(seed, k)``."""
+    def face_jobs(found: PhotoFaces, seed: Noise, temperatures: np.ndarray) -> list[Job]:
+        """One job per face: sample k of every face has the noise of ``(seed, k)`` (or the recipe's)."""
         return [Job(face.lr, seed, temperatures) for face in found.faces]
 
     def finish_faces(self, found: PhotoFaces, results: list[Sampled], seed: int, temperatures: np.ndarray,

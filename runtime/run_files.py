@@ -61,6 +61,7 @@ class RunSettings:
     search: FaceSearch | None = None  # photos: their faces are found with it; None: LR faces
     upscale: float | None = None
     paste: str = "photo"
+    variation: dict[str, Any] = field(default_factory=dict)  # like, like_seed, vary_from, temperature_at
 
     @property
     def n(self) -> int:
@@ -234,7 +235,8 @@ def sample_inputs(pipe: Pipeline, inputs: list[LRInput], settings: RunSettings, 
     passing = [PassingSamples(settings.grid, settings.summary) for _ in inputs]
     for first in range(0, settings.n, SAMPLES_PER_PASS):
         temperatures = settings.temperatures[first:first + SAMPLES_PER_PASS]
-        output = pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first, keep_non_finite=True)
+        output = pipe(inputs, len(temperatures), settings.seed, temperatures, first_sample=first, keep_non_finite=True,
+                      **settings.variation)
         for i, samples in enumerate(passing):
             bad = output.non_finite[i]
             written = outputs.write_samples(settings.out, Path(inputs[i].name).stem, settings.seed,
@@ -276,7 +278,8 @@ def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record:
     try:
         found = pipe.detect_faces(path, settings.search, settings.upscale, settings.paste)
         planned = check_photo_outputs(path, found, settings, replaceable)
-        result = pipe.sample_faces(found, settings.seed, settings.temperatures, settings.upscale, settings.paste)
+        noise = pipe.recipe(settings.seed, settings.n, **settings.variation)
+        result = pipe.sample_faces(found, noise, settings.temperatures, settings.upscale, settings.paste)
         written = [str(p) for p in write_photo(result, settings.out, path.stem, settings.grid, pipe.shape.scale,
                                                settings.summary)]
     except NonFiniteSamples as err:

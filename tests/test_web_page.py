@@ -371,3 +371,40 @@ def test_a_photo_is_sent_with_faces_and_each_face_is_boxed_on_it(browser, served
     driver.save_screenshot(str(tmp_path / "photo.png"))
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)  # this test may run first, on its own worker
     shutil.copyfile(tmp_path / "photo.png", ARTIFACT.with_name("web_page_photo.png"))
+
+
+def test_a_clicked_sample_is_varied_from_the_level_chosen(browser, served, tmp_path):
+    """The example face fills the image field; then with an uploaded face: click sample 3, pick 16 px on
+    the level slider, "Vary the details of this one": the samples the API gives for like=2, vary_from=16;
+    sample 3 is the one clicked, the others are new."""
+    driver = browser
+    driver.get(served + "/")
+    wait(driver, lambda d: d.find_element("id", "model").text.startswith("Model:"), "the model line")
+    driver.find_element("id", "example").click()  # a first visitor's face: drawn at the model's input size
+    wait(driver, lambda d: d.execute_script("return document.getElementById('preview').naturalWidth") == 8
+         and d.find_element("id", "image").get_attribute("value").endswith("example.png"), "the example face")
+    face = png_file(tmp_path / "lr.png", 8)
+    driver.find_element("id", "image").send_keys(str(face))
+    set_value(driver, "n", "4")
+    set_value(driver, "seed", "6")
+    driver.find_element("id", "submit").click()
+    before = wait(driver, lambda d: (s := d.execute_script(SAMPLES_JS)) and len(s) == 4
+                  and all(x["complete"] and x["width"] for x in s) and s, "four samples")
+    driver.find_elements("css selector", "#samples figure")[2].click()
+    wait(driver, lambda d: d.find_element("id", "vary-box").is_displayed(), "the vary controls in the viewer")
+    levels = readyz(served)["levels"]
+    driver.execute_script("const s = document.getElementById('vary-from'); s.value = arguments[0]; "
+                          "s.dispatchEvent(new Event('input'));", levels.index(16))
+    assert driver.find_element("id", "vary-level").text == "16 px"
+    driver.find_element("id", "vary-this").click()
+    after = wait(driver, lambda d: (s := d.execute_script(SAMPLES_JS)) and len(s) == 4 and s[0]["src"] !=
+                 before[0]["src"] and all(x["complete"] for x in s) and s, "the varied samples")
+    body = json.dumps({"image": base64.b64encode(face.read_bytes()).decode(), "n": 4, "seed": 6, "like": 2,
+                       "vary_from": 16}).encode()
+    request = urllib.request.Request(served + "/v1/samples", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        api = json.load(response)["samples"]
+    assert [x["src"].split(",", 1)[1] for x in after] == api
+    assert after[2]["src"] == before[2]["src"] and after[1]["src"] != before[1]["src"]
+    assert driver.find_element("id", "viewer-caption").text.startswith("3 of")
+    assert not driver.find_element("id", "error").is_displayed()

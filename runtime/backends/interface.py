@@ -6,6 +6,8 @@ from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from cvdvae.noise_recipe import Noise
+
 from ..timings import Timings
 
 
@@ -42,14 +44,15 @@ class Backend(Protocol):
     rows_independent: bool = False  # row b of a call is bit-identical to row b run alone
     fp32_groups: tuple[str, ...] = ()  # op groups kept in float32 under a reduced compute precision
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
         """Row b is image ``lr[b]`` ([B, 3, h, w], 0..255; None for a prior-only model) with the noise
-        of ``seeds[b]`` for samples ``first_sample ..`` and ``temperature[b]`` ([B, n]) -> its
-        samples [B, n, 3, H, W] in [0, 1] and their NaN/Inf counts [B, n]."""
+        of ``seeds[b]`` (a seed, or a checked ``NoiseRecipe``: ``cvdvae.noise_recipe.compose``) for
+        samples ``first_sample ..`` and ``temperature[b]`` ([B, n]) -> its samples [B, n, 3, H, W] in
+        [0, 1] and their NaN/Inf counts [B, n]."""
         ...
 
-    def sample(self, lr: np.ndarray | None, seed: int, first_sample: int, temperature: np.ndarray) -> Sampled:
+    def sample(self, lr: np.ndarray | None, seed: Noise, first_sample: int, temperature: np.ndarray) -> Sampled:
         """Every row with one seed and the temperatures ``temperature`` [n]."""
         batch = 1 if lr is None else len(lr)
         rows = np.broadcast_to(np.asarray(temperature, np.float32), (batch, len(temperature)))

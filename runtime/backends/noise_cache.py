@@ -1,6 +1,7 @@
 """The seeded noise blocks a backend reuses: every image chunk of a run needs the same ones.
 
-Keyed by (seed, first sample, n). Bounded by bytes, most recent kept: a run of FFHQ-256
+Keyed by (seed or ``NoiseRecipe``, first sample, n): two jobs of one seed with different recipes
+never share a block. Bounded by bytes, most recent kept: a run of FFHQ-256
 calls of one sample each (21 MB of noise per sample) reuses all eight samples of ``--n 8``,
 and a long-lived backend (a service seeing many seeds) does not grow without bound. The most
 recent block is always kept, whatever its size.
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
-Key = tuple[int, int, int]
+from cvdvae.noise_recipe import Noise
+
+Key = tuple[Noise, int, int]
 DEFAULT_BYTES = 512 * 2**20
 
 

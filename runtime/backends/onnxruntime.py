@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
+from cvdvae.noise_recipe import Noise
 
 from ..compiled_cache import GRAPH, cache_folder, entry_path, read_entry, rebuilt_note, remembered_sha256, write_entry
 from ..model_files import ModelFiles, verify_onnx
@@ -147,6 +148,6 @@ class OnnxRuntimeBackend(Backend):
         outputs = self.session.run(output_names(self.files), feeds)
         return outputs[0], outputs[1] if len(outputs) > 1 else None
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
         return self._calls.sample_rows(lr, seeds, first_sample, temperature)

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
+from cvdvae.noise_recipe import Noise
 
 from ..compiled_cache import GRAPH, cache_folder, entry_path, read_entry, rebuilt_note, remembered_sha256, write_entry
 from ..model_files import ModelFiles, verify_onnx
@@ -125,7 +126,7 @@ class OpenVINOBackend(Backend):
         sr, *count = (results[self.compiled.output(name)].copy() for name in output_names(self.files))
         return sr, count[0] if count else None
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
         return self._calls.sample_rows(lr, seeds, first_sample, temperature)
 

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cvdvae.errors import CVDVAEError
+from cvdvae.noise_recipe import Noise, compose
 
 from ..model_files import ModelFiles
 from ..timings import Timings
@@ -251,7 +252,7 @@ class TensorRTBackend(Backend):
             return "off"
         return "on" if self.graph_refusal is None else f"off (capture refused: {self.graph_refusal})"
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
         batch, n = temperature.shape
         if not (1 <= batch <= self.max_batch and 1 <= n <= self.max_n) or len(seeds) != batch:
@@ -268,8 +269,8 @@ class TensorRTBackend(Backend):
         with cuda.on_stream():
             start = cuda.event()
             for seed in dict.fromkeys(seeds):
-                noise = self._noise.get_or_make((seed, first_sample, call_n), lambda seed=seed: cuda.noise(
-                    seed, call_n, self.files.noise_dim, first_sample))
+                noise = self._noise.get_or_make((seed, first_sample, call_n), lambda seed=seed: compose(
+                    seed, self.files.noise_dim, call_n, first_sample, cuda.noise, self.files.levels))
                 if len(set(seeds)) == 1:
                     buf.noise.copy_(noise.expand(call_batch, call_n, -1))
                 else:

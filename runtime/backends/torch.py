@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cvdvae.noise_recipe import Noise, NoiseLevels, compose
+
 from ..model_files import ModelShape
 from ..timings import Timings
 from .interface import Backend, Sampled, sampled
@@ -56,9 +58,10 @@ class TorchBackend(Backend):
     @property
     def shape(self) -> ModelShape:
         cfg = self.model.config
-        return ModelShape(cfg.has_lr_encoder, cfg.image_size_y, cfg.image_size, cfg.scale_factor)
+        return ModelShape(cfg.has_lr_encoder, cfg.image_size_y, cfg.image_size, cfg.scale_factor,
+                          levels=NoiseLevels.from_config(cfg))
 
-    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[int], first_sample: int,
+    def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
                     temperature: np.ndarray) -> Sampled:
         import torch
 
@@ -66,8 +69,10 @@ class TorchBackend(Backend):
 
         batch, n = temperature.shape
         start = time.perf_counter()
-        blocks = {seed: self._noise.get_or_make((seed, first_sample, n), lambda seed=seed: noise_torch(
-            seed, n, self.model.noise_layout.dim, first_sample, device=self.device)) for seed in dict.fromkeys(seeds)}
+        levels = NoiseLevels.from_config(self.model.config)
+        blocks = {seed: self._noise.get_or_make((seed, first_sample, n), lambda seed=seed: compose(
+            seed, levels.dim, n, first_sample, lambda *args: noise_torch(*args, device=self.device), levels))
+            for seed in dict.fromkeys(seeds)}
         noise = blocks[seeds[0]][None].expand(batch, -1, -1) if len(blocks) == 1 else \
             torch.stack([blocks[seed] for seed in seeds])
         middle = time.perf_counter()

@@ -24,6 +24,17 @@ Samples = Annotated[Optional[int], typer.Option("--n", min=1, help="samples per 
 Temperatures = Annotated[Optional[list[str]], typer.Option(
     "--temperature", "-t", help=f"prior temperature, 0 to {MAX_TEMPERATURE:g} (default {DEFAULT_TEMPERATURE}); repeat "
                                 "it or give a comma list for one per sample, a sweep")]
+# Noise by level (cvdvae.noise_recipe): run and eval.
+Like = Annotated[Optional[int], typer.Option("--like", min=0, help=(
+    "keep sample LIKE's coarse levels (below --vary-from) in every sample; sample LIKE itself is among them"))]
+LikeSeed = Annotated[Optional[int], typer.Option("--like-seed", min=0, max=MAX_SEED, help=(
+    "--like names a sample of this seed (default: --seed)"))]
+VaryFrom = Annotated[Optional[int], typer.Option("--vary-from", min=1, help=(
+    "with --like: the level (px) from which the samples differ; the model's levels are its decoder's resolutions "
+    "(1, 4, 8, 16, 32, 64, 128, 256 for FFHQ-256)"))]
+TemperatureAt = Annotated[Optional[list[str]], typer.Option("--temperature-at", help=(
+    "LEVEL=FACTOR: multiply the temperature of the prior's latent groups from LEVEL px up (to the next LEVEL); "
+    "repeat it or give a comma list, e.g. 128=0.5,256=0.3"))]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace what exists (never done without it)")]
 Json = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout (and nothing else there)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")]
@@ -75,3 +86,20 @@ def parse_temperatures(values: list[str] | None, n: int | None) -> list[float]:
                                  param_hint="'--temperature'") from None
 
 
+
+
+def parse_temperature_at(values: list[str] | None) -> dict[int, float] | None:
+    """--temperature-at LEVEL=FACTOR values (repeated and/or comma lists) -> {level: factor}; the
+    library checks them against the model (``cvdvae.noise_recipe.check_recipe``)."""
+    pairs: dict[int, float] = {}
+    for text in (v for value in values or [] for v in value.split(",") if v.strip()):
+        level, _, factor = text.partition("=")
+        try:
+            parsed_level, parsed_factor = int(level), float(factor)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r}: expected LEVEL=FACTOR, a level in px and a number, e.g. 128=0.5",
+                                     param_hint="'--temperature-at'") from None
+        if parsed_level in pairs:
+            raise typer.BadParameter(f"level {parsed_level} given twice", param_hint="'--temperature-at'")
+        pairs[parsed_level] = parsed_factor
+    return pairs or None

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -46,6 +46,11 @@ def eval_command(
     lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="the LPIPS metrics")] = True,
     lpips_weights: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help=(
         "LPIPS-alex safetensors (default: what cvdvae fetch lpips-alex put in $CVDVAE_HOME)"))] = None,
+    brisque: Annotated[bool, typer.Option("--brisque/--no-brisque", help=(
+        "BRISQUE of the samples, per temperature (LIVE's model: cvdvae fetch brisque)"))] = True,
+    levels: Annotated[Optional[str], typer.Option("--levels", help=(
+        "where the diversity lives: 'all' or a comma list of levels (px); per level L, n samples that keep sample "
+        "0's latent groups below L and draw the others afresh, scored"))] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the results (JSON) here")] = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -61,7 +66,8 @@ def eval_command(
     temperatures = np.asarray(parse_temperatures(temperature, n), np.float32)
     pipe = Pipeline.from_pretrained(model, backend, tf32=tf32, vdvae=vdvae, config=config, preset=preset)
     metric = load_lpips(lpips_weights) if lpips else None
-    settings = EvalSettings(data, temperatures, split, count, seed, metric, tf32)
+    settings = EvalSettings(data, temperatures, split, count, seed, metric, tf32,
+                            load_brisque() if brisque else None, parse_levels(levels, pipe))
     results = {"model": str(model), **evaluate(pipe, settings, progress=not (quiet or json_))}
     if out:
         with atomic_path(out) as tmp:
@@ -76,6 +82,36 @@ def eval_command(
     return 0
 
 
+def load_brisque() -> Any:
+    """LIVE's BRISQUE model, from where ``cvdvae fetch brisque`` put it."""
+    from cvdvae.errors import CVDVAEError
+    from cvdvae.hub.assets import fetched_file
+    from cvdvae.metrics.brisque import live_model
+
+    path = fetched_file("brisque")
+    if path is None:
+        raise CVDVAEError("BRISQUE needs LIVE's model: run cvdvae fetch brisque (or leave it out: {brisque})",
+                          brisque=False)
+    return live_model(path)
+
+
+def parse_levels(text: str | None, pipe: Any) -> tuple[int, ...]:
+    """--levels: 'all' (every level of the model) or a comma list of them."""
+    if text is None:
+        return ()
+    known = pipe.shape.levels.resolutions if pipe.shape.levels is not None else []
+    if text.strip() == "all":
+        return tuple(known)
+    try:
+        chosen = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        chosen = ()
+    if not chosen or any(level not in known for level in chosen):
+        raise typer.BadParameter(f"{text!r}: expected 'all' or levels of this model ({', '.join(map(str, known))} px)",
+                                 param_hint="'--levels'")
+    return chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return run_app(app, argv, prog="cvdvae-eval")
 
@@ -88,11 +124,18 @@ def print_table(results: dict) -> None:
                              ("psnr", "PSNR", "dB (one sample, mean over samples)"),
                              ("mean_psnr", "PSNR-mean", "dB (the mean of the samples)"), ("ssim", "SSIM", ""),
                              ("lpips", "LPIPS", ""),
-                             ("std_error_corr", "std~error", "(Pearson r, std map vs the mean's error)")):
+                             ("std_error_corr", "std~error", "(Pearson r, std map vs the mean's error)"),
+                             ("mean_std", "mean std", "(8-bit levels)"), ("brisque", "BRISQUE", "(lower is better)")):
         value = m[key]
         text = "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f} {unit}"
         print(f"  {label:<10} {text}")
-    print(f"  BRISQUE    {results['brisque']}")
+    for t, value in results.get("brisque_by_temperature", {}).items():
+        print(f"  BRISQUE at t={t}: {value:.4f}")
+    if results.get("levels"):
+        print("  varied from    APD-MSE  APD-LPIPS  mean std  LR-PSNR  BRISQUE")
+        for level, row in results["levels"].items():
+            cells = [row[k] for k in ("apd_mse", "apd_lpips", "mean_std", "lr_psnr", "brisque")]
+            print(f"  {level + ' px':<12} " + "  ".join("-".rjust(8) if v is None else f"{v:8.4f}" for v in cells))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from ..pipeline import Pipeline
 from ..run_files import (CONVERTED_NOTE, RunRecord, RunSettings, engine_record, refuse_existing, write_lr_inputs,
                          write_photo_input)
 from .command import command_app, examples, flag_for, run_app
-from .common import (Json, Overwrite, Precision, Quiet, Samples, Seed, Temperatures, check_choice,
-                     parse_temperatures)
+from .common import (Json, Like, LikeSeed, Overwrite, Precision, Quiet, Samples, Seed, TemperatureAt, Temperatures,
+                     VaryFrom, check_choice, parse_temperature_at, parse_temperatures)
 
 UNCONDITIONAL_STEM = "sample"  # output names of a prior-only model: sample_s{seed}_{k:02d}.png
 GRAPH_SUFFIXES = (".onnx", ".plan", ".engine")
@@ -45,6 +45,8 @@ app = command_app("Super-resolve LR face images into n diverse samples each, rep
     "cvdvae run engines/x4-fp16 --input 'ffhq/*.png' --from-hr --temperature 0.2,0.6,1.0 --json",
     "cvdvae run engines/x4-fp16 --input photos/ --faces --n 8 --json > faces.json   # whole photos",
     "cvdvae run engines/x4-fp16 --input faces/ --n 100 --summary   # + the samples' mean and std map",
+    "cvdvae run engines/x4-fp16 --input face.png --like 3 --vary-from 64 --summary   # sample 3, its details varied",
+    "cvdvae run engines/x4-fp16 --input faces/ --temperature 0.8 --temperature-at 128=0.5   # calmer fine levels",
     "cvdvae run engines/x4-fp16 --input lr/ --n 100 --ray --ray-address auto --gpus-per-actor 1   # a Ray cluster",
     "cvdvae run engines/vdvae-ffhq256-fp32 --n 16 --seed 0      # a prior-only model: faces from noise"))
 def run_command(
@@ -57,6 +59,10 @@ def run_command(
     n: Samples = None,
     seed: Seed = 0,
     temperature: Temperatures = None,
+    like: Like = None,
+    like_seed: LikeSeed = None,
+    vary_from: VaryFrom = None,
+    temperature_at: TemperatureAt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("outputs"),
     from_hr: Annotated[bool, typer.Option(
         "--from-hr", help="inputs are HR images: make the LR input with the MATLAB bicubic degradation")] = False,
@@ -122,8 +128,13 @@ def run_command(
     if files is not None:
         check_inputs_fit(files.shape, model, input, from_hr, faces)  # before the engine loads
     paste = "transparent" if face_only else "none" if no_paste else "photo"
+    variation = {name: value for name, value in [("like", like), ("like_seed", like_seed), ("vary_from", vary_from),
+                                                 ("temperature_at", parse_temperature_at(temperature_at))]
+                 if value is not None}
     settings = RunSettings(out, seed, temperatures, grid, overwrite, summary, from_hr,
-                           FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste)
+                           FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste, variation)
+    if files is not None:
+        check_variation(files.shape, settings)  # before the engine loads
     quiet = quiet or json_
     record = RunRecord(say=lambda line: print(f"{ctx.command_path}: error: {line}", file=sys.stderr))
     if ray:
@@ -133,6 +144,7 @@ def run_command(
         pipe = Pipeline.from_pretrained(files or model, backend, max_batch=max_batch, max_n=max_n, precision=precision)
         if files is None:  # weights: what they take is known once they are read
             check_inputs_fit(pipe.shape, model, input, from_hr, faces)
+            check_variation(pipe.shape, settings)
         run_here(pipe, input, settings, record, quiet)
     record.finish(settings)
     report(record, settings, json_, quiet)
@@ -188,6 +200,13 @@ def run_ray(files: ModelFiles, engine: EngineChoice, settings: RunSettings, clus
     settings.out.mkdir(parents=True, exist_ok=True)
     run_on_ray(engine, paths, settings, run_key(files.model_id, settings), cluster, flag_for, record,
                progress=not quiet)
+
+
+def check_variation(shape: ModelShape, settings: RunSettings) -> None:
+    """--like, --vary-from and --temperature-at against the model's levels and the run's samples."""
+    from cvdvae.noise_recipe import check_recipe, recipe_for
+
+    check_recipe(recipe_for(settings.seed, **settings.variation), shape.levels, settings.n)
 
 
 def check_inputs_fit(shape: ModelShape, model: Path, input: list[str] | None, from_hr: bool, faces: bool) -> None:

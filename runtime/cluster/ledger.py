@@ -36,6 +36,9 @@ def run_key(model_id: str, settings: Any) -> str:
                 "grid": settings.grid, "summary": settings.summary, "from_hr": settings.from_hr,
                 "faces": None if search is None else [search.min_face, search.max_faces, search.min_score,
                                                       settings.upscale, settings.paste]}
+    if settings.variation:  # a run without one keeps the key it always had
+        identity["variation"] = {k: v if k != "temperature_at" else sorted(v.items())
+                                 for k, v in settings.variation.items() if v is not None}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -18,7 +18,7 @@ from cvdvae.train.data import HRSource, PairDataset, split_indices
 from ..pipeline import LRInput, Pipeline
 from .scores import Scores, score, spread_scores
 
-BRISQUE_NOTE = "not computed: no BRISQUE model can be obtained and checked offline here (see README)"
+BRISQUE_NOTE = "LIVE's model (cvdvae fetch brisque), 8-bit RGB samples through MATLAB rgb2gray; lower is better"
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class EvalSettings:
     seed: int = 0
     lpips: Any = None             # a cvdvae.metrics.LPIPS, or None for no LPIPS metrics
     tf32: bool = False            # recorded in the protocol
+    brisque: Any = None           # LIVE's BRISQUE model (cvdvae.metrics.brisque.SVR), or None: not scored
+    levels: tuple[int, ...] = ()  # where the diversity lives: per level, samples that vary from it only
 
     @property
     def n(self) -> int:
@@ -46,6 +48,8 @@ def evaluate(pipe: Pipeline, settings: EvalSettings, progress: bool = False) -> 
     indices = split_indices(len(source))[1] if settings.split == "val" else np.arange(len(source))
     images = PairDataset(source, indices[:settings.count], shape.scale)
     per_input: list[Scores] = []
+    per_level: dict[int, list[Scores]] = {level: [] for level in settings.levels}
+    by_temperature: dict[float, list[float]] = {}
     non_finite, start = 0, time.perf_counter()
     batches = range(0, len(images), pipe.backend.max_batch)
     with ProgressBar(len(batches), "batches", disable=not progress) as bar:
@@ -54,29 +58,60 @@ def evaluate(pipe: Pipeline, settings: EvalSettings, progress: bool = False) -> 
             inputs = [LRInput(lr.numpy(), None, f"input {first + i}") for i, (_, lr) in enumerate(pairs)]
             output = pipe(inputs, settings.n, settings.seed, settings.temperatures, keep_non_finite=True)
             non_finite += sum(len(broken) for broken in output.non_finite)
-            scored = torch.from_numpy(output.samples).permute(0, 1, 4, 2, 3).double() / 255.0
-            with torch.no_grad():
-                for i, (hr, lr) in enumerate(pairs):
-                    if not output.non_finite[i]:
-                        scores = score(scored[i], lr, hr, shape.scale, settings.lpips)
-                        truth = hr.permute(1, 2, 0).numpy()
-                        scores.mean_psnr, scores.std_error_corr = spread_scores(output.summary(i), truth)
-                        per_input.append(scores)
+            per_input += score_output(output, pairs, shape.scale, settings, by_temperature)
+            for level in settings.levels:  # sample 0's levels below ``level`` kept, the rest drawn afresh
+                varied = pipe(inputs, settings.n, settings.seed, settings.temperatures, keep_non_finite=True,
+                              like=0, vary_from=level)
+                non_finite += sum(len(broken) for broken in varied.non_finite)
+                per_level[level] += score_output(varied, pairs, shape.scale, settings)
             bar.update()
     results = summarise(per_input, settings, pipe, time.perf_counter() - start)
+    if settings.brisque is not None:
+        results["brisque_by_temperature"] = {f"{t:g}": float(np.mean(v)) for t, v in sorted(by_temperature.items())}
+    if settings.levels:
+        results["levels"] = {str(level): means(scores) for level, scores in per_level.items()}
     results["non_finite_samples"] = non_finite
     return results
 
 
-def summarise(per_input: list[Scores], settings: EvalSettings, pipe: Pipeline, wall: float) -> dict[str, Any]:
-    means = {}
+def score_output(output: Any, pairs: list, scale: int, settings: EvalSettings,
+                 by_temperature: dict[float, list[float]] | None = None) -> list[Scores]:
+    """Each finite input's scores (``Scores``), its BRISQUE per sample kept by temperature."""
+    from cvdvae.metrics.brisque import brisque
+
+    scored = torch.from_numpy(output.samples).permute(0, 1, 4, 2, 3).double() / 255.0
+    done = []
+    with torch.no_grad():
+        for i, (hr, lr) in enumerate(pairs):
+            if output.non_finite[i]:
+                continue
+            scores = score(scored[i], lr, hr, scale, settings.lpips)
+            summary = output.summary(i)
+            scores.mean_psnr, scores.std_error_corr = spread_scores(summary, hr.permute(1, 2, 0).numpy())
+            scores.mean_std = float(summary.std.mean())
+            if settings.brisque is not None:
+                values = [brisque(sample, settings.brisque) for sample in output.samples[i]]
+                scores.brisque = float(np.mean(values))
+                for t, value in zip(settings.temperatures, values if by_temperature is not None else []):
+                    by_temperature.setdefault(float(t), []).append(value)
+            done.append(scores)
+    return done
+
+
+def means(per_input: list[Scores]) -> dict[str, float | None]:
+    """Each metric's mean over the inputs that have it."""
+    out = {}
     for f in dataclasses.fields(Scores):
         values = [getattr(s, f.name) for s in per_input if getattr(s, f.name) is not None]
-        means[f.name] = float(np.mean(values)) if values else None
+        out[f.name] = float(np.mean(values)) if values else None
+    return out
+
+
+def summarise(per_input: list[Scores], settings: EvalSettings, pipe: Pipeline, wall: float) -> dict[str, Any]:
     temperatures = [round(float(t), 6) for t in settings.temperatures]
     return {
-        "metrics": means,
-        "brisque": BRISQUE_NOTE,
+        "metrics": means(per_input),
+        "brisque": BRISQUE_NOTE if settings.brisque is not None else "not computed (--no-brisque)",
         "protocol": {"inputs": len(per_input), "samples_per_input": settings.n,
                      "temperature": temperatures[0] if len(set(temperatures)) == 1 else temperatures,
                      "seed": settings.seed, "split": settings.split, "data": str(settings.data),
@@ -84,7 +119,9 @@ def summarise(per_input: list[Scores], settings: EvalSettings, pipe: Pipeline, w
                      "degradation": "MATLAB bicubic (antialiased), uint8 after each pass",
                      "samples_scored_as": "8-bit (round half to even), RGB, no border crop",
                      "tf32": settings.tf32,
-                     "lpips": "LPIPS v0.1 AlexNet" if settings.lpips is not None else None},
+                     "lpips": "LPIPS v0.1 AlexNet" if settings.lpips is not None else None,
+                     **({"levels": "per level L: sample 0's latent groups below L kept, the others drawn afresh "
+                                   "(like=0, vary_from=L)"} if settings.levels else {})},
         "model_id": pipe.model_id, "backend": pipe.backend.name, "precision": pipe.backend.precision,
         "wall_s": round(wall, 2),
     }

@@ -24,6 +24,8 @@ class Scores:
     lpips: float | None
     mean_psnr: float | None = None        # dB, the samples' mean (unrounded) vs the HR image
     std_error_corr: float | None = None   # Pearson r over pixels: the std map vs the mean's error
+    mean_std: float | None = None         # the per-pixel std of the samples (8-bit levels), averaged
+    brisque: float | None = None          # BRISQUE of the samples (lower is better), mean over samples
 
 
 def score(samples: torch.Tensor, lr: torch.Tensor, hr: torch.Tensor, scale: int, lpips: LPIPS | None) -> Scores:

@@ -27,7 +27,8 @@ from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 from .options import Limits
 
 DEFAULT_N = 4
-FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces", "summary"}
+FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces", "summary", "like",
+          "like_seed", "vary_from", "temperature_at"}
 INPUT_STATUS = {"too_large": 413, "wrong_size": 422, "no_face": 422, "unreadable": 400, "missing": 400,
                 "unsupported_format": 415}
 JSON_DEPTH = 8  # the request is a flat object with a list or two: anything deeper is refused
@@ -53,6 +54,7 @@ class SampleRequest:
     faces: bool = False            # ``image`` is a photo: its faces are found, sampled and pasted back
     max_faces: int = 16
     summary: bool = False          # the samples' mean and standard deviation map too
+    variation: dict[str, Any] = field(default_factory=dict)  # like, like_seed, vary_from, temperature_at (Pipeline)
 
     @property
     def n(self) -> int:
@@ -205,10 +207,11 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
     summary = _boolean(fields, "summary")
     if image is None and fields.get("image") is not None:
         image = _base64(fields["image"])
+    variation = _variation(fields)
     if not conditional:
         if image is not None or from_hr or consistent:
             raise bad("this is a prior-only model: it draws faces from noise alone; send no image")
-        return SampleRequest(None, seed, temperature, False, False, summary=summary)
+        return SampleRequest(None, seed, temperature, False, False, summary=summary, variation=variation)
     if image is None:
         raise bad("image: missing (a file field 'image', or base64 in JSON)")
     if len(image) > limits.max_body_bytes:
@@ -217,8 +220,26 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
         if from_hr or consistent:
             raise bad("faces: a photo's faces are aligned and degraded as they need; drop from_hr and consistent")
         max_faces = _integer(fields, "max_faces", limits.max_faces, 1, limits.max_faces)
-        return SampleRequest(image, seed, temperature, False, False, True, max_faces, summary)
-    return SampleRequest(image, seed, temperature, consistent, from_hr, summary=summary)
+        return SampleRequest(image, seed, temperature, False, False, True, max_faces, summary, variation)
+    return SampleRequest(image, seed, temperature, consistent, from_hr, summary=summary, variation=variation)
+
+
+def _variation(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """like, like_seed, vary_from (integers) and temperature_at ({"128": 0.5} in JSON, "128=0.5,256=0.3" in a
+    form), as ``Pipeline`` takes them; the pipeline checks them against the model's levels."""
+    chosen: dict[str, Any] = {name: _integer(fields, name, -1, 0, MAX_SEED) for name in ("like", "like_seed",
+                                                                                        "vary_from")}
+    chosen = {name: value for name, value in chosen.items() if value != -1}
+    value = fields.get("temperature_at")
+    if value not in (None, "", {}):
+        items = value.items() if isinstance(value, dict) else \
+            [item.split("=", 1) for item in str(value).split(",") if item.strip()] if isinstance(value, str) else None
+        try:
+            chosen["temperature_at"] = {int(level): float(factor) for level, factor in items or [()]}
+        except (TypeError, ValueError):
+            raise bad(f"temperature_at: {_shown(value)} is not level=factor pairs, e.g. {{\"128\": 0.5}} or "
+                      "128=0.5,256=0.3") from None
+    return chosen
 
 
 def _shown(value: Any) -> str:

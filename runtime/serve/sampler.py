@@ -78,7 +78,8 @@ class Sampler:
         shape = self.pipe.shape
         return {"model": self.pipe.model_id, "conditional": shape.conditional, "lr_size": shape.lr_size,
                 "hr_size": shape.hr_size, "scale": shape.scale, "backend": self.pipe.backend.name,
-                "precision": self.pipe.backend.precision, "fp32_groups": list(self.pipe.backend.fp32_groups)}
+                "precision": self.pipe.backend.precision, "fp32_groups": list(self.pipe.backend.fp32_groups),
+                "levels": shape.levels.resolutions if shape.levels is not None else []}
 
     async def activity(self) -> dict[str, Any]:
         """This replica's Ray actor name, its requests in progress and the worker steps started so
@@ -117,7 +118,8 @@ class Sampler:
         pipe = self.pipe
         inputs = pipe.prepare(None) if request.image is None else \
             [await self._step(deadline, pipe.prepare_one, request.image, request.from_hr, "image")]
-        results, batches = await self._sampled(pipe.jobs(inputs, request.seed, request.temperature), deadline)
+        noise = library_call(lambda: pipe.recipe(request.seed, request.n, **request.variation))
+        results, batches = await self._sampled(pipe.jobs(inputs, noise, request.temperature), deadline)
         pngs, spread = await self._step(deadline, self._lr_pngs, inputs, results, request)
         record = {**self._record(request), "consistent": request.consistent}
         return Head(record, pngs, [], 0, request.n, batches, spread)
@@ -137,7 +139,8 @@ class Sampler:
             deadline, pipe.detect_faces, request.image, FaceSearch(max_faces=request.max_faces), None, "photo",
             "photo", lambda header: self._check_photo_answer(request, header.width, header.height, 0))
         self._check_photo_answer(request, found.photo.shape[1], found.photo.shape[0], len(found.faces))
-        results, batches = await self._sampled(pipe.face_jobs(found, request.seed, request.temperature), deadline)
+        noise = library_call(lambda: pipe.recipe(request.seed, request.n, **request.variation))
+        results, batches = await self._sampled(pipe.face_jobs(found, noise, request.temperature), deadline)
         output, face_pngs, face_spreads = await self._step(deadline, self._face_pngs, found, results, request)
         record = {**self._record(request), **output.record(pipe.shape.hr_size)}
         del record["timings_s"]

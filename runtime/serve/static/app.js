@@ -15,6 +15,8 @@ let model = null;      // the readyz answer once the model is loaded
 let lastForm = null;   // the request behind the samples shown, re-sent for the zip
 let lastSeed = null;   // its seed, as the decimal string sent
 let viewed = [];       // what the viewer steps through: {png, name, alt, caption}
+let lastFile = null;   // the image behind the samples shown
+let samplesShown = 0;  // how many of ``viewed`` are LR-face samples a request may vary (0 for a photo)
 
 function showError(message) {
   $("error").textContent = message;
@@ -60,7 +62,16 @@ function describeModel() {
   $("max-faces").textContent = model.max_faces;
   $("image-fields").hidden = !model.conditional;   // a prior-only model takes no image
   $("image").required = model.conditional;
+  const levels = model.levels || [];
+  $("vary-from").max = Math.max(levels.length - 1, 0);
+  $("vary-from").value = Math.floor(levels.length / 2);
+  describeLevel();
   describePreview();
+}
+
+function describeLevel() {
+  const levels = (model && model.levels) || [];
+  $("vary-level").textContent = levels.length ? `${levels[Number($("vary-from").value)]} px` : "";
 }
 
 // Says the chosen image's size, and which size the model wants when it differs.
@@ -85,6 +96,34 @@ function showPreview() {
   if (!file) return img.removeAttribute("src");
   img.src = URL.createObjectURL(file);
   img.alt = `The chosen face, ${file.name}, enlarged`;
+}
+
+// A first visitor without a face at hand: a drawn face of the model's input size, chosen as if uploaded.
+function useExample() {
+  const size = (model && model.lr_size) || 64;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const draw = canvas.getContext("2d");
+  draw.fillStyle = "#6b7f99";
+  draw.fillRect(0, 0, size, size);
+  const spot = (x, y, rx, ry, colour) => {
+    draw.fillStyle = colour;
+    draw.beginPath();
+    draw.ellipse(x * size, y * size, rx * size, ry * size, 0, 0, 2 * Math.PI);
+    draw.fill();
+  };
+  spot(0.5, 0.3, 0.36, 0.3, "#3b2a20");                                  // hair
+  spot(0.5, 0.55, 0.3, 0.38, "#d9a98a");                                 // face
+  spot(0.38, 0.48, 0.06, 0.035, "#2b2b33"); spot(0.62, 0.48, 0.06, 0.035, "#2b2b33");  // eyes
+  spot(0.5, 0.74, 0.1, 0.03, "#a4504f");                                 // mouth
+  canvas.toBlob((blob) => {
+    const files = new DataTransfer();
+    files.items.add(new File([blob], "example.png", { type: "image/png" }));
+    $("image").files = files.files;
+    $("faces").checked = $("from_hr").checked = false;
+    photoMode();
+    showPreview();
+  }, "image/png");
 }
 
 // A photo's faces are sampled and pasted back; from HR and consistent are for LR faces only.
@@ -170,6 +209,7 @@ function view(index) {
   $("viewer-prev").disabled = k === 0;
   $("viewer-next").disabled = k === viewed.length - 1;
   $("viewer").hidden = false;
+  $("vary-box").hidden = !(model && model.levels && model.levels.length) || k >= samplesShown;
 }
 
 // A click on a thumbnail shows it in the viewer (its link still names the file, for saving).
@@ -220,6 +260,7 @@ function showSamples(result, seed, file) {
     alt: `${what} ${k + 1} of ${result.n}, seed ${seed}, temperature ${result.temperatures[k]}`,
     caption: `#${k + 1}  t = ${result.temperatures[k]}`,
   }));
+  samplesShown = photo ? 0 : result.samples.length;
   const grid = $("samples");
   grid.replaceChildren(...viewed.map((item) => sampleFigure(item.png, item.name, item.alt, item.caption)));
   const spread = $("spread");
@@ -276,8 +317,24 @@ async function submit(event) {
     $("seed").focus();
     return;
   }
-  const data = formFields(seed);
-  const file = $("image").files[0];
+  await send(formFields(seed), seed, $("image").files[0]);
+}
+
+// The sample in the viewer again, its coarse levels kept and the finer ones drawn afresh: the same
+// request with like (its index) and vary_from (the level chosen).
+async function varyThis() {
+  if (!lastForm) return;
+  const like = Number($("viewer-slider").value) - 1;
+  const data = new FormData();
+  for (const [name, value] of lastForm) if (!["like", "vary_from"].includes(name)) data.append(name, value);
+  data.append("like", String(like));
+  data.append("vary_from", String(model.levels[Number($("vary-from").value)]));
+  await send(data, lastSeed, lastFile);
+  view(like);
+}
+
+async function send(data, seed, file) {
+  showError("");
   busy(true);
   $("status").textContent = "Sampling\u2026";
   const started = performance.now();
@@ -290,6 +347,7 @@ async function submit(event) {
     showSamples(result, seed, file);
     lastForm = data;
     lastSeed = seed;
+    lastFile = file;
     const what = result.faces
       ? `${result.n} photo sample${result.n === 1 ? "" : "s"} (${result.faces.length} face` +
         `${result.faces.length === 1 ? "" : "s"})`
@@ -353,6 +411,9 @@ function init() {
   $("viewer-prev").addEventListener("click", () => view(Number($("viewer-slider").value) - 2));
   $("viewer-next").addEventListener("click", () => view(Number($("viewer-slider").value)));
   $("sample-form").addEventListener("submit", submit);
+  $("vary-from").addEventListener("input", describeLevel);
+  $("vary-this").addEventListener("click", varyThis);
+  $("example").addEventListener("click", useExample);
   photoMode();
   pollReady();
 }
