@@ -1,0 +1,236 @@
+"""MkDocs hooks (mkdocs.yml ``hooks``): the pages' generated parts, made from the code and the results
+files at every build, so they cannot drift from what they describe.
+
+A page asks for a part with an HTML comment on a line of its own, ``<!-- generated: NAME ARGS -->``:
+
+- ``cli``: every verb of ``runtime.cli.app.VERBS`` from its typer/click command (arguments, options,
+  defaults, help, examples);
+- ``http``: the service's routes from the FastAPI app's OpenAPI schema (``runtime.serve.ingress.api``;
+  importing it starts no Ray);
+- ``benchmarks``: one table per ``benchmarks/results/*.json``, naming its machine and date;
+- ``install-sizes``: the measured size of each install (``*-install-size.json``);
+- ``levels PRESET``: the resolution of each decoder block's noise slice (``cvdvae.noise_layout``).
+
+and a figure inline with ``<!-- result: NAME -->`` (``RESULTS`` below). An unknown name, a results file
+without a date or a failing import fails the build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+GENERATED = re.compile(r"^<!-- generated: ([a-z-]+)((?: [\w.-]+)*) -->$", re.M)
+RESULT = re.compile(r"<!-- result: ([a-z0-9-]+) -->")
+ROW_LISTS = ("rows", "results", "configs", "cases")  # where a results file keeps its table
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def option_row(param: Any) -> list[Any]:
+    names = ", ".join(f"`{o}`" for o in [*param.opts, *getattr(param, "secondary_opts", [])])
+    if param.param_type_name == "argument":
+        names = f"`{param.name.upper()}` (argument)"
+    kind = getattr(param, "type", None)
+    kind = "flag" if getattr(param, "is_flag", False) else (kind.name if kind is not None else "")
+    if getattr(param, "multiple", False):
+        kind += ", repeatable"
+    default = param.default
+    default = "" if default is None or callable(default) or param.required else f"`{default}`"
+    return [names, kind, "yes" if param.required else "", default, getattr(param, "help", None) or ""]
+
+
+def cli_reference() -> str:
+    from runtime.cli.app import VERBS, load_verb
+
+    parts = []
+    for name, verb in VERBS.items():
+        command = load_verb(name)
+        extras = ", ".join(f"`{e}`" for e in verb.extras) or "none (the base install)"
+        parts.append(f"## `cvdvae {name}`\n\n{command.help or verb.help}\n\nExtra needed: {extras}. Also installed "
+                     f"as `cvdvae-{name}`.\n")
+        rows = [option_row(p) for p in command.params if not getattr(p, "hidden", False)]
+        parts.append(table(["option", "type", "required", "default", "what"], rows) + "\n")
+        if command.epilog:
+            examples = [line.strip() for line in command.epilog.splitlines() if line.strip().startswith("cvdvae")]
+            if examples:
+                parts.append("<!-- not run: the guides' examples run; these are the command's own --help -->\n"
+                             "```bash\n" + "\n".join(examples) + "\n```\n")
+    return "\n".join(parts)
+
+
+# --- the HTTP API -------------------------------------------------------------------------------
+
+def schema_text(schema: dict[str, Any]) -> str:
+    if not schema:
+        return "any"
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if "properties" in schema:
+        return ", ".join(f"`{k}`: {schema_text(v)}" for k, v in schema["properties"].items())
+    return schema.get("type", "object")
+
+
+def http_reference() -> str:
+    from runtime.serve.ingress import api
+
+    spec = api.openapi()
+    parts = [f"Schema version {spec['openapi']}, API `{spec['info']['title']}` version {spec['info']['version']}: "
+             f"{spec['info'].get('description', '')}\n"]
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            parts.append(f"## `{method.upper()} {path}`\n\n{op.get('summary', '')}\n")
+            if op.get("description"):
+                parts.append(op["description"] + "\n")
+            params = op.get("parameters", [])
+            if params:
+                parts.append(table(["parameter", "in", "required", "schema"],
+                                   [[f"`{p['name']}`", p["in"], p.get("required", False), schema_text(p.get("schema", {}))]
+                                    for p in params]) + "\n")
+            body = op.get("requestBody", {}).get("content", {})
+            if body:
+                parts.append(table(["request body", "schema"],
+                                   [[f"`{kind}`", schema_text(v.get("schema", {}))] for kind, v in body.items()]) + "\n")
+            parts.append(table(["status", "what", "content"],
+                               [[code, r.get("description", ""), ", ".join(f"`{c}`" for c in r.get("content", {}))]
+                                for code, r in op.get("responses", {}).items()]) + "\n")
+    return "\n".join(parts)
+
+
+# --- benchmarks ---------------------------------------------------------------------------------
+
+def results_files() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "date" not in data:
+            raise ValueError(f"{path.relative_to(REPO)} has no date field: every results file names when it was measured")
+        found.append((path, data))
+    return found
+
+
+def machine(data: dict[str, Any]) -> str:
+    env = data.get("environment") or data.get("machine") or {}
+    if not env:
+        return "not recorded in the file (its name gives the machine)"
+    words = [f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores)"]
+    if env.get("gpu"):
+        words.append(f"{env['gpu']}")
+    words += [f"{k} {env[k]}" for k in ("python", "torch", "onnxruntime", "openvino", "tensorrt") if env.get(k)]
+    return ", ".join(words)
+
+
+def rows_of(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    for key in ROW_LISTS:
+        if isinstance(data.get(key), list) and data[key] and isinstance(data[key][0], dict):
+            return key, data[key]
+    for key, value in data.items():  # a mapping of named rows (installs, profiles)
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            return key, [{"name": k, **v} for k, v in value.items()]
+    return None
+
+
+def scalar_columns(rows: list[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            if key not in columns and not isinstance(value, (dict, list)):
+                columns.append(key)
+    return columns
+
+
+def benchmark_tables() -> str:
+    parts = []
+    for path, data in results_files():
+        parts.append(f"### `{path.name}`\n\nMeasured **{data['date']}** on {machine(data)}.\n")
+        settings = {k: v for k, v in data.items()
+                    if k not in ("date", "environment", "machine") and not isinstance(v, (dict, list))}
+        if settings:
+            parts.append("Settings: " + ", ".join(f"{k} `{cell(v)}`" for k, v in settings.items()) + ".\n")
+        found = rows_of(data)
+        if found:
+            key, rows = found
+            columns = scalar_columns(rows)
+            parts.append(f"`{key}`:\n\n" + table(columns, [[row.get(c) for c in columns] for row in rows]) + "\n")
+    return "\n".join(parts)
+
+
+def install_sizes() -> str:
+    path, data = next((p, d) for p, d in results_files() if p.name.endswith("install-size.json"))
+    rows = [[f"`{name}`", f"{row['site_packages_mb']:,.0f} MB" if "site_packages_mb" in row else cell(row)]
+            for name, row in data["installs"].items()]
+    return (table(["install", "site-packages"], rows) +
+            f"\n\nMeasured {data['date']} on {machine(data)} by `benchmarks/install_size.py` (`{path.name}`).\n")
+
+
+# --- levels -------------------------------------------------------------------------------------
+
+def levels(preset_name: str) -> str:
+    from cvdvae.config import preset
+    from cvdvae.noise_layout import NoiseLayout
+
+    layout = NoiseLayout.from_config(preset(preset_name))
+    by_level: dict[int, list[Any]] = {}
+    for s in layout.latents:
+        by_level.setdefault(s.res, []).append(s)
+    rows = [[f"{res}x{res}", f"{group[0].block}..{group[-1].block}", len(group), f"{group[0].offset:,}",
+             f"{sum(s.size for s in group):,}"] for res, group in by_level.items()]
+    rows.append([f"pixels {layout.image_size}x{layout.image_size}", "-", "-", f"{layout.pixel_offset:,}",
+                 f"{layout.pixel_size:,}"])
+    return (table(["level", "decoder blocks", "blocks", "first noise offset", "noise values"], rows) +
+            f"\n\n`D` = {layout.dim:,} values per sample.\n")
+
+
+# --- figures inline -----------------------------------------------------------------------------
+
+def bf16_speedup() -> str:
+    """OpenVINO bf16 over OpenVINO FP32 at the largest n of the latest latency results that have both."""
+    for path, data in sorted(results_files(), key=lambda pd: pd[1]["date"], reverse=True):
+        rows = data.get("results") if isinstance(data.get("results"), list) else []
+        fp32 = {r["n"]: r for r in rows if r.get("backend") == "openvino" and r.get("precision") == "fp32"}
+        bf16 = {r["n"]: r for r in rows if r.get("backend") == "openvino-bf16"}
+        common = sorted(set(fp32) & set(bf16))
+        if common:
+            n = common[-1]
+            ratio = bf16[n]["samples_per_s"] / fp32[n]["samples_per_s"]
+            return f"{ratio:.2f}"
+    raise ValueError("no results file has OpenVINO FP32 and bf16 rows")
+
+
+PARTS: dict[str, Callable[..., str]] = {"cli": cli_reference, "http": http_reference, "benchmarks": benchmark_tables,
+                                        "install-sizes": install_sizes, "levels": levels}
+RESULTS: dict[str, Callable[[], str]] = {"bf16-speedup": bf16_speedup}
+
+
+def expand(markdown: str) -> str:
+    def part(match: re.Match) -> str:
+        return PARTS[match.group(1)](*match.group(2).split())
+
+    def result(match: re.Match) -> str:
+        return RESULTS[match.group(1)]()
+
+    return RESULT.sub(result, GENERATED.sub(part, markdown))
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    return expand(markdown)
