@@ -8,6 +8,7 @@ A page asks for a part with an HTML comment on a line of its own, ``<!-- generat
 - ``http``: the service's routes from the FastAPI app's OpenAPI schema (``runtime.serve.ingress.api``;
   importing it starts no Ray);
 - ``benchmarks``: one table per ``benchmarks/results/*.json``, naming its machine and date;
+- ``latency FILE``: a ``benchmarks/latency.py`` results file, backend by backend;
 - ``install-sizes``: the measured size of each install (``*-install-size.json``);
 - ``levels PRESET``: the resolution of each decoder block's noise slice (``cvdvae.noise_layout``).
 
@@ -175,6 +176,39 @@ def benchmark_tables() -> str:
     return "\n".join(parts)
 
 
+def results_file(name: str) -> dict[str, Any]:
+    for path, data in results_files():
+        if path.name == name:
+            return data
+    raise ValueError(f"benchmarks/results/{name} does not exist")
+
+
+def latency(name: str) -> str:
+    """A ``benchmarks/latency.py`` results file as the benchmark page shows it."""
+    data = results_file(name)
+    peaks = data.get("matmul_peak", {})
+    rows = []
+    for r in data["results"]:
+        peak = peaks.get("cpu_bf16_gflops" if r["precision"] == "bf16" else "cpu_fp32_gflops")
+        gflops = f"{r['gflops']:.0f}" + (f" ({r['gflops'] / peak:.0%} of {r['precision']})" if peak else "")
+        if r.get("psnr_db") is not None and r["precision"] != "fp32":
+            agreement = f"PSNR {r['psnr_db']:.1f} dB"
+        elif r.get("max_abs_away_from_flips") is not None:
+            agreement = (f"{r['max_abs_away_from_flips']:.1e} ({r['flipped_pixels']} flips, {r['tail_pixels']} tails)"
+                         f"; all {r['max_abs']:.1e}")
+        else:
+            agreement = "-"
+        rows.append([r["backend"], r["precision"], r["n"], f"{r['median_ms'] / 1000:.2f}",
+                     f"{r['median_ms'] / 1000 / r['n']:.2f}", f"{r['samples_per_s']:.3f}", f"{r['speedup']:.2f}",
+                     gflops, f"{r['peak_rss_mib'] / 1024:.1f} GiB", agreement, "**yes**" if r.get("flagged") else ""])
+    limits = ", ".join(f"{k.removeprefix('cpu_').removesuffix('_gflops')} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    return (f"`{name}`: measured **{data['date']}** on {machine(data)}; model `{data['model'].get('preset')}`, "
+            f"settings {json.dumps(data.get('settings', {}))}. Matmul peaks: {limits}.\n\n" +
+            table(["backend", "precision", "n", "s/call", "s/sample", "samples/s", "vs torch eager", "GFLOP/s",
+                   "peak RSS", "vs torch FP32 (max abs away from flips; PSNR for reduced precision)", "flagged"],
+                  rows) + "\n")
+
+
 def install_sizes() -> str:
     path, data = next((p, d) for p, d in results_files() if p.name.endswith("install-size.json"))
     rows = [[f"`{name}`", f"{row['site_packages_mb']:,.0f} MB" if "site_packages_mb" in row else cell(row)]
@@ -218,7 +252,7 @@ def bf16_speedup() -> str:
 
 
 PARTS: dict[str, Callable[..., str]] = {"cli": cli_reference, "http": http_reference, "benchmarks": benchmark_tables,
-                                        "install-sizes": install_sizes, "levels": levels}
+                                        "latency": latency, "install-sizes": install_sizes, "levels": levels}
 RESULTS: dict[str, Callable[[], str]] = {"bf16-speedup": bf16_speedup}
 
 

@@ -1,4 +1,4 @@
-"""README's mean-and-spread figure: the demo model's 64 samples of the demo face, summarised.
+"""The docs' mean-and-spread figure: the demo model's 64 samples of the demo face, summarised.
 
     python scripts/summary_figure.py docs/assets/demo-summary.png
 
