@@ -92,6 +92,18 @@ def schema_text(schema: dict[str, Any]) -> str:
     return schema.get("type", "object")
 
 
+def field_type(spec: dict[str, Any]) -> str:
+    if "oneOf" in spec:
+        return " or ".join(field_type(s) for s in spec["oneOf"])
+    kind = spec.get("type", "any")
+    if kind == "array":
+        kind = f"list of {field_type(spec.get('items', {}))}"
+    bounds = [f"{word} {cell(int(spec[key]) if float(spec[key]).is_integer() else spec[key])}"
+              for key, word in (("minimum", ">="), ("maximum", "<=")) if key in spec]
+    extra = [spec[key] for key in ("format", "contentEncoding") if key in spec]
+    return " ".join([kind, *extra, *(f"({b})" for b in bounds)])
+
+
 def http_reference() -> str:
     from runtime.serve.ingress import api
 
@@ -108,10 +120,12 @@ def http_reference() -> str:
                 parts.append(table(["parameter", "in", "required", "schema"],
                                    [[f"`{p['name']}`", p["in"], p.get("required", False), schema_text(p.get("schema", {}))]
                                     for p in params]) + "\n")
-            body = op.get("requestBody", {}).get("content", {})
-            if body:
-                parts.append(table(["request body", "schema"],
-                                   [[f"`{kind}`", schema_text(v.get("schema", {}))] for kind, v in body.items()]) + "\n")
+            for kind, content in op.get("requestBody", {}).get("content", {}).items():
+                fields = content.get("schema", {}).get("properties", {})
+                parts.append(f"Request body, `{kind}`:\n\n" + table(
+                    ["field", "type", "default", "what"],
+                    [[f"`{name}`", field_type(spec), spec.get("default", ""), spec.get("description", "")]
+                     for name, spec in fields.items()]) + "\n")
             parts.append(table(["status", "what", "content"],
                                [[code, r.get("description", ""), ", ".join(f"`{c}`" for c in r.get("content", {}))]
                                 for code, r in op.get("responses", {}).items()]) + "\n")

@@ -146,8 +146,11 @@ def test_the_generated_references_follow_the_code():
         for param in load_verb(name).params:
             if param.param_type_name == "option" and not getattr(param, "hidden", False):
                 assert f"`{param.opts[0]}`" in cli, (name, param.opts)
+    from runtime.serve.requests import FIELDS
+
     http = site.http_reference()
     assert all(f"{path}`" in http for path in api.openapi()["paths"])
+    assert all(f"| `{name}` |" in http for name in FIELDS)  # the fields the parser takes, each described
     tables = site.benchmark_tables()
     for path, data in site.results_files():
         assert re.fullmatch(r"\d{4}-\d\d-\d\d", data["date"]), path
@@ -157,3 +160,14 @@ def test_the_generated_references_follow_the_code():
     assert "| 256x256 | 65..65 | 1 |" in levels
     with pytest.raises(KeyError):
         site.expand("<!-- generated: no-such-part -->")
+
+
+def test_the_readme_is_short_and_starts_with_the_demo_and_the_tests():
+    """README.md stays a two-minute read that points at the site; its first commands are the demo and
+    the test suite (.ci/run runs the latter)."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    first = next(b for b in blocks_of(REPO / "README.md") if b.language == "bash")
+    assert [line.split()[0] for line in first.code.splitlines()] == ["./scripts/demo.sh", "./scripts/test.sh"]
+    assert "./scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+    assert "mkdocs build --strict" in (REPO / ".ci" / "run").read_text()
