@@ -106,7 +106,8 @@ def main() -> int:
                 raise SystemExit(f"the {name} case failed (exit {proc.returncode}; its error is above)")
             rows.append(json.loads(proc.stdout.splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr)
-        result = {"date": today(), "environment": environment(os.cpu_count()), "model": args.preset if not args.demo else "tiny-x4",
+        result = {"date": today(),
+                  "environment": environment(os.cpu_count()), "model": args.preset if not args.demo else "tiny-x4",
                   "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

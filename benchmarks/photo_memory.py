@@ -80,7 +80,8 @@ def main() -> int:
                 return 1
             rows[name] = json.loads(run.stdout.strip().splitlines()[-1])
             print(name, rows[name], file=sys.stderr)
-    result = {"date": today(), "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+    result = {"date": today(),
+              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
               "n": args.n, "cases": rows}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -110,7 +110,8 @@ def main() -> int:
     for name in ("ray_local", "ray_cluster"):
         rows[name]["marginal_overhead"] = round(plain_rate / rows[name]["marginal_samples_per_s"] - 1, 3)
     result = {"benchmark": "ray_run", "n": N, "inputs": list(COUNTS), "repeats": REPEATS, "model": "demo (tiny-x4)",
-              "date": today(), "machine": environment(threads=os.cpu_count() or 1), "ray_start_head_s": ray_start_s, "rows": rows}
+              "date": today(),
+              "machine": environment(threads=os.cpu_count() or 1), "ray_start_head_s": ray_start_s, "rows": rows}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

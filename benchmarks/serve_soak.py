@@ -364,7 +364,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cvdvae-soak-") as tmp:
         engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)
         report = soak(args, engine_dir, locate(engine_dir).lr_size)
-    result = {"date": today(), "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+    result = {"date": today(),
+              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
               **report}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"after": args.code, **({"before": args.before} if args.before else {})}
     from runtime.backends.cpu_features import cpu_flags
 
-    results: dict = {"date": today(), "environment": environment(os.cpu_count() or 1), "cpu_flags": sorted(cpu_flags() or []),
+    results: dict = {"date": today(),
+                     "environment": environment(os.cpu_count() or 1), "cpu_flags": sorted(cpu_flags() or []),
                      "model": str(args.model),
                      "meta": {k: json.loads((args.model / "meta.json").read_text()).get(k)
                               for k in ("scale", "hr_size", "lr_size", "precision", "onnx_sha256")},

@@ -41,7 +41,7 @@ class ModelSource:
 
 
 def home_candidates(scale: int) -> list[Path]:
-    """The files the docs (guides/export.md, "Weights") tell users to put in $CVDVAE_HOME, in the order they are tried."""
+    """The files docs/guides/export.md ("Weights") tells users to put in $CVDVAE_HOME, in the order tried."""
     home = cvdvae_home()
     return [home / f"cvdvae-x{scale}.safetensors", home / f"cvdvae-x{scale}.ckpt"]
 

@@ -49,7 +49,8 @@ class ModelFiles:
 
     @property
     def conditional(self) -> bool:
-        """Whether the graph takes LR images (False: a prior-only VD-VAE, docs/contract/graph.md, the unconditional graph)."""
+        """Whether the graph takes LR images (False: a prior-only VD-VAE, the unconditional graph of
+        docs/contract/graph.md)."""
         return bool(self.meta.get("conditional", True))
 
     @property

@@ -117,9 +117,9 @@ def http_reference() -> str:
                 parts.append(op["description"] + "\n")
             params = op.get("parameters", [])
             if params:
-                parts.append(table(["parameter", "in", "required", "schema"],
-                                   [[f"`{p['name']}`", p["in"], p.get("required", False), schema_text(p.get("schema", {}))]
-                                    for p in params]) + "\n")
+                rows = [[f"`{p['name']}`", p["in"], p.get("required", False), schema_text(p.get("schema", {}))]
+                        for p in params]
+                parts.append(table(["parameter", "in", "required", "schema"], rows) + "\n")
             for kind, content in op.get("requestBody", {}).get("content", {}).items():
                 fields = content.get("schema", {}).get("properties", {})
                 parts.append(f"Request body, `{kind}`:\n\n" + table(
@@ -139,7 +139,7 @@ def results_files() -> list[tuple[Path, dict[str, Any]]]:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         data = json.loads(path.read_text())
         if "date" not in data:
-            raise ValueError(f"{path.relative_to(REPO)} has no date field: every results file names when it was measured")
+            raise ValueError(f"{path.relative_to(REPO)} has no date field: a results file names when it was measured")
         found.append((path, data))
     return found
 

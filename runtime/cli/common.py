@@ -18,7 +18,8 @@ from cvdvae.seeding import MAX_SEED
 from ..limits import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 
 # The same name and meaning on every verb that has them.
-Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="noise seed, 0 .. 2^64-1: the same seed gives the same samples on every backend")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
+                                   help="noise seed, 0 .. 2^64-1: the same seed, the same samples on every backend")]
 Samples = Annotated[Optional[int], typer.Option("--n", min=1, help="samples per input (default 8, or one per "
                                                                    "--temperature value)")]
 Temperatures = Annotated[Optional[list[str]], typer.Option(

@@ -31,7 +31,8 @@ DEFAULT_N = 4
 FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "image": {"type": "string", "description": "the LR face (or, with faces, the photo): PNG, JPEG or WebP; a file "
                                                "field in a form, base64 in JSON; none for a prior-only model"},
-    "n": {"type": "integer", "minimum": 1, "default": DEFAULT_N, "description": "samples (at most the service's max_n)"},
+    "n": {"type": "integer", "minimum": 1, "default": DEFAULT_N,
+          "description": "samples (at most the service's max_n)"},
     "seed": {"type": "integer", "minimum": 0, "default": 0,
              "description": "noise seed, 0 .. 2^64 - 1: the same seed gives the same bytes"},
     "temperature": {"oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}, {"type": "string"}],
