@@ -9,6 +9,7 @@ A page asks for a part with an HTML comment on a line of its own, ``<!-- generat
   importing it starts no Ray);
 - ``benchmarks``: one table per ``benchmarks/results/*.json``, naming its machine and date;
 - ``latency FILE``: a ``benchmarks/latency.py`` results file, backend by backend;
+- ``results FILE``: one results file's table, as the benchmarks page shows it;
 - ``install-sizes``: the measured size of each install (``*-install-size.json``);
 - ``levels PRESET``: the resolution of each decoder block's noise slice (``cvdvae.noise_layout``).
 
@@ -165,29 +166,46 @@ def rows_of(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
     return None
 
 
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values, a nested mapping's as ``key.sub`` (lists are left out: they do not fit a cell)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{sub}": v for sub, v in value.items() if not isinstance(v, (dict, list))})
+        elif not isinstance(value, list):
+            out[key] = value
+    return out
+
+
 def scalar_columns(rows: list[dict[str, Any]]) -> list[str]:
     columns: list[str] = []
     for row in rows:
-        for key, value in row.items():
-            if key not in columns and not isinstance(value, (dict, list)):
-                columns.append(key)
+        columns += [key for key in row if key not in columns]
     return columns
 
 
-def benchmark_tables() -> str:
-    parts = []
-    for path, data in results_files():
-        parts.append(f"### `{path.name}`\n\nMeasured **{data['date']}** on {machine(data)}.\n")
-        settings = {k: v for k, v in data.items()
-                    if k not in ("date", "environment", "machine") and not isinstance(v, (dict, list))}
-        if settings:
-            parts.append("Settings: " + ", ".join(f"{k} `{cell(v)}`" for k, v in settings.items()) + ".\n")
-        found = rows_of(data)
-        if found:
-            key, rows = found
-            columns = scalar_columns(rows)
-            parts.append(f"`{key}`:\n\n" + table(columns, [[row.get(c) for c in columns] for row in rows]) + "\n")
+def results_table(name: str, data: dict[str, Any]) -> str:
+    """One results file: its date and machine, its settings, and its rows as a table."""
+    parts = [f"Measured **{data['date']}** on {machine(data)} (`benchmarks/results/{name}`).\n"]
+    settings = {k: v for k, v in data.items()
+                if k not in ("date", "environment", "machine") and not isinstance(v, (dict, list))}
+    if settings:
+        parts.append("Settings: " + ", ".join(f"{k} `{cell(v)}`" for k, v in settings.items()) + ".\n")
+    found = rows_of(data)
+    if found:
+        key, rows = found
+        rows = [flat(row) for row in rows]
+        columns = scalar_columns(rows)
+        parts.append(f"`{key}`:\n\n" + table(columns, [[row.get(c) for c in columns] for row in rows]) + "\n")
     return "\n".join(parts)
+
+
+def benchmark_tables() -> str:
+    return "\n".join(f"### `{path.name}`\n\n" + results_table(path.name, data) for path, data in results_files())
+
+
+def one_result(name: str) -> str:
+    return results_table(name, results_file(name))
 
 
 def results_file(name: str) -> dict[str, Any]:
@@ -265,9 +283,14 @@ def bf16_speedup() -> str:
     raise ValueError("no results file has OpenVINO FP32 and bf16 rows")
 
 
-PARTS: dict[str, Callable[..., str]] = {"cli": cli_reference, "http": http_reference, "benchmarks": benchmark_tables,
-                                        "latency": latency, "install-sizes": install_sizes, "levels": levels}
-RESULTS: dict[str, Callable[[], str]] = {"bf16-speedup": bf16_speedup}
+PARTS: dict[str, Callable[..., str]] = {
+    "cli": cli_reference, "http": http_reference, "benchmarks": benchmark_tables, "latency": latency,
+    "results": one_result, "install-sizes": install_sizes, "levels": levels}
+def serve_batching_speedup() -> str:
+    return f"{results_file('cpu-2core-intel-xeon-serve-load.json')['batching_speedup']:.2f}"
+
+
+RESULTS: dict[str, Callable[[], str]] = {"bf16-speedup": bf16_speedup, "serve-batching-speedup": serve_batching_speedup}
 
 
 def expand(markdown: str) -> str:
