@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 from workers import SEED, TEMPERATURE, make_inputs  # noqa: E402
 
 CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         tails = pixel_tails(feeds["noise"], files)
         lpips = load_lpips()
         results: dict[str, Any] = {"model": files.model_id, "n": args.n, "openvino": ov.get_version(),
-                                   "environment": environment(args.threads), "configs": []}
+                                   "date": today(), "environment": environment(args.threads), "configs": []}
         reference = None
         for index, (name, precision, groups) in enumerate(CONFIGS):
             if index not in chosen:

@@ -34,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import today  # noqa: E402
 from report import FP32_MAX_ABS  # noqa: E402 - after the path set-up; FP32 judged as the benchmark judges it
 
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {"model": "demo" if args.demo else args.preset, **parity(model.eval(), args.device)}
         if args.device == "cuda":
             results["gpu"] = torch.cuda.get_device_name(0)
-    text = json.dumps(results, indent=1)
+    text = json.dumps({"date": today(), **results}, indent=1)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

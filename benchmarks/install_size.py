@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import environment  # noqa: E402 - after the path set-up
+from machine import environment, today  # noqa: E402 - after the path set-up
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", metavar="COMMIT", help="also measure .[cpu] at COMMIT (torch first, as then)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    results: dict = {"environment": environment(os.cpu_count() or 1), "installs": {}, "gpu": (
+    results: dict = {"date": today(), "environment": environment(os.cpu_count() or 1), "installs": {}, "gpu": (
         "not measured: the gpu extra's TensorRT libraries (tensorrt-cu13-libs) come from NVIDIA's package index, "
         "which this machine cannot reach; on PyPI they are a stub")}
     with tempfile.TemporaryDirectory(prefix="cvdvae-install-") as tmp:

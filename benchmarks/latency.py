@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import environment, matmul_peak  # noqa: E402 - after the path set-up
+from machine import environment, matmul_peak, today  # noqa: E402 - after the path set-up
 from report import print_table, summarise  # noqa: E402
 from workers import SEED, TEMPERATURE, load_model, run_worker  # noqa: E402
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                               "temperature": TEMPERATURE}}
 
         def measured(raw: dict) -> dict:
-            results = {**summarise(raw, work, peaks, env, device), **about,
+            results = {"date": today(), **summarise(raw, work, peaks, env, device), **about,
                        "backends_left": [b for b in backends if b not in raw]}
             if args.json:
                 write_json(args.json, results)

@@ -13,6 +13,11 @@ from typing import Any
 import numpy as np
 
 
+def today() -> str:
+    """The date a result was measured (UTC, ISO 8601): every results file carries one, and the docs name it."""
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
 def environment(threads: int) -> dict[str, Any]:
     import torch
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 
 AROUND_SAMPLING = ("detect", "align", "paste")  # the work --faces adds around the model
 
@@ -106,7 +106,8 @@ def main() -> int:
                 raise SystemExit(f"the {name} case failed (exit {proc.returncode}; its error is above)")
             rows.append(json.loads(proc.stdout.splitlines()[-1]))
             print(json.dumps(rows[-1]), file=sys.stderr)
-        result = {"environment": environment(os.cpu_count()), "model": args.preset if not args.demo else "tiny-x4",
+        result = {"date": today(),
+                  "environment": environment(os.cpu_count()), "model": args.preset if not args.demo else "tiny-x4",
                   "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 
 CASES = {  # name: (photo width, height, faces across, faces down)
     "one face (512x512)": (512, 512, 1, 1),
@@ -80,7 +80,8 @@ def main() -> int:
                 return 1
             rows[name] = json.loads(run.stdout.strip().splitlines()[-1])
             print(name, rows[name], file=sys.stderr)
-    result = {"environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+    result = {"date": today(),
+              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
               "n": args.n, "cases": rows}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 
 N, COUNTS, REPEATS = 4, (200, 1000), 3
 
@@ -110,6 +110,7 @@ def main() -> int:
     for name in ("ray_local", "ray_cluster"):
         rows[name]["marginal_overhead"] = round(plain_rate / rows[name]["marginal_samples_per_s"] - 1, 3)
     result = {"benchmark": "ray_run", "n": N, "inputs": list(COUNTS), "repeats": REPEATS, "model": "demo (tiny-x4)",
+              "date": today(),
               "machine": environment(threads=os.cpu_count() or 1), "ray_start_head_s": ray_start_s, "rows": rows}
     print(json.dumps(result, indent=2))
     if args.json:

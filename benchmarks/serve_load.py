@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 
 
 def face_png(seed: int, size: int) -> bytes:
@@ -138,7 +138,8 @@ def main() -> int:
             serve.shutdown()
             ray.shutdown()
     speedup = rows[1]["requests_per_s"] / rows[0]["requests_per_s"]
-    result = {"environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+    result = {"date": today(),
+              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
               "clients": args.clients, "requests_per_client": args.requests, "n": args.n, "rows": rows,
               "batching_speedup": round(speedup, 2)}
     print(f"batching: {speedup:.2f}x the requests/s of no batching", file=sys.stderr)

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment  # noqa: E402
+from machine import environment, today  # noqa: E402
 
 GOOD_N = 4
 SLOW_BODY_TIMEOUT_S = 2.0
@@ -364,7 +364,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cvdvae-soak-") as tmp:
         engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)
         report = soak(args, engine_dir, locate(engine_dir).lr_size)
-    result = {"environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
+    result = {"date": today(),
+              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
               **report}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -20,7 +20,6 @@ Every process runs alone (hold the CPU lock: several GiB each); each figure reco
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from machine import environment  # noqa: E402 - after the path set-up
+from machine import environment, today  # noqa: E402 - after the path set-up
 
 SEED, TEMPERATURE = 0, 0.8
 PARTS = ("help", "start", "gap")
@@ -215,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"after": args.code, **({"before": args.before} if args.before else {})}
     from runtime.backends.cpu_features import cpu_flags
 
-    results: dict = {"date": datetime.date.today().isoformat(), "environment": environment(os.cpu_count() or 1),
-                     "cpu_flags": sorted(cpu_flags() or []),
+    results: dict = {"date": today(),
+                     "environment": environment(os.cpu_count() or 1), "cpu_flags": sorted(cpu_flags() or []),
                      "model": str(args.model),
                      "meta": {k: json.loads((args.model / "meta.json").read_text()).get(k)
                               for k in ("scale", "hr_size", "lr_size", "precision", "onnx_sha256")},

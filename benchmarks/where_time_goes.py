@@ -24,6 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import today  # noqa: E402 - after the path set-up
+
 
 def resolutions(onnx_path: Path) -> dict[str, int]:
     """ONNX node name -> the spatial size of its first output (0 when it has none)."""
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         backend.sample(lr, 0, args.n * (call + 1), t)
         layers += backend.layer_times()
     result = split(layers, resolutions(files.onnx))
-    result.update(backend="openvino", n=args.n, calls=args.calls, threads=args.threads,
+    result.update(date=today(), backend="openvino", n=args.n, calls=args.calls, threads=args.threads,
                   per_call_ms=round(result["total_ms"] / args.calls, 1))
     print(f"{result['per_call_ms']:.0f} ms per call of {args.n} (sum of layer times)")
     for key in ("by_op_type", "by_kernel", "by_resolution"):

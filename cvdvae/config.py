@@ -1,7 +1,7 @@
 """The model config: official VD-VAE / CVDVAE hyper-parameter names, presets, loading.
 
 A config is a frozen dataclass whose field names are the official hyper-parameter names
-(shared/docs/contracts.md section 1), so an official yaml loads as it is. It is checked
+(docs/contract/config-and-weights.md), so an official yaml loads as it is. It is checked
 once, when built, for everything that would otherwise fail deep inside the network
 (widths that do not line up, a ``ky`` the LR encoder cannot reach, ...).
 """

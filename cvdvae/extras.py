@@ -26,7 +26,7 @@ PACKAGES = {
     "cpu": ("openvino", "onnxruntime"),
     "gpu": ("tensorrt", "onnxruntime", "torch"),
     "export": ("torch", "onnx", "onnxscript", "onnxslim", "polygraphy", "safetensors"),
-    "serve": ("ray", "fastapi", "uvicorn", "python_multipart", "prometheus_client"),
+    "serve": ("ray", "fastapi", "uvicorn", "python_multipart", "prometheus_client", "swagger_ui_bundle"),
     "cluster": ("ray", "pandas", "pyarrow", "tqdm"),
 }
 ANY_OF = {"cpu"}  # extras where one of the packages is enough (either engine runs a graph)

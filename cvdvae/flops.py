@@ -3,7 +3,7 @@
 Counts what the graph computes: the LR encoder once per image; per sample every decoder
 block's prior head, z projection and residual block, the ``enc_y`` head below ``ky``,
 and the output conv. Bias adds, GELU, pooling and elementwise maths are not counted
-(FLOP = 2 x MAC), as in shared/tools/cvdvae_compute.py.
+(FLOP = 2 x MAC), as in tests/fixtures/cvdvae_compute.py, the independent calculator.
 """
 
 from __future__ import annotations

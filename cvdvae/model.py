@@ -86,7 +86,7 @@ class CVDVAE(nn.Module):
 
     def forward(self, lr: torch.Tensor | None, noise: torch.Tensor, temperature: torch.Tensor,
                 consistent: bool = False) -> torch.Tensor:
-        """Samples ``[B, n, 3, H, W]`` in [0, 1] (contracts.md section 3).
+        """Samples ``[B, n, 3, H, W]`` in [0, 1] (docs/contract/graph.md).
 
         ``lr`` [B, 3, h, w] RGB 0..255 (None for a prior-only model), ``noise`` [B, n, D]
         standard normal in the contract's layout, ``temperature`` [B, n] for the prior

@@ -1,4 +1,4 @@
-"""Where each random number of a sample lives in the flat noise vector (contracts.md 3).
+"""Where each random number of a sample lives in the flat noise vector (docs/contract/noise-and-seeds.md).
 
 Per sample, a vector of length ``D``: first, for each decoder block in order, its
 ``(zdim, r, r)`` standard-normal latent noise in C order (every block has a slice,

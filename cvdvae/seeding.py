@@ -75,8 +75,8 @@ and no Python work is done per element; on accelerators the chunks are much
 larger (``_CHUNK_BLOCKS_ACCELERATOR``) to amortise kernel launches. Chunking
 never changes values: every element is a function of (seed, k, e) alone.
 
-Cost: a small share of a CPU inference (README, "Sampling from explicit
-noise"). The torch CPU path issues many small elementwise ops per chunk, so
+Cost: a small share of a CPU inference (docs/concepts/explicit-noise.md,
+the seeds paragraph). The torch CPU path issues many small elementwise ops per chunk, so
 when the CPU is oversubscribed by other processes its intra-op thread pool can
 make it many times slower; the numpy path is single-threaded and unaffected.
 

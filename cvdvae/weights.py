@@ -1,4 +1,4 @@
-"""Reading and writing weight files without executing code (contracts.md section 2).
+"""Reading and writing weight files without executing code (docs/contract/config-and-weights.md).
 
 Three formats load with strict semantics (every expected tensor present, no stray ones,
 equal shapes):

@@ -2,7 +2,7 @@
 ``cvdvae export --triton-repo`` (or ``python -m runtime.cli.triton``) wrote.
 
 The server runs the graph alone. This client makes the contract's seeded noise itself, with the
-runtime's generator (``cvdvae.seeding.noise_numpy``, contracts.md 4), so a seed gives the faces
+runtime's generator (``cvdvae.seeding.noise_numpy``, docs/contract/noise-and-seeds.md), so a seed gives the faces
 ``cvdvae run`` gives for it, file names and rounding included. One request is one LR image
 (B = 1) with n samples; Triton's dynamic batcher joins concurrent requests of equal n.
 
@@ -32,7 +32,7 @@ from runtime.pipeline import broken_samples, to_uint8_samples
 
 def build_inputs(lr_uint8_chw: np.ndarray | None, seed: int, n: int, noise_dim: int,
                  temperatures: Sequence[float] | float) -> dict[str, np.ndarray]:
-    """One request's tensors (contracts.md 3), B = 1: ``lr`` float32 [1, 3, h, w] 0..255 from
+    """One request's tensors (docs/contract/graph.md), B = 1: ``lr`` float32 [1, 3, h, w] 0..255 from
     ``lr_uint8_chw`` [3, h, w] uint8 (left out for a prior-only model), ``noise`` float32
     [1, n, D] (samples 0 .. n-1 of ``seed``), ``temperature`` float32 [1, n] (one value for all
     samples, or one each)."""

@@ -27,7 +27,7 @@ from . import profile, reference
 from .engine_check import check_engine
 from .tensorrt import BuilderSettings, BuildOptions, build_plan, polygraphy_version
 
-DEBUG_HINT = "README.md, 'Debugging an engine', shows the polygraphy commands that find the first bad layer"
+DEBUG_HINT = "docs/guides/debugging-engine.md shows the polygraphy commands that find the first bad layer"
 
 
 class EngineRejected(RuntimeError):

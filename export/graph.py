@@ -1,4 +1,4 @@
-"""Tracing the sampler into one ONNX graph (contracts.md section 3).
+"""Tracing the sampler into one ONNX graph (docs/contract/graph.md).
 
 Inputs ``lr`` [B, 3, h, w], ``noise`` [B, n, D], ``temperature`` [B, n]; outputs ``sr``
 [B, n, 3, H, W] and ``non_finite`` [B, n] (how many NaN/Inf values each sample's pixel-head

@@ -22,7 +22,7 @@ class ModelChoice:
     """Where the weights come from (the first that applies): the demo model; the prior; weight files."""
 
     demo: bool = False
-    prior: bool = False                # the unconditional VD-VAE (contracts.md 3.1)
+    prior: bool = False                # the unconditional VD-VAE (docs/contract/graph.md, the unconditional graph)
     checkpoint: Path | None = None     # .ckpt, .safetensors or .th/.pt/.pth
     vdvae: Path | None = None          # the VD-VAE prior's weights, when the checkpoint lacks them
     config: Path | None = None
@@ -41,7 +41,7 @@ class ModelSource:
 
 
 def home_candidates(scale: int) -> list[Path]:
-    """The files README.md tells users to put in $CVDVAE_HOME, in the order they are tried."""
+    """The files docs/guides/export.md ("Weights") tells users to put in $CVDVAE_HOME, in the order tried."""
     home = cvdvae_home()
     return [home / f"cvdvae-x{scale}.safetensors", home / f"cvdvae-x{scale}.ckpt"]
 
@@ -76,7 +76,7 @@ def is_prior_only(path: Path) -> bool:
 
 
 def prior_source(choice: ModelChoice) -> ModelSource:
-    """The unconditional VD-VAE: every group from the prior (contracts.md 3.1)."""
+    """The unconditional VD-VAE: every group from the prior (docs/contract/graph.md, the unconditional graph)."""
     if choice.consistent:
         raise CVDVAEError("the consistency projection needs an LR image to be consistent with; the prior has none")
     vdvae = choice.vdvae

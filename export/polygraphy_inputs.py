@@ -1,7 +1,7 @@
 """An export's validation cases as Polygraphy inputs (``python -m runtime.cli.polygraphy_inputs DIR
 --out inputs.json``), so ``polygraphy run --load-inputs`` debugs an engine on the inputs its
 check used (real LR pixels, the contract's seeded N(0, 1) noise, temperatures 0 to 1.2)
-instead of Polygraphy's uniform [0, 1) defaults. README.md, "Debugging an engine".
+instead of Polygraphy's uniform [0, 1) defaults. docs/guides/debugging-engine.md.
 """
 
 from __future__ import annotations

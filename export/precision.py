@@ -15,7 +15,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # lowest figure a correct graph of that arithmetic reached, rounded down to a whole dB. The
 # figures (benchmarks/bf16_study.py, results/cpu-2core-intel-xeon-bf16-study.md: ffhq256-x8 with
 # seeded random weights, n = 8, OpenVINO computing in that arithmetic with this export's float32
-# islands; README, "Export": the x4 export's own validation):
+# islands; docs/guides/export.md: the x4 export's own validation):
 # - fp16: 40.4 dB (worst sample 39.2), x4 38.2 dB -> 35 dB. The same graph without its islands
 #   scores 30.2 dB (its pixel head's 1 - 1e-5 rounds to 1), which the bound now fails;
 # - bf16: 23.1 dB (worst sample 22.75), x4 22.8 dB -> 19 dB. Two samples of different noise

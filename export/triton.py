@@ -3,7 +3,7 @@
 
 ``REPO/NAME/config.pbtxt`` with ``REPO/NAME/1/model.plan`` (TensorRT backend) when the folder
 has an engine, else ``REPO/NAME/1/model.onnx`` (ONNX Runtime backend). The I/O is the graph's
-(contracts.md 3); Triton's ``max_batch_size`` > 0 makes ``B`` the batch dimension, so the
+(docs/contract/graph.md); Triton's ``max_batch_size`` > 0 makes ``B`` the batch dimension, so the
 config lists the others: ``lr`` [3, h, w] (none for a prior-only graph, 3.1), ``noise`` [-1, D],
 ``temperature`` [-1], ``sr`` [-1, 3, H, W], float32 for every precision. ``n`` stays dynamic;
 Triton's dynamic batcher only joins requests whose inputs have equal shapes, so requests with

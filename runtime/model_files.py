@@ -1,6 +1,6 @@
 """The export folder: its file names and ``meta.json``, written by ``export`` and read here.
 
-A folder holds ``model.onnx`` (the graph, contracts.md section 3), ``meta.json`` (what the
+A folder holds ``model.onnx`` (the graph, docs/contract/graph.md), ``meta.json`` (what the
 graph is: sizes, ``D``, precision, the ONNX file's sha256, an engine's record) and, when
 built, ``engine.plan``. ``meta.json`` carries a format number; a reader refuses one it does
 not know, naming the cvdvae version that wrote it. Format 2 graphs have the ``non_finite``
@@ -52,7 +52,8 @@ class ModelFiles:
 
     @property
     def conditional(self) -> bool:
-        """Whether the graph takes LR images (False: a prior-only VD-VAE, contracts.md 3.1)."""
+        """Whether the graph takes LR images (False: a prior-only VD-VAE, the unconditional graph of
+        docs/contract/graph.md)."""
         return bool(self.meta.get("conditional", True))
 
     @property

@@ -133,7 +133,7 @@ class Pipeline:
         ``.th``: run by PyTorch, on CUDA when present; ``vdvae``, ``config`` and ``preset`` complete
         it as ``cvdvae.load_model`` does). ``precision``: ``auto`` computes in the export's own
         precision; ``bf16`` runs an FP32 export in bf16 on OpenVINO, on CPUs with AVX512-BF16 or
-        AMX (faster, slightly different samples: README, "Precision")."""
+        AMX (faster, slightly different samples: docs/concepts/precision.md)."""
         from .backends.torch import WEIGHT_SUFFIXES
 
         if backend not in CHOICES:

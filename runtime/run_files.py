@@ -41,7 +41,7 @@ CONVERTED_NOTE = ("inputs are converted to 8-bit sRGB RGB (16-bit scaled, transp
                   "to sRGB)")
 
 FAILURES = "failures_s{seed}.txt"
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2  # contracts.md section 5
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2  # docs/reference/errors.md
 
 Spell = Callable[[str, Any], str]  # a setting as the caller names it (``CVDVAEError.describe``)
 Replaceable = Callable[[Path], bool]  # whether an existing output may be written over

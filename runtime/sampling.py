@@ -4,7 +4,7 @@ A request (``Job``) is one LR image (None for a prior-only model) with its own s
 recipe: ``cvdvae.noise_recipe``) and temperatures ``[n]``. The graph takes ``noise [B, n, D]`` and ``temperature [B, n]``, so jobs
 of equal n (and first sample) share calls, B rows at most ``max_batch``, and n is split into balanced chunks of
 at most ``max_n`` samples; sample k of a job always has the noise of ``(seed, k)``
-(contracts.md section 4), whatever the chunking.
+(docs/contract/noise-and-seeds.md), whatever the chunking.
 
 Rows share a call when they share one seed or recipe, the whole recipe (one noise block serves them all: ``cvdvae run``
 over many images) or when the backend's rows are independent (``Backend.rows_independent``:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""README's picture of ``cvdvae run --faces``: the photo with what was found (box, landmarks,
+"""The docs' picture of ``cvdvae run --faces``: the photo with what was found (box, landmarks,
 FFHQ square), whole-photo sample 0, and the first face's grid.
 
     cvdvae run outputs/demo/engine --input astronaut.png --faces --n 8 --out outputs/faces --json > faces.json
-    python scripts/faces_figure.py faces.json docs/faces-astronaut.png
+    python scripts/faces_figure.py faces.json docs/assets/faces-astronaut.png
 """
 
 from __future__ import annotations

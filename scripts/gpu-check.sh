@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, for a lent GPU machine where only files under $OUT come back (README, "GPU").
+# The GPU check, for a lent GPU machine where only files under $OUT come back (docs/guides/gpu.md).
 # Uses $PYTHON (default python3) as it is: no virtual environment, no downloads. Each step has
 # its own time cap (together under 8 minutes; torch.compile alone and last) and the script goes
 # on after a failed step. Everything it makes is under ${OUT:-benchmarks/results/gpu}:

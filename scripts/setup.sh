@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="${CVDVAE_TORCH_VERSION:-2.13.0}"
 PY="${PYTHON:-python3}"
-EXTRAS="cpu,export,dev,serve,cluster"
+EXTRAS="cpu,export,dev,serve,cluster,docs"
 stamp=.venv/.cvdvae-installed
 want="torch=$TORCH_VERSION extras=$EXTRAS $(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -1,6 +1,6 @@
-"""README's mean-and-spread figure: the demo model's 64 samples of the demo face, summarised.
+"""The docs' mean-and-spread figure: the demo model's 64 samples of the demo face, summarised.
 
-    python scripts/summary_figure.py docs/demo-summary.png
+    python scripts/summary_figure.py docs/assets/demo-summary.png
 
 Tiles, each enlarged 4x (nearest): the LR input, the HR face, four of the samples, the mean of
 all 64 and their per-pixel standard deviation map with its scale bar (drawn at the enlarged
@@ -43,4 +43,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/demo-summary.png"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/assets/demo-summary.png"))

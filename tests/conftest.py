@@ -12,8 +12,7 @@ import torch
 from cvdvae.config import CVDVAEConfig, config_from_mapping, preset
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CVDVAE_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"  # the independent oracles (tests/fixtures/README.md)
 
 # Widths that change per resolution (so channels are padded and mixins sliced), 4
 # mixtures, and a ky that cuts inside resolution 8.
@@ -81,19 +80,10 @@ def onnxruntime_cuda_unavailable_reason() -> str | None:
     return cuda_unavailable_reason()
 
 
-def require_shared(*paths: Path) -> None:
-    """Skip without the shared oracle files; in CI (where they must be) fail instead."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        message = f"shared oracle files not found ({', '.join(missing)}); set CVDVAE_SHARED"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def official_case():
-    """The official CVDVAE sampler's outputs for recorded noise (shared/fixtures)."""
-    paths = [FIXTURES / n for n in ("public.ckpt", "public.yaml", "public_case.npz")]
-    require_shared(*paths)
+    """The official CVDVAE sampler's outputs for recorded noise (tests/fixtures/official)."""
+    paths = [FIXTURES / "official" / n for n in ("public.ckpt", "public.yaml", "public_case.npz")]
     case = dict(np.load(paths[2]))
     return paths[0], paths[1], case
 

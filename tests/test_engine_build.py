@@ -289,7 +289,7 @@ def test_an_unchecked_engine_is_recorded_as_unchecked(tmp_path, gpu, capsys):
 
 
 def test_polygraphy_run_on_the_reference_inputs_reproduces_the_reference(exported, tmp_path):
-    """The README's debugging commands: Polygraphy's ONNX Runtime runner on the inputs written by
+    """docs/guides/debugging-engine.md's commands: Polygraphy's ONNX Runtime runner on the inputs written by
     export.polygraphy_inputs gives exactly the reference the engine check uses."""
     import subprocess
 

@@ -139,7 +139,7 @@ def test_run_and_the_api_give_the_same_pixels_for_each_kind(kind, pipe, demo_exp
 
 
 def test_the_photo_limit_is_the_documented_100_megapixels():
-    """``Pipeline``'s photo limit is 100 MP (README): a 90 MP photo decodes, even with Pillow's
+    """``Pipeline``'s photo limit is 100 MP (docs/guides/photos.md): a 90 MP photo decodes, even with Pillow's
     decompression-bomb warning (at 89.5 MP) made an error, and a 101 MP one is refused from its
     header, before any pixel is decoded. The 90 MP PNG is all zeros: 1.2 MB, decoded in ~1 s."""
     import warnings

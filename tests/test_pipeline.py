@@ -63,7 +63,7 @@ def test_the_samples_are_the_models_own_from_the_contracts_noise(pipe):
 
 def test_every_input_kind_gives_the_bytes_cvdvae_run_writes(pipe, demo_export, tmp_path):
     """A path, PNG bytes, a PIL image and an array of one face: the pixels of run's PNGs; n = 2 is
-    the first two of n = 4 (contracts.md 4); from_hr degrades an HR image as run --from-hr does."""
+    the first two of n = 4 (docs/contract/noise-and-seeds.md); from_hr degrades an HR image as run --from-hr does."""
     Image.fromarray(face(3)).save(tmp_path / "f.png")
     Image.fromarray(face(4, 32)).save(tmp_path / "hr.png")
     assert run_main([str(demo_export), "--input", str(tmp_path / "f.png"), "--n", "4", "--seed", "2", "--out",

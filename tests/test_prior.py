@@ -1,5 +1,5 @@
 """Faces from the public prior alone: fetch -> export --prior -> run, on a small prior-only model in
-the official VD-VAE format (contracts.md 3.1: inputs noise and temperature, no lr)."""
+the official VD-VAE format (docs/contract/graph.md, the unconditional graph: inputs noise and temperature, no lr)."""
 
 import dataclasses
 import json

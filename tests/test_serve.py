@@ -560,6 +560,13 @@ def test_the_token_guards_the_api_metrics_and_docs_but_not_health(service):
     assert "/v1/samples" in json.loads(body)["paths"]
     status, _, body = call(service + "/docs", headers={"authorization": f"Bearer {TOKEN}"})
     assert b"swagger" in body.lower() and b"/v1/samples" in body  # the schema inline: no second, tokenless fetch
+    assets = re.findall(rb'(?:src|href)="([^"]+)"', body)
+    assert len(assets) == 3 and all(a.startswith(b"docs-assets/") for a in assets), assets  # no CDN: works offline
+    for asset in assets:
+        status, headers, data = call(service + "/" + asset.decode())
+        assert status == 200 and len(data) > 500 and headers["content-type"].split(";")[0] in (
+            "text/javascript", "text/css", "image/png"), asset
+    assert call(service + "/docs-assets/index.html")[0] == 404  # the package's files, not its folder
     assert call(service + "/healthz")[0] == 200 and call(service + "/readyz")[0] == 200
     assert call(service + "/")[0] == 200  # the page itself holds nothing; it asks for the token
 

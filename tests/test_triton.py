@@ -66,7 +66,7 @@ def files_in(folder: Path) -> list[str]:
 
 
 def contract_io(meta):
-    """contracts.md 3 (and 3.1) with B taken off, as Triton wants it: n is dynamic (-1)."""
+    """docs/contract/graph.md (both graphs) with B taken off, as Triton wants it: n is dynamic (-1)."""
     lr, big, dim = meta["lr_size"], meta["hr_size"], meta["noise_dim"]
     inputs = ([("lr", [3, lr, lr])] if meta["conditional"] else []) + [("noise", [-1, dim]), ("temperature", [-1])]
     return inputs, [("sr", [-1, 3, big, big]), ("non_finite", [-1])]

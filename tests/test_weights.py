@@ -12,7 +12,7 @@ from cvdvae.errors import WeightsError
 from cvdvae.model import CVDVAE
 from cvdvae.random_weights import random_model
 from cvdvae.weights import expected_shapes, load_model, read_weight_file, resolve_weights, save_safetensors
-from conftest import SHARED, custom_config, require_shared
+from conftest import FIXTURES, custom_config
 
 VDVAE_PREFIXES = ("encoder.", "decoder.")
 
@@ -48,9 +48,8 @@ def test_ffhq256_has_the_official_key_set():
 
 
 def test_x8_key_set_equals_the_independent_calculator(tmp_path):
-    """shared/tools/cvdvae_compute.py derives the keys from the layer strings alone."""
-    tool = SHARED / "tools" / "cvdvae_compute.py"
-    require_shared(tool)
+    """tests/fixtures/cvdvae_compute.py derives the keys from the layer strings alone."""
+    tool = FIXTURES / "cvdvae_compute.py"
     out = tmp_path / "keys.tsv"
     subprocess.run([sys.executable, str(tool), "--keys", str(out)], check=True, capture_output=True)
     rows = [line.split("\t") for line in out.read_text().splitlines() if not line.startswith("#")]

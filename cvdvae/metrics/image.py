@@ -1,7 +1,6 @@
 """Full-reference image metrics in torch: PSNR and Gaussian SSIM, batched, no extra dependencies.
 
-Conventions (chosen to match scikit-image and the usual face-SR tables; see
-shared/docs/dependencies.md section 3):
+Conventions (chosen to match scikit-image, the tests' oracle, and the usual face-SR tables):
 
 * Inputs are ``[N, C, H, W]`` tensors (``[C, H, W]`` is taken as a batch of one), values in
   ``[0, data_range]``; ``data_range`` defaults to 1.0 (images in [0, 1]). Pass 255 for 0..255.

@@ -33,7 +33,7 @@ def open_backend(files: ModelFiles, choice: str = "auto", *, max_batch: int | No
 
     ``auto`` takes TensorRT when the folder has an engine and TensorRT runs here; else ONNX
     Runtime's CUDA provider where it is installed; else, on the CPU, OpenVINO where it is
-    installed (the fastest CPU engine in this project's benchmark, README), else ONNX Runtime.
+    installed (the fastest CPU engine in this project's benchmark, docs/benchmarks/index.md), else ONNX Runtime.
     Naming an ``engine.plan`` asks for TensorRT. ``precision="bf16"`` runs on OpenVINO only.
     """
     if choice not in GRAPH_CHOICES:

@@ -35,7 +35,7 @@ AHEAD = sys.platform.startswith("linux")
 def activation_limited_samples(files: ModelFiles, max_n: int | None, max_batch: int | None,
                                budget: int) -> tuple[int, int]:
     """(max n, max B) per CPU call: at most ``budget`` bytes of (estimated float32) activations,
-    n <= 8, B <= 4. Each engine's budget is measured (README, "Benchmark"): on a CPU, throughput
+    n <= 8, B <= 4. Each engine's budget is measured (docs/benchmarks/index.md): on a CPU, throughput
     per sample hardly grows with the call size past one FFHQ-256 sample, memory does."""
     samples = max(1, budget // files.activation_bytes_per_sample())
     max_n = max_n or min(8, samples)

@@ -33,7 +33,7 @@ from .interface import Backend, Sampled
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 GPU_CALL_SAMPLES = 16  # samples one CUDA call may hold, as the default TensorRT profile
 # ONNX Runtime on a CPU is fastest per sample, and smallest, with one FFHQ-256 sample per call
-# (README, "Benchmark": the call sizes measured).
+# (docs/benchmarks/index.md: the call sizes measured).
 CPU_CALL_BUDGET = int(1.2 * 2**30)
 INSTALL_GPU = "pip uninstall -y onnxruntime && pip install 'cvdvae[gpu]'"
 

@@ -41,7 +41,7 @@ from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_
 PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 PRECISION_NAMES = {value: key for key, value in PRECISIONS.items()}
 # OpenVINO gains a little per sample with bigger calls while memory grows with them: four
-# FFHQ-256 samples per call (README, "Benchmark": the call sizes measured).
+# FFHQ-256 samples per call (docs/benchmarks/index.md: the call sizes measured).
 CALL_BUDGET = int(4.5 * 2**30)
 # Given again at import, and honoured there: they are not part of the cache key.
 IMPORT_SETTINGS = ("INFERENCE_NUM_THREADS", "PERF_COUNT")

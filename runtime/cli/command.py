@@ -5,7 +5,7 @@ Each verb is a one-command typer app in its own module (``runtime.cli.run``,
 each keeps its ``cvdvae-<verb>`` alias. ``run_app`` runs either. The library's errors name
 settings, not flags (``cvdvae.errors``); ``flag_for`` writes them as this command line's flags.
 
-Exit status (contracts.md section 5): 0 success, 1 a failure while working, 2 bad usage or
+Exit status (docs/reference/errors.md): 0 success, 1 a failure while working, 2 bad usage or
 bad input (a bad flag value and a missing extra included: the one-line message names the flag
 or the extra), 130 on Ctrl-C. Only ``--debug``, which every verb takes, shows a traceback.
 ``--input`` takes several values at once (``--input a b``, what a shell glob expands to), up

@@ -18,7 +18,8 @@ from cvdvae.seeding import MAX_SEED
 from ..limits import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 
 # The same name and meaning on every verb that has them.
-Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="noise seed, 0 .. 2^64-1 (contracts.md 4)")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
+                                   help="noise seed, 0 .. 2^64-1: the same seed, the same samples on every backend")]
 Samples = Annotated[Optional[int], typer.Option("--n", min=1, help="samples per input (default 8, or one per "
                                                                    "--temperature value)")]
 Temperatures = Annotated[Optional[list[str]], typer.Option(
@@ -40,7 +41,7 @@ Json = Annotated[bool, typer.Option("--json", help="print a JSON summary on stdo
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar and no summary")]
 Precision = Annotated[str, typer.Option("--precision", help=(
     "auto: the export's own (FP32 on a CPU); bf16: OpenVINO in bf16 on CPUs with AVX512-BF16 or AMX: faster, "
-    "samples slightly off FP32's (README, Precision)"))]
+    "samples slightly off FP32's (docs/concepts/precision.md)"))]
 Tf32 = Annotated[bool, typer.Option("--tf32", help="allow TF32 on CUDA (off: FP32 means FP32)")]
 
 # Where the weights come from (export, train, eval, convert).

@@ -8,7 +8,7 @@
    same kind of run record.
 
 The weights are random, so the samples are textures, not faces; with real weights the
-same steps give faces (README.md). Re-running regenerates ``outputs/demo/``.
+same steps give faces (docs/getting-started/first-model.md). Re-running regenerates ``outputs/demo/``.
 """
 
 from __future__ import annotations

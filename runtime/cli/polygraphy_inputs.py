@@ -1,6 +1,6 @@
 """``python -m runtime.cli.polygraphy_inputs DIR --out inputs.json``: an export's validation cases as
 Polygraphy inputs, so ``polygraphy run --load-inputs`` debugs an engine on the inputs its check used
-(``export.polygraphy_inputs``; README.md, "Debugging an engine")."""
+(``export.polygraphy_inputs``; docs/guides/debugging-engine.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from export.polygraphy_inputs import feeds
 from .command import command_app, examples, run_app
 
 app = command_app("An export's validation cases as Polygraphy inputs, for `polygraphy run --load-inputs` "
-                  "(README.md, 'Debugging an engine').")
+                  "(docs/guides/debugging-engine.md).")
 
 
 @app.command("polygraphy-inputs",

@@ -30,7 +30,7 @@ half a pixel off, would give -1). On skimage's astronaut the landmarks lie withi
 hand-measured eyes and nose.
 
 Speed and precision at the default thresholds (faces found in LFW, none in face-free photos)
-are measured in tests/test_face_detection.py and README's "Photos".
+are measured in tests/test_face_detection.py and docs/guides/photos.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ write or encode what it returns):
 2. the faces are sampled together (the pipeline's one sampling path);
 3. ``Composites``: whole photo ``k`` is the photo upscaled with face ``j``'s sample ``k``
    blended in, for every face. The noise of sample ``k`` depends on ``(seed, k)`` only
-   (contracts.md section 4), so photo ``k`` is one coherent alternative of the whole picture.
+   (docs/contract/noise-and-seeds.md), so photo ``k`` is one coherent alternative of the whole picture.
 
 Per face, the input mode follows the face's size in the photo:
 - ``lr``: its FFHQ square is smaller than the model's HR size, so the aligned crop at the LR
@@ -86,7 +86,7 @@ class Face:
                 # sample pixel (x, y, 1) -> output photo pixel; pixel centres at integers
                 "sample_to_output": _rounded(sample_to_output[:2]),
                 # output pixels per sample pixel: above 1 the sample is enlarged, and softer than
-                # the photo around it by as much (README, "Faces big and small")
+                # the photo around it by as much (docs/guides/photos.md, "Faces big and small")
                 "enlargement": round(float(np.linalg.norm(sample_to_output[:2, :2], ord=2)), 4)}
 
 

@@ -51,12 +51,21 @@ from starlette.requests import ClientDisconnect
 from .answers import Failure, Head, JsonAnswer, Spread, ZipAnswer
 from .metrics import Metrics
 from .options import ServeOptions
-from .requests import RequestError, SampleRequest, bad, parse_request, timed_out
+from .requests import FIELD_SCHEMAS, RequestError, SampleRequest, bad, parse_request, timed_out
 
 STATIC = Path(__file__).parent / "static"
 PIECE_BYTES = 1 << 20   # the answer goes out in pieces of at most this
 READY_TIMEOUT_S = 5.0
 RETRY_KINDS = ("busy", "unavailable")  # 503s worth trying again: they carry Retry-After
+# The request's fields for the schema (the parser in runtime.serve.requests refuses any other): the same
+# fields in a form, where the image is a file, and in JSON, where it is base64.
+REQUEST_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        **FIELD_SCHEMAS, "image": {**FIELD_SCHEMAS["image"], "format": "binary"}}}},
+    "application/json": {"schema": {"type": "object", "properties": {
+        **FIELD_SCHEMAS, "image": {**FIELD_SCHEMAS["image"], "contentEncoding": "base64"}}}}}}
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                  "favicon-32x32.png": "image/png"}  # what /docs loads
 
 log = logging.getLogger("ray.serve")
 
@@ -98,7 +107,8 @@ class Ingress:
 
     # ---------------------------------------------------------------- routes
     @api.post("/v1/samples", summary="n seeded samples of one LR face, or of a photo's faces (multipart upload "
-                                     "or JSON with base64); JSON or, with Accept: application/zip, a zip")
+                                     "or JSON with base64); JSON or, with Accept: application/zip, a zip",
+              openapi_extra={"requestBody": REQUEST_BODY})
     async def samples(self, request: Request) -> Response:
         start = time.monotonic()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex  # Ray's proxy sets it, and logs it
@@ -170,9 +180,21 @@ class Ingress:
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self, request: Request) -> Response:
-        """Swagger UI with the schema inline: a browser that sent the token here need not send it again."""
+        """Swagger UI with the schema inline: a browser that sent the token here need not send it again.
+        Its script and style come from this service (``/docs-assets``), so the page works offline."""
         return self._kept_out(request) or get_swagger_ui_html(
-            openapi_url="openapi.json", title="cvdvae API", swagger_ui_parameters={"spec": api.openapi()})
+            openapi_url="openapi.json", title="cvdvae API", swagger_ui_parameters={"spec": api.openapi()},
+            swagger_js_url="docs-assets/swagger-ui-bundle.js", swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon-32x32.png")
+
+    @api.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(self, name: str) -> Response:
+        """Swagger UI's files, from the pinned ``swagger-ui-bundle`` package (the serve extra)."""
+        from swagger_ui_bundle import swagger_ui_path
+
+        if name not in SWAGGER_ASSETS:
+            return JSONResponse({"error": "no such file", "kind": "not_found"}, status_code=404)
+        return FileResponse(Path(swagger_ui_path) / name, media_type=SWAGGER_ASSETS[name])
 
     @api.get("/", include_in_schema=False)
     async def page(self) -> Response:

@@ -27,8 +27,32 @@ from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 from .options import Limits
 
 DEFAULT_N = 4
-FIELDS = {"image", "n", "seed", "temperature", "consistent", "from_hr", "faces", "max_faces", "summary", "like",
-          "like_seed", "vary_from", "temperature_at"}
+# The request's fields, as the OpenAPI schema describes them (runtime.serve.ingress); a field not here is refused.
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "image": {"type": "string", "description": "the LR face (or, with faces, the photo): PNG, JPEG or WebP; a file "
+                                               "field in a form, base64 in JSON; none for a prior-only model"},
+    "n": {"type": "integer", "minimum": 1, "default": DEFAULT_N,
+          "description": "samples (at most the service's max_n)"},
+    "seed": {"type": "integer", "minimum": 0, "default": 0,
+             "description": "noise seed, 0 .. 2^64 - 1: the same seed gives the same bytes"},
+    "temperature": {"oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}, {"type": "string"}],
+                    "default": DEFAULT_TEMPERATURE,
+                    "description": "0 to 10: one for every sample, one per sample, or a comma list in a form"},
+    "consistent": {"type": "boolean", "default": False, "description": "apply the exact LR-consistency projection"},
+    "from_hr": {"type": "boolean", "default": False, "description": "the image is an HR face, degraded first"},
+    "faces": {"type": "boolean", "default": False,
+              "description": "the image is a photo: its faces are found, sampled and pasted back"},
+    "max_faces": {"type": "integer", "minimum": 1, "description": "with faces: the most confident faces kept"},
+    "summary": {"type": "boolean", "default": False, "description": "the samples' mean and standard deviation map too"},
+    "like": {"type": "integer", "minimum": 0,
+             "description": "with vary_from: the sample whose coarse levels every sample keeps (it appears among them)"},
+    "like_seed": {"type": "integer", "minimum": 0, "description": "the seed of the like sample (default: seed)"},
+    "vary_from": {"type": "integer", "description": "with like: the level (px) from which the samples differ"},
+    "temperature_at": {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "string"}],
+                       "description": "a factor per level (px), from that level on, on the prior's groups: a JSON "
+                                      "object or 128=0.5 pairs in a form"},
+}
+FIELDS = set(FIELD_SCHEMAS)
 INPUT_STATUS = {"too_large": 413, "wrong_size": 422, "no_face": 422, "unreadable": 400, "missing": 400,
                 "unsupported_format": 415}
 JSON_DEPTH = 8  # the request is a flat object with a list or two: anything deeper is refused
