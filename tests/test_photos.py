@@ -15,7 +15,7 @@ from cvdvae.hub.home import cvdvae_home
 from runtime.cli.run import main as run_main
 from runtime.faces.align import FaceSquare, crop
 from runtime.faces.detector import DetectedFace
-from runtime.faces.photos import Composites, Face, align_face
+from runtime.faces.photos import Composites, Face, align_face, background
 
 pytest.importorskip("onnxruntime")
 skimage = pytest.importorskip("skimage")
@@ -106,7 +106,7 @@ def test_photo_sample_k_is_made_of_face_sample_k():
         samples = np.stack([np.full((16, 16, 3), c, np.uint8) for c in colours])
         faces.append(Face(DetectedFace(np.zeros(4), 1.0, np.zeros((5, 2))), square, "lr", np.zeros((3, 4, 4)), None,
                           samples))
-    for k, canvas in enumerate(Composites(photo, faces, 2.0, "photo")):
+    for k, canvas in enumerate(Composites(photo.shape[:2], background(photo, 2.0, "photo"), faces, "photo")):
         assert canvas[80, 60].tolist() == [10 + 40 * k] * 3 and canvas[80, 61].tolist() == [10 + 40 * k] * 3
         assert canvas[100, 240].tolist() == [200 - 40 * k] * 3
         assert canvas[5, 5].tolist() == [0, 0, 0]
@@ -248,18 +248,18 @@ def test_a_photo_failing_while_written_leaves_nothing_and_the_others_go_on(demo,
                                                                           monkeypatch, capsys):
     """The disk fills while ``a.png``'s second whole photo is written: one line naming it, none of
     its files left (its face samples and first photo were written), ``b.png`` done, exit 1."""
-    from runtime.faces import photos
+    from runtime.images import photo_files
 
     for name in ("a", "b"):
         Image.open(ASTRONAUT).convert("RGB").save(tmp_path / f"{name}.png")
-    real = photos.write_png_streamed
+    real = photo_files._write
 
-    def disk_fills(path, pixels, level=6):
+    def disk_fills(path, pieces):
         if path.name == "a_s0_01.png":
             raise OSError(28, "No space left on device")
-        real(path, pixels, level)
+        real(path, pieces)
 
-    monkeypatch.setattr(photos, "write_png_streamed", disk_fills)
+    monkeypatch.setattr(photo_files, "_write", disk_fills)
     code = run_main([str(demo), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--faces", "--n", "2",
                      "--upscale", "1", "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 1
