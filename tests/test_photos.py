@@ -1,6 +1,7 @@
 """``cvdvae run --faces``: whole photos on the demo model, through the real detector (those tests
 skip without ``cvdvae fetch mtcnn``; the rest run without it)."""
 
+import io
 import json
 import subprocess
 import sys
@@ -314,3 +315,39 @@ def test_a_photo_keeps_its_kind_of_colour(kind, demo, detector_fetched, tmp_path
     assert (got[outside] == expected[outside]).all()
     if kind in ("L", "LA"):
         assert got.ndim == (2 if kind == "L" else 3)
+
+
+def test_a_jpeg_photo_gives_upright_srgb_jpegs_and_png_or_webp_on_request(demo, detector_fetched, tmp_path):
+    """The astronaut stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view):
+    by default its whole photos are JPEGs, upright (no orientation left to apply) and tagged sRGB,
+    and OpenCV (libjpeg, applying any EXIF orientation) reads what ``Pipeline.faces`` made;
+    ``--format webp`` and ``png`` give those instead, the face samples staying PNG."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is the independent decoder (the dev extra installs it)")
+    from PIL import ImageCms
+
+    from runtime.pipeline import Pipeline
+
+    upright = Image.open(ASTRONAUT).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "in.jpg", quality=95, exif=exif)
+    expected = Pipeline.from_pretrained(demo).faces(tmp_path / "in.jpg", n=1, seed=0, upscale=1).photos[0]
+    assert expected.shape == (512, 512, 3)
+    for flags, name in (((), "out_s0_00.jpg"), (("--format", "webp", "--quality", "95"), "out_s0_00.webp"),
+                        (("--format", "png"), "out_s0_00.png")):
+        out = tmp_path / name.split(".")[1]
+        assert run(demo, "--input", tmp_path / "in.jpg", "--faces", "--n", "1", "--upscale", "1", "--no-grid",
+                   "--out", out, *flags) == 0
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith("in_s0")) == ["in_s0_00" + name[9:]]
+        assert [p.name for p in out.glob("in_face0_*")] == ["in_face0_s0_00.png"]
+        path = out / ("in_s0_00" + name[9:])
+        decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+        error = np.abs(decoded.astype(int) - expected)
+        assert error.mean() < (0.01 if name.endswith("png") else 2.0) and decoded.shape == expected.shape, name
+        written = Image.open(path)
+        assert written.getexif().get(0x0112, 1) == 1
+        if name.endswith("png"):
+            assert "srgb" in written.info
+        else:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(written.info["icc_profile"]))
+            assert "srgb" in ImageCms.getProfileDescription(profile).lower()

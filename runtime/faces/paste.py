@@ -17,6 +17,8 @@ their squares overlap.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -63,16 +65,21 @@ def upscale(photo: np.ndarray, factor: float) -> np.ndarray:
 
     An integer factor is resized a band of rows at a time straight into the output (with a
     margin wider than Lanczos' 3-pixel support, cut away: the bands equal one whole resize,
-    byte for byte), so the only large array is the output itself."""
+    byte for byte), so the only large array is the output itself. Bands are resized on every
+    core: Pillow lets go of the GIL while it resamples."""
     h, w = photo.shape[:2]
     if float(factor).is_integer() and factor >= 1:
         f = int(factor)
         out = np.empty((h * f, w * f, *photo.shape[2:]), np.uint8)
-        for top in range(0, h, UPSCALE_ROWS):
+
+        def resize_band(top: int) -> None:
             bottom = min(top + UPSCALE_ROWS, h)
             a, b = max(top - UPSCALE_MARGIN, 0), min(bottom + UPSCALE_MARGIN, h)
             band = _lanczos(photo[a:b], (w * f, (b - a) * f))
             out[top * f:bottom * f] = band[(top - a) * f:(bottom - a) * f]
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(resize_band, range(0, h, UPSCALE_ROWS)))
         return out
     out_h, out_w = output_shape((h, w), factor)
     return np.array(_lanczos(photo, (out_w, out_h)))  # writable
