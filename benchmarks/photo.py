@@ -85,6 +85,57 @@ class StandInBackend:
         return self.sample_rows(lr, [seed] * len(lr), first_sample, rows)
 
 
+def facexlib_paste(photo: np.ndarray, faces: list[tuple[np.ndarray, np.ndarray]], factor: int, path: Path) -> None:
+    """One whole photo made as facexlib 0.3.0's ``FaceRestoreHelper.paste_faces_to_input_image``
+    does without a parsing model (``use_parse=False``), step for step in OpenCV, and written by
+    ``cv2.imwrite`` in ``path``'s format: ``faces`` holds (sample HWC uint8 RGB, 2x3 map from
+    sample pixels to output pixels). facexlib itself needs torchvision, whose wheels pin a
+    PyTorch other than ours, so its steps are copied here (benchmark only)."""
+    import cv2
+
+    h, w = photo.shape[:2]
+    h_up, w_up = int(h * factor), int(w * factor)
+    upsample_img = cv2.resize(photo[..., ::-1], (w_up, h_up), interpolation=cv2.INTER_LANCZOS4)
+    for restored_face, inverse_affine in faces:
+        inv_restored = cv2.warpAffine(np.ascontiguousarray(restored_face[..., ::-1]), inverse_affine, (w_up, h_up))
+        mask = np.ones(restored_face.shape[:2], dtype=np.float32)
+        inv_mask = cv2.warpAffine(mask, inverse_affine, (w_up, h_up))
+        inv_mask_erosion = cv2.erode(inv_mask, np.ones((int(2 * factor), int(2 * factor)), np.uint8))
+        pasted_face = inv_mask_erosion[:, :, None] * inv_restored
+        total_face_area = np.sum(inv_mask_erosion)
+        w_edge = int(total_face_area ** 0.5) // 20
+        erosion_radius = w_edge * 2
+        inv_mask_center = cv2.erode(inv_mask_erosion, np.ones((erosion_radius, erosion_radius), np.uint8))
+        blur_size = w_edge * 2
+        inv_soft_mask = cv2.GaussianBlur(inv_mask_center, (blur_size + 1, blur_size + 1), 0)[:, :, None]
+        upsample_img = inv_soft_mask * pasted_face + (1 - inv_soft_mask) * upsample_img
+    cv2.imwrite(str(path), upsample_img.astype(np.uint8))
+
+
+def run_facexlib(spec: dict) -> dict:
+    """facexlib's paste-back on the same work: the same faces and stand-in samples, n whole photos."""
+    from runtime.faces.paste import canvas_map, output_shape
+
+    pipe = pipeline(spec)
+    photo = Path(spec["photo"])
+    found = pipe.detect_faces(photo)
+    result = pipe.sample_faces(found, 0, np.full(spec["n"], 0.8, np.float32))
+    factor = pipe.shape.scale
+    to_output = canvas_map(result.photo.shape[:2], output_shape(result.photo.shape[:2], factor))
+    maps = [(to_output @ face.square.to_photo(pipe.shape.hr_size))[:2] for face in result.faces]
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for k in range(spec["n"]):
+        path = out / f"facexlib_{k:02d}{photo.suffix}"
+        facexlib_paste(result.photo, [(face.samples[k], m) for face, m in zip(result.faces, maps)], factor, path)
+        path.unlink()
+    seconds = time.perf_counter() - start
+    return {"photo": spec["name"], "n": spec["n"], "facexlib_steps_s": round(seconds, 4),
+            "per_output_photo_s": round(seconds / spec["n"], 4),
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
 def pipeline(spec: dict):
     from runtime.model_files import ModelShape
     from runtime.pipeline import Pipeline
@@ -92,6 +143,16 @@ def pipeline(spec: dict):
     if spec["stand_in_ms"] is None:
         return Pipeline.from_pretrained(spec["engine_dir"])
     return Pipeline(StandInBackend(spec["stand_in_ms"] / 1000, 4), ModelShape(True, 64, 256, 4), "stand-in")
+
+
+def write_options(spec: dict) -> dict:
+    """``--write`` as ``write_photo``'s keyword arguments (``photo_format``: [name, quality])."""
+    from runtime.images.photo_format import PhotoFormat
+
+    options = dict(spec.get("write", {}))
+    if "photo_format" in options:
+        options["photo_format"] = PhotoFormat(*options["photo_format"])
+    return options
 
 
 def run_case(spec: dict) -> dict:
@@ -107,7 +168,7 @@ def run_case(spec: dict) -> dict:
         start = time.perf_counter()
         found = pipe.detect_faces(photo)
         result = pipe.sample_faces(found, 0, np.full(spec["n"], 0.8, np.float32))
-        written = write_photo(result, out, photo.stem, True, pipe.shape.scale, **spec.get("write", {}))
+        written = write_photo(result, out, photo.stem, True, pipe.shape.scale, **write_options(spec))
         wall = time.perf_counter() - start
         size = sum(path.stat().st_size for path in written)
         for path in written:
@@ -139,12 +200,16 @@ def main() -> int:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2, help="runs per photo (the last one is reported)")
     p.add_argument("--megapixels", type=int, nargs="+", choices=sorted(SIZES), default=[1])
-    p.add_argument("--write", type=json.loads, default={}, help="write_photo's keyword arguments, as JSON")
+    p.add_argument("--write", type=json.loads, default={}, help="write_photo's keyword arguments, as JSON "
+                                                                   "(photo_format: [name, quality])")
+    p.add_argument("--facexlib", action="store_true", help="facexlib's paste-back steps instead (OpenCV; needs "
+                                                          "--stand-in-ms)")
     p.add_argument("--json", type=Path)
     p.add_argument("--case", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:
-        print(json.dumps(run_case(json.loads(args.case.read_text()))))
+        spec = json.loads(args.case.read_text())
+        print(json.dumps(run_facexlib(spec) if spec.get("facexlib") else run_case(spec)))
         return 0
     with tempfile.TemporaryDirectory(prefix="cvdvae-photo-", dir=os.environ.get("CVDVAE_BENCH_TMP")) as tmp:
         work = Path(tmp)
@@ -158,7 +223,7 @@ def main() -> int:
             photo = work / f"{name}.jpg"
             make_photo(photo, width, height)
             spec = {"name": name, "photo": str(photo), "engine_dir": str(engine_dir), "n": args.n,
-                    "stand_in_ms": args.stand_in_ms, "write": args.write,
+                    "stand_in_ms": args.stand_in_ms, "write": args.write, "facexlib": args.facexlib,
                     "repeats": args.repeats if megapixels <= 1 else 1, "out": str(work / f"out-{name}")}
             (work / "spec.json").write_text(json.dumps(spec))
             proc = subprocess.run([sys.executable, __file__, "--case", str(work / "spec.json")], cwd=REPO,
@@ -169,6 +234,8 @@ def main() -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
         model = ("tiny-x4" if args.demo else args.preset) if args.stand_in_ms is None else \
             f"stand-in engine, {args.stand_in_ms:g} ms per face sample (x4 shapes)"
+        if args.facexlib:
+            model += "; facexlib 0.3.0's paste_faces_to_input_image steps (use_parse=False) run in OpenCV, not ours"
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "environment": environment(os.cpu_count()), "model": model, "rows": rows}
     if args.json:
