@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from cvdvae.errors import CVDVAEError
-from runtime.images.bands import BandCodec, ReusedBackground
+from runtime.images.bands import BandCodec, ReusedBackground, srgb_profile
 from runtime.images.photo_files import FileWriter, PhotoEncoder, output_pixels
 from runtime.images.photo_format import PhotoFormat
 
@@ -41,7 +41,7 @@ def textured(seed: int) -> np.ndarray:
 def pillow_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "JPEG", quality=quality, subsampling="4:2:0", restart_marker_rows=1,
-                                 icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+                                 icc_profile=srgb_profile())
     return out.getvalue()
 
 

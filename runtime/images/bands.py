@@ -43,6 +43,7 @@ ADLER_BASE = 65521
 JPEG_SUBSAMPLING = "4:2:0"
 RST0, EOI, SOS = 0xD0, 0xD9, 0xDA
 SOF_MARKERS = (0xC0, 0xC1, 0xC2)
+ICC_DATE = struct.pack(">6H", 2026, 1, 1, 0, 0, 0)  # the embedded sRGB profile's creation date, fixed
 
 Band = tuple  # a band encoded. PNG: (IDAT chunk, Adler-32 of its filtered rows, their length); JPEG: its segments
 
@@ -172,7 +173,9 @@ def srgb_profile() -> bytes:
     """An sRGB ICC profile (littlecms' built-in), embedded in JPEG and WebP whole photos."""
     from PIL import ImageCms
 
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[24:36] = ICC_DATE  # littlecms stamps the time it was made: the same photo gives the same bytes
+    return bytes(profile)
 
 
 class ReusedBackground:
