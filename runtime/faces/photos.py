@@ -31,7 +31,7 @@ import numpy as np
 from cvdvae import bicubic
 
 from ..images import outputs
-from ..images.photo_files import FileWriter, PhotoEncoder, output_pixels
+from ..images.photo_files import FileWriter, Pixels, PhotoEncoder, output_pixels
 from ..images.photo_format import PhotoFormat, png_level
 from ..images.png import write_png_streamed
 from ..images.summary import FrameMoments, FrameSummary, Summary, summarise
@@ -161,7 +161,7 @@ class Composites:
                 for (_, placement), original in zip(self.placements, pristine):
                     canvas[placement.rows, placement.cols] = original
 
-    def pixels(self, keep_alpha: bool = True):
+    def pixels(self, keep_alpha: bool = True) -> Pixels:
         """``frame, rows -> pixels``: a frame's rows as the whole photo's (``photo_files.output_pixels``)."""
         return output_pixels(self.grey and self.paste == "photo", keep_alpha)
 
