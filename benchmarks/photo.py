@@ -42,6 +42,20 @@ SIZES = {1: (1024, 1024), 12: (4000, 3000), 24: (6000, 4000)}  # megapixels -> (
 PHOTO_STAGES = ("enlarge", "paste", "encode", "write_photos")  # the whole photos' own work
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector-instruction flags (what the codecs and resamplers can use)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("sse", "ssse", "avx", "fma", "bmi", "sha", "aes", "f16c")))
+
+
+def codecs() -> dict:
+    from PIL import __version__, features
+
+    return {"pillow": __version__, "libjpeg-turbo": features.version("jpg"), "zlib": features.version("zlib"),
+            "webp": features.version("webp")}
+
+
 def astronaut() -> np.ndarray:
     import skimage
     from PIL import Image
@@ -266,7 +280,8 @@ def main() -> int:
         if args.facexlib:
             model += "; facexlib 0.3.0's paste_faces_to_input_image steps (use_parse=False) run in OpenCV, not ours"
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "environment": environment(os.cpu_count()), "model": model, "rows": rows}
+                  "environment": {**environment(os.cpu_count()), "cpu_flags": cpu_flags(), **codecs()},
+                  "model": model, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
