@@ -277,6 +277,10 @@ def main() -> int:
             print(json.dumps(rows[-1]), file=sys.stderr)
         model = ("tiny-x4" if args.demo else args.preset) if args.stand_in_ms is None else \
             f"stand-in engine, {args.stand_in_ms:g} ms per face sample (x4 shapes)"
+        if args.png_levels:
+            model = "none: the 4x background only"
+        elif args.stand_in_ms is None and args.engine_dir is not None:
+            model = f"{args.preset} export in {args.engine_dir}"
         if args.facexlib:
             model += "; facexlib 0.3.0's paste_faces_to_input_image steps (use_parse=False) run in OpenCV, not ours"
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
