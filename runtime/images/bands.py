@@ -31,8 +31,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cvdvae.errors import CVDVAEError
-
 BAND_ROWS = 64                # rows per band: a multiple of 16, the tallest JPEG MCU
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: grey, grey + alpha, RGB, RGBA
@@ -198,7 +196,3 @@ class ReusedBackground:
             lambda i: self.codec.band(self.pixels(frame, self.codec.rows(i))), self.changing)))
         return self.codec.file([self.kept[i] if i in self.kept else fresh[i] for i in range(self.codec.count)])
 
-
-def check_quality(quality: int | None) -> None:
-    if quality is not None and not 1 <= quality <= 100:
-        raise CVDVAEError(f"quality must be 1 to 100, not {quality}")
