@@ -160,3 +160,18 @@ def test_a_failed_write_is_raised_by_close_and_later_files_are_skipped(tmp_path)
     writer.write(tmp_path / "c.png", [b"1", b"2"])
     writer.close()
     assert (tmp_path / "c.png").read_bytes() == b"12"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--format", "tiff"), "photo format must be one of png, jpeg, webp, not 'tiff'"),
+    (("--format", "png", "--quality", "90"), "quality applies to JPEG and WebP; PNG is lossless"),
+    (("--face-only", "--format", "jpeg"), "cannot be JPEG: choose png or webp"),
+])
+def test_run_refuses_a_format_that_cannot_work_before_any_work(flags, message, tmp_path, capsys):
+    from runtime.cli.run import main as run_main
+
+    (tmp_path / "weights.pt").write_bytes(b"")  # never read: the flags are refused first
+    code = run_main([str(tmp_path / "weights.pt"), "--input", str(tmp_path / "in.jpg"), "--faces", *flags,
+                     "--out", str(tmp_path / "out")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
