@@ -332,7 +332,7 @@ class Pipeline:
             faces = [align_face(decoded.pixels, face, self.shape.lr_size, self.shape.hr_size) for face in detected]
         if not faces:
             raise NoFaceFound(f"{decoded.name}: {search.no_face_message()}", min_face=None, min_score=None)
-        return PhotoFaces(decoded.pixels, faces, decoded.name, timings, decoded.alpha, decoded.grey)
+        return PhotoFaces(decoded.pixels, faces, decoded.name, timings, decoded.alpha, decoded.grey, decoded.format)
 
     def sample_faces(self, found: PhotoFaces, seed: Noise, temperatures: np.ndarray, upscale: float | None = None,
                      paste: str = "photo", keep_non_finite: bool = False) -> FacesOutput:
@@ -357,7 +357,7 @@ class Pipeline:
             raise_if_broken(broken, sum(int(r.non_finite.sum()) for r in results), (len(results), len(temperatures)),
                             self.backend.precision, "face samples", f"{found.name}: ")
         return FacesOutput(found.photo, found.faces, seed, temperatures, self.upscale_factor(upscale), paste,
-                           found.name, found.timings, broken, found.alpha, found.grey)
+                           found.name, found.timings, broken, found.alpha, found.grey, found.format)
 
     def upscale_factor(self, upscale: float | None) -> float:
         factor = float(self.shape.scale if upscale is None else upscale)

@@ -31,6 +31,7 @@ from .backends import Backend
 from .faces.photos import FaceSearch, PhotoFaces, photo_outputs, write_photo
 from .images import outputs
 from .images.decode import error_reason
+from .images.photo_format import PhotoFormat
 from .images.summary import Moments
 from .pipeline import LRInput, Pipeline, broken_model_advice
 
@@ -62,6 +63,7 @@ class RunSettings:
     upscale: float | None = None
     paste: str = "photo"
     variation: dict[str, Any] = field(default_factory=dict)  # like, like_seed, vary_from, temperature_at
+    photo_format: PhotoFormat = PhotoFormat()  # whole photos' (``runtime.images.photo_format``)
 
     @property
     def n(self) -> int:
@@ -71,8 +73,9 @@ class RunSettings:
         """An LR input's (or prior draw's) outputs."""
         return outputs.planned(self.out, stem, self.seed, self.n, self.grid, self.summary)
 
-    def photo_planned(self, stem: str, faces: int) -> list[Path]:
-        return photo_outputs(self.out, stem, self.seed, self.n, faces, self.grid, self.paste, self.summary)
+    def photo_planned(self, stem: str, faces: int, input_format: str | None = None) -> list[Path]:
+        suffix = self.photo_format.chosen(input_format, self.paste == "transparent").suffix
+        return photo_outputs(self.out, stem, self.seed, self.n, faces, self.grid, self.paste, self.summary, suffix)
 
     def replaceable(self, path: Path) -> bool:
         """Whether an output that exists may be written over: only with ``overwrite``."""
@@ -281,7 +284,7 @@ def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record:
         noise = pipe.recipe(settings.seed, settings.n, **settings.variation)
         result = pipe.sample_faces(found, noise, settings.temperatures, settings.upscale, settings.paste)
         written = [str(p) for p in write_photo(result, settings.out, path.stem, settings.grid, pipe.shape.scale,
-                                               settings.summary)]
+                                               settings.summary, settings.photo_format)]
     except NonFiniteSamples as err:
         record.non_finite_samples += err.count
         record.fail(path, f"{err}; nothing was written for this photo", broken=True)
@@ -312,6 +315,6 @@ def check_photo_outputs(path: Path, found: PhotoFaces, settings: RunSettings,
     """The photo's outputs to be: none may exist unless replaceable (default: with ``overwrite``).
     Returns those that do not exist yet (what a failure midway removes: an overwritten file's old
     content is gone anyway)."""
-    planned = settings.photo_planned(path.stem, len(found.faces))
+    planned = settings.photo_planned(path.stem, len(found.faces), found.format)
     refuse_existing(path, planned, replaceable or settings.replaceable)
     return [p for p in planned if not p.exists()]

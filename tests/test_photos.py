@@ -1,6 +1,7 @@
 """``cvdvae run --faces``: whole photos on the demo model, through the real detector (those tests
 skip without ``cvdvae fetch mtcnn``; the rest run without it)."""
 
+import io
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from cvdvae.hub.home import cvdvae_home
 from runtime.cli.run import main as run_main
 from runtime.faces.align import FaceSquare, crop
 from runtime.faces.detector import DetectedFace
-from runtime.faces.photos import Composites, Face, align_face
+from runtime.faces.photos import Composites, Face, align_face, background
 
 pytest.importorskip("onnxruntime")
 skimage = pytest.importorskip("skimage")
@@ -106,7 +107,7 @@ def test_photo_sample_k_is_made_of_face_sample_k():
         samples = np.stack([np.full((16, 16, 3), c, np.uint8) for c in colours])
         faces.append(Face(DetectedFace(np.zeros(4), 1.0, np.zeros((5, 2))), square, "lr", np.zeros((3, 4, 4)), None,
                           samples))
-    for k, canvas in enumerate(Composites(photo, faces, 2.0, "photo")):
+    for k, canvas in enumerate(Composites(photo.shape[:2], background(photo, 2.0, "photo"), faces, "photo")):
         assert canvas[80, 60].tolist() == [10 + 40 * k] * 3 and canvas[80, 61].tolist() == [10 + 40 * k] * 3
         assert canvas[100, 240].tolist() == [200 - 40 * k] * 3
         assert canvas[5, 5].tolist() == [0, 0, 0]
@@ -248,18 +249,18 @@ def test_a_photo_failing_while_written_leaves_nothing_and_the_others_go_on(demo,
                                                                           monkeypatch, capsys):
     """The disk fills while ``a.png``'s second whole photo is written: one line naming it, none of
     its files left (its face samples and first photo were written), ``b.png`` done, exit 1."""
-    from runtime.faces import photos
+    from runtime.images import photo_files
 
     for name in ("a", "b"):
         Image.open(ASTRONAUT).convert("RGB").save(tmp_path / f"{name}.png")
-    real = photos.write_png_streamed
+    real = photo_files._write
 
-    def disk_fills(path, pixels, level=6):
+    def disk_fills(path, pieces):
         if path.name == "a_s0_01.png":
             raise OSError(28, "No space left on device")
-        real(path, pixels, level)
+        real(path, pieces)
 
-    monkeypatch.setattr(photos, "write_png_streamed", disk_fills)
+    monkeypatch.setattr(photo_files, "_write", disk_fills)
     code = run_main([str(demo), "--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--faces", "--n", "2",
                      "--upscale", "1", "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 1
@@ -314,3 +315,39 @@ def test_a_photo_keeps_its_kind_of_colour(kind, demo, detector_fetched, tmp_path
     assert (got[outside] == expected[outside]).all()
     if kind in ("L", "LA"):
         assert got.ndim == (2 if kind == "L" else 3)
+
+
+def test_a_jpeg_photo_gives_upright_srgb_jpegs_and_png_or_webp_on_request(demo, detector_fetched, tmp_path):
+    """The astronaut stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view):
+    by default its whole photos are JPEGs, upright (no orientation left to apply) and tagged sRGB,
+    and OpenCV (libjpeg, applying any EXIF orientation) reads what ``Pipeline.faces`` made;
+    ``--format webp`` and ``png`` give those instead, the face samples staying PNG."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is the independent decoder (the dev extra installs it)")
+    from PIL import ImageCms
+
+    from runtime.pipeline import Pipeline
+
+    upright = Image.open(ASTRONAUT).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "in.jpg", quality=95, exif=exif)
+    expected = Pipeline.from_pretrained(demo).faces(tmp_path / "in.jpg", n=1, seed=0, upscale=1).photos[0]
+    assert expected.shape == (512, 512, 3)
+    for flags, name in (((), "out_s0_00.jpg"), (("--format", "webp", "--quality", "95"), "out_s0_00.webp"),
+                        (("--format", "png"), "out_s0_00.png")):
+        out = tmp_path / name.split(".")[1]
+        assert run(demo, "--input", tmp_path / "in.jpg", "--faces", "--n", "1", "--upscale", "1", "--no-grid",
+                   "--out", out, *flags) == 0
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith("in_s0")) == ["in_s0_00" + name[9:]]
+        assert [p.name for p in out.glob("in_face0_*")] == ["in_face0_s0_00.png"]
+        path = out / ("in_s0_00" + name[9:])
+        decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+        error = np.abs(decoded.astype(int) - expected)
+        assert error.mean() < (0.01 if name.endswith("png") else 2.0) and decoded.shape == expected.shape, name
+        written = Image.open(path)
+        assert written.getexif().get(0x0112, 1) == 1
+        if name.endswith("png"):
+            assert "srgb" in written.info
+        else:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(written.info["icc_profile"]))
+            assert "srgb" in ImageCms.getProfileDescription(profile).lower()

@@ -707,7 +707,7 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(servic
     photo = photo_jpeg(600, 400, faces=((20, 20, 300), (350, 60, 220)))
     (tmp_path / "two.jpg").write_bytes(photo)
     assert run_main([str(demo), "--input", str(photo_path), str(tmp_path / "two.jpg"), "--faces", "--n", "2",
-                     "--seed", "3", "--summary", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+                     "--seed", "3", "--summary", "--format", "png", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     for name, data in (("astronaut", photo_path.read_bytes()), ("two", photo)):
         before = metric(metrics_text(service), "cvdvae_samples_total")
         form, kind = multipart({"n": "2", "seed": "3", "faces": "true", "summary": "true"}, data)

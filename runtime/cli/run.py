@@ -17,6 +17,7 @@ from typing import Annotated, Optional, Sequence
 import numpy as np
 import typer
 
+from cvdvae.errors import CVDVAEError
 from cvdvae.progress import ProgressBar
 
 from ..backends import CHOICES, PRECISION_CHOICES
@@ -24,6 +25,7 @@ from ..cluster.driver import ClusterOptions
 from ..cluster.worker import EngineChoice
 from ..faces.photos import FaceSearch
 from ..images.paths import expand_inputs
+from ..images.photo_format import PhotoFormat
 from ..limits import MAX_FACES
 from ..model_files import ModelFiles, ModelShape, locate
 from ..pipeline import Pipeline
@@ -83,6 +85,11 @@ def run_command(
         "layer over a background upscaled elsewhere"))] = False,
     no_paste: Annotated[bool, typer.Option("--no-paste", help=(
         "--faces: no whole-photo outputs, only the aligned face samples and their grids"))] = False,
+    photo_format: Annotated[Optional[str], typer.Option("--format", help=(
+        "--faces: the whole photos' format, png, jpeg or webp (default: the input's own; sRGB, upright). Face "
+        "samples stay PNG"))] = None,
+    quality: Annotated[Optional[int], typer.Option(min=1, max=100, help=(
+        "--faces: JPEG or WebP quality (default 95 for JPEG, 90 for WebP)"))] = None,
     overwrite: Overwrite = False,
     grid: Annotated[bool, typer.Option("--grid/--no-grid", help="a grid PNG per input")] = True,
     summary: Annotated[bool, typer.Option("--summary", help=(
@@ -120,7 +127,8 @@ def run_command(
     check_choice(backend, CHOICES, "--backend")
     check_choice(precision, PRECISION_CHOICES, "--precision")
     photo_flags = {"--max-faces": max_faces != MAX_FACES, "--upscale": upscale is not None, "--face-only": face_only,
-                   "--no-paste": no_paste, "--min-face": min_face != 20, "--min-score": min_score != 0.9}
+                   "--no-paste": no_paste, "--min-face": min_face != 20, "--min-score": min_score != 0.9,
+                   "--format": photo_format is not None, "--quality": quality is not None}
     check_face_flags(faces, from_hr, face_only, no_paste, [flag for flag, given in photo_flags.items() if given])
     cluster = ClusterOptions(ray_address, actors_per_node, cpus_per_actor, gpus_per_actor, actor_batch, block_inputs)
     check_ray_flags(ray, cluster, model)
@@ -132,7 +140,8 @@ def run_command(
                                                  ("temperature_at", parse_temperature_at(temperature_at))]
                  if value is not None}
     settings = RunSettings(out, seed, temperatures, grid, overwrite, summary, from_hr,
-                           FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste, variation)
+                           FaceSearch(min_face, max_faces, min_score) if faces else None, upscale, paste, variation,
+                           chosen_format(photo_format, quality, face_only))
     if files is not None:
         check_variation(files.shape, settings)  # before the engine loads
     quiet = quiet or json_
@@ -231,6 +240,16 @@ def check_face_flags(faces: bool, from_hr: bool, face_only: bool, no_paste: bool
     if face_only and no_paste:
         raise typer.BadParameter("--face-only makes whole-photo outputs, --no-paste makes none: choose one",
                                  param_hint="'--face-only'")
+
+
+def chosen_format(name: str | None, quality: int | None, face_only: bool) -> PhotoFormat:
+    """``--format`` and ``--quality`` as the library's choice, refused here when they cannot work."""
+    try:
+        choice = PhotoFormat(name and name.lower(), quality)
+        choice.chosen(None, face_only)
+    except CVDVAEError as err:
+        raise typer.BadParameter(str(err), param_hint="'--quality'" if "quality" in str(err) else "'--format'")
+    return choice
 
 
 def input_paths(shape: ModelShape, input: list[str] | None, settings: RunSettings, record: RunRecord,

@@ -17,6 +17,8 @@ their squares overlap.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -63,16 +65,21 @@ def upscale(photo: np.ndarray, factor: float) -> np.ndarray:
 
     An integer factor is resized a band of rows at a time straight into the output (with a
     margin wider than Lanczos' 3-pixel support, cut away: the bands equal one whole resize,
-    byte for byte), so the only large array is the output itself."""
+    byte for byte), so the only large array is the output itself. Bands are resized on every
+    core: Pillow lets go of the GIL while it resamples."""
     h, w = photo.shape[:2]
     if float(factor).is_integer() and factor >= 1:
         f = int(factor)
         out = np.empty((h * f, w * f, *photo.shape[2:]), np.uint8)
-        for top in range(0, h, UPSCALE_ROWS):
+
+        def resize_band(top: int) -> None:
             bottom = min(top + UPSCALE_ROWS, h)
             a, b = max(top - UPSCALE_MARGIN, 0), min(bottom + UPSCALE_MARGIN, h)
             band = _lanczos(photo[a:b], (w * f, (b - a) * f))
             out[top * f:bottom * f] = band[(top - a) * f:(bottom - a) * f]
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(resize_band, range(0, h, UPSCALE_ROWS)))
         return out
     out_h, out_w = output_shape((h, w), factor)
     return np.array(_lanczos(photo, (out_w, out_h)))  # writable
@@ -121,8 +128,8 @@ def feather_mask(to_sample: np.ndarray, shape: tuple[int, int], size: int) -> np
 def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
     """Blend ``sample`` (HWC uint8, ``placement.size`` square) into ``canvas`` (HWC uint8, RGB or
     RGBA: the alpha is the photo's and stays) in place."""
-    for rows, warped, mask in _bands(placement, sample):
-        region = canvas[rows, placement.cols, :3]
+    for rows, cols, warped, mask in _bands(placement, sample):
+        region = canvas[rows, cols, :3]
         mixed = region.astype(np.float32)
         warped -= mixed
         warped *= mask
@@ -133,8 +140,8 @@ def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
 def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
     """Composite ``sample`` over ``canvas`` (HWC uint8 RGBA, straight alpha) in place, the mask as
     its alpha: the faces alone, to layer over a background made elsewhere."""
-    for rows, warped, a in _bands(placement, sample):
-        region = canvas[rows, placement.cols]
+    for rows, cols, warped, a in _bands(placement, sample):
+        region = canvas[rows, cols]
         below = region[..., 3:] / np.float32(255)
         alpha = a + below * (1 - a)
         rgb = (warped * a + region[..., :3] * below * (1 - a)) / np.maximum(alpha, 1e-6)
@@ -142,10 +149,11 @@ def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> 
         region[..., 3:] = np.rint(alpha * 255).astype(np.uint8)
 
 
-def _bands(placement: Placement, sample: np.ndarray) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """The placement's region in bands of rows: (canvas rows, the sample warped onto the band
-    (float32), the mask over it). Each band's mask and warp are made for it alone, so memory
-    stays a few bands' worth however large the face."""
+def _bands(placement: Placement, sample: np.ndarray) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
+    """The placement's region in bands of rows: (canvas rows, canvas columns, the sample warped
+    onto them (float32), the mask over them), each band cut to the columns its mask reaches
+    (outside them the output is the background: nothing to warp). Each band's mask and warp are
+    made for it alone, so memory stays a few bands' worth however large the face."""
     start, stop = placement.rows.start, placement.rows.stop
     width = placement.cols.stop - placement.cols.start
     for top in range(start, stop, BLEND_ROWS):
@@ -153,9 +161,16 @@ def _bands(placement: Placement, sample: np.ndarray) -> Iterator[tuple[slice, np
         offset = np.eye(3)
         offset[1, 2] = top - start
         to_sample = placement.to_sample @ offset
-        shape = (rows.stop - rows.start, width)
-        yield (rows, _warp(sample, to_sample, shape, placement.supersample),
-               feather_mask(to_sample, shape, placement.size))
+        mask = feather_mask(to_sample, (rows.stop - rows.start, width), placement.size)
+        reached = np.flatnonzero(mask.any(axis=(0, 2)))
+        if reached.size == 0:
+            continue
+        left, right = int(reached[0]), int(reached[-1]) + 1
+        offset = np.eye(3)
+        offset[0, 2] = left
+        cols = slice(placement.cols.start + left, placement.cols.start + right)
+        yield (rows, cols, _warp(sample, to_sample @ offset, (rows.stop - rows.start, right - left),
+                                 placement.supersample), mask[:, left:right])
 
 
 def _warp(sample: np.ndarray, to_sample: np.ndarray, shape: tuple[int, int], supersample: int) -> np.ndarray:

@@ -19,6 +19,8 @@ Per face, the input mode follows the face's size in the photo:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,8 @@ import numpy as np
 from cvdvae import bicubic
 
 from ..images import outputs
+from ..images.photo_files import FileWriter, Pixels, PhotoEncoder, output_pixels
+from ..images.photo_format import PhotoFormat, png_level
 from ..images.png import write_png_streamed
 from ..images.summary import FrameMoments, FrameSummary, Summary, summarise
 from ..limits import MAX_FACES
@@ -38,7 +42,6 @@ from .detector import DetectedFace, FaceDetector
 from .paste import Placement, blend, blend_over, canvas_map, output_shape, paste_order, place, upscale
 
 PASTE_MODES = ("photo", "transparent", "none")  # on the upscaled photo; the faces alone (RGBA); no photos
-FAST_PNG_PIXELS = 4_000_000  # larger whole photos are deflated at level 1: much faster, a little larger
 
 
 @dataclass(frozen=True)
@@ -110,45 +113,57 @@ def align_face(photo: np.ndarray, face: DetectedFace, lr_size: int, hr_size: int
     return Face(face, square, "hr", lr.astype(np.float32), hr)
 
 
-class Composites:
-    """Whole photo k for each sample k, each face's sample k blended in (``paste`` "photo": on the
-    photo upscaled by ``factor``, with the photo's own ``alpha`` upscaled alongside, and made grey
-    again for a ``grey`` photo; "transparent": alone on a transparent RGBA canvas). One canvas
-    is kept: each photo is lent until the next, when only the faces' regions are restored.
-    ``regions``: the (rows, columns) any face touches; outside them every whole photo is the same."""
+def background(photo: np.ndarray, factor: float, paste: str, alpha: np.ndarray | None = None) -> np.ndarray:
+    """The canvas the faces are pasted on (``paste`` "photo": the photo upscaled by ``factor``, with
+    its own ``alpha`` upscaled alongside; "transparent": a transparent RGBA canvas)."""
+    if paste != "photo":
+        return np.zeros((*output_shape(photo.shape[:2], factor), 4), np.uint8)
+    canvas = upscale(photo, factor)
+    if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
+        canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
+    return canvas
 
-    def __init__(self, photo: np.ndarray, faces: list[Face], factor: float, paste: str,
-                 alpha: np.ndarray | None = None, grey: bool = False):
-        if paste == "photo":
-            canvas = upscale(photo, factor)
-            if alpha is not None:  # the faces were read over white; the photo's transparency stays its own
-                canvas = np.concatenate([canvas, upscale(alpha, factor)[..., None]], axis=2)
-        else:
-            canvas = np.zeros((*output_shape(photo.shape[:2], factor), 4), np.uint8)
+
+class Composites:
+    """Whole photo k for each sample k, each face's sample k blended into ``canvas`` (``paste``
+    "photo": the upscaled photo, ``background``, made grey again for a ``grey`` photo;
+    "transparent": alone on a transparent RGBA canvas). The canvas is lent to each photo until the
+    next, and only the faces' regions are restored after each one: iterations share it and never
+    overlap. ``regions``: the (rows, columns) any face touches; outside them every whole photo is
+    ``canvas``."""
+
+    def __init__(self, photo_shape: tuple[int, int], canvas: np.ndarray, faces: list[Face], paste: str,
+                 grey: bool = False):
         hr_size = faces[0].samples.shape[1]
-        to_output = canvas_map(photo.shape[:2], canvas.shape[:2])
+        to_output = canvas_map(photo_shape, canvas.shape[:2])
         order = paste_order([face.square for face in faces])
         self.placements: list[tuple[int, Placement]] = [
             (j, p) for j in order if (p := place(faces[j].square, to_output, hr_size, canvas.shape[:2])) is not None]
         self.regions = [(p.rows, p.cols) for _, p in self.placements]
         self.canvas, self.faces, self.paste, self.grey = canvas, faces, paste, grey
-        self._made = self._each()
 
-    def __iter__(self) -> "Composites":
-        return self
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """The whole photos, grey for a grey photo."""
+        for canvas in self.frames():
+            yield as_grey(canvas) if self.grey and self.paste == "photo" else canvas
 
-    def __next__(self) -> np.ndarray:
-        return next(self._made)
-
-    def _each(self) -> Iterator[np.ndarray]:
+    def frames(self) -> Iterator[np.ndarray]:
+        """The canvas with each sample k pasted in (RGB or RGBA, never made grey: ``pixels`` does that
+        a band at a time)."""
         canvas = self.canvas
         pristine = [canvas[p.rows, p.cols].copy() for _, p in self.placements]
         for k in range(len(self.faces[0].samples)):
-            for j, placement in self.placements:
-                (blend if self.paste == "photo" else blend_over)(canvas, placement, self.faces[j].samples[k])
-            yield as_grey(canvas) if self.grey and self.paste == "photo" else canvas
-            for (_, placement), original in zip(self.placements, pristine):
-                canvas[placement.rows, placement.cols] = original
+            try:
+                for j, placement in self.placements:
+                    (blend if self.paste == "photo" else blend_over)(canvas, placement, self.faces[j].samples[k])
+                yield canvas
+            finally:
+                for (_, placement), original in zip(self.placements, pristine):
+                    canvas[placement.rows, placement.cols] = original
+
+    def pixels(self, keep_alpha: bool = True) -> Pixels:
+        """``frame, rows -> pixels``: a frame's rows as the whole photo's (``photo_files.output_pixels``)."""
+        return output_pixels(self.grey and self.paste == "photo", keep_alpha)
 
 
 def as_grey(canvas: np.ndarray) -> np.ndarray:
@@ -170,6 +185,7 @@ class PhotoFaces:
     timings: dict[str, float] = field(default_factory=dict)
     alpha: np.ndarray | None = None  # [H, W] uint8: the photo's transparency, kept in the whole photos
     grey: bool = False               # a grey photo: its whole photos are grey
+    format: str | None = None        # the file format it was read from ("JPEG", "PNG", "WEBP"), when a file
 
 
 @dataclass
@@ -187,13 +203,47 @@ class FacesOutput:
     non_finite: list[list[int]] = field(default_factory=list)  # per face, the samples that held NaN/Inf
     alpha: np.ndarray | None = None      # the photo's transparency (``PhotoFaces``)
     grey: bool = False
+    format: str | None = None            # the input's file format (``PhotoFaces``)
+
+    @cached_property
+    def background(self) -> np.ndarray:
+        """The canvas every whole photo starts from (``photos.background``), made once (timed as
+        "enlarge") and shared by every pass over the composites."""
+        with timed(self.timings, "enlarge"):
+            return background(self.photo, self.upscale, self.paste, self.alpha)
 
     def composites(self) -> Composites:
         """Whole photo k (HWC uint8; RGBA when ``paste`` is "transparent") for each sample k. One
-        canvas is lent at a time, until the next: copy what must outlive the loop."""
+        canvas is lent at a time, until the next: copy what must outlive the loop, and iterate over
+        one ``composites`` at a time."""
         if self.paste == "none":
             raise ValueError("paste 'none' makes no whole photos")
-        return Composites(self.photo, self.faces, self.upscale, self.paste, self.alpha, self.grey)
+        return Composites(self.photo.shape[:2], self.background, self.faces, self.paste, self.grey)
+
+    def photo_format(self, choice: PhotoFormat = PhotoFormat()) -> PhotoFormat:
+        """``choice`` decided for these photos: the input's own format unless one was named."""
+        return choice.chosen(self.format, self.paste == "transparent")
+
+    def encoded(self, choice: PhotoFormat = PhotoFormat(), moments: FrameMoments | None = None) -> Iterator[bytes]:
+        """Whole photo k's file, as pieces to write in order, for each sample k (``photo_files``):
+        the background's unchanged bands encoded once. ``moments`` sees every frame on its way."""
+        fmt = self.photo_format(choice)
+        canvases = self.composites()
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            with timed(self.timings, "encode"):
+                encoder = PhotoEncoder(fmt, self.background, [rows for rows, _ in canvases.regions],
+                                       canvases.pixels(keep_alpha=fmt.name != "jpeg"), pool)
+            frames = canvases.frames()
+            for _ in range(len(self.temperatures)):
+                with timed(self.timings, "paste"):
+                    frame = next(frames)
+                if moments is not None:
+                    with timed(self.timings, "summary"):
+                        moments.add(as_grey(frame) if canvases.grey and self.paste == "photo" else frame)
+                with timed(self.timings, "encode"):
+                    pieces = encoder.encode(frame)
+                yield pieces
+            frames.close()
 
     @cached_property
     def photos(self) -> list[np.ndarray]:
@@ -223,9 +273,8 @@ class FacesOutput:
 
     @property
     def png_level(self) -> int:
-        """The zlib level whole photos are encoded at (``runtime.images.png``)."""
-        height, width = output_shape(self.photo.shape[:2], self.upscale)
-        return 1 if height * width > FAST_PNG_PIXELS else 6
+        """The zlib level whole photos are encoded at (``runtime.images.photo_format``)."""
+        return png_level(*output_shape(self.photo.shape[:2], self.upscale))
 
     def face_grid(self, index: int, scale: int | None, summary: Summary | None = None) -> np.ndarray:
         """Face ``index``'s grid: its LR input enlarged (nearest), its HR crop in "hr" mode, its
@@ -250,20 +299,22 @@ def photo_summary(canvases: Composites) -> FrameSummary:
 
 
 def photo_outputs(out: Path, stem: str, seed: int, n: int, faces: int, grid: bool, paste: str,
-                  summary: bool = False) -> list[Path]:
-    """The files ``write_photo`` makes for a photo with ``faces`` faces."""
+                  summary: bool = False, suffix: str = ".png") -> list[Path]:
+    """The files ``write_photo`` makes for a photo with ``faces`` faces, its whole photos ending in
+    ``suffix`` (``PhotoFormat.suffix``)."""
     paths = [p for j in range(faces) for p in outputs.planned(out, f"{stem}_face{j}", seed, n, grid, summary)]
     if paste == "none":
         return paths
-    return (paths + [outputs.sample_path(out, stem, seed, k) for k in range(n)]
+    return (paths + [outputs.sample_path(out, stem, seed, k, suffix) for k in range(n)]
             + (list(outputs.summary_paths(out, stem, seed)) if summary else []))
 
 
 def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: int | None,
-                summary: bool = False) -> list[Path]:
+                summary: bool = False, photo_format: PhotoFormat = PhotoFormat()) -> list[Path]:
     """Each face's samples (``{stem}_face{j}_s{seed}_{k:02d}.png``) and grid, then whole photo k
-    (``{stem}_s{seed}_{k:02d}.png``) for each sample k, written as it is made; with ``summary``
-    each face's and the whole photos' mean and standard deviation map (``_mean``, ``_std``)."""
+    (``{stem}_s{seed}_{k:02d}`` in ``photo_format``, by default the input's own) for each sample k,
+    written on a thread as the next is made; with ``summary`` each face's and the whole photos'
+    mean and standard deviation map (``_mean``, ``_std``, PNG)."""
     written: list[Path] = []
     with timed(result.timings, "write_faces"):
         for j, face in enumerate(result.faces):
@@ -274,23 +325,22 @@ def write_photo(result: FacesOutput, out: Path, stem: str, grid: bool, scale: in
                 written += outputs.write_summary(out, f"{stem}_face{j}", result.seed, spread)
     if result.paste == "none":
         return written
-    level = result.png_level
-    canvases = result.composites()
-    moments = FrameMoments(canvases.regions) if summary else None
-    for k in range(len(result.temperatures)):
-        with timed(result.timings, "paste"):
-            canvas = next(canvases)
+    suffix = result.photo_format(photo_format).suffix
+    moments = FrameMoments(result.composites().regions) if summary else None
+    writer = FileWriter()
+    try:
+        for k, pieces in enumerate(result.encoded(photo_format, moments)):
+            with timed(result.timings, "write_photos"):
+                written.append(outputs.sample_path(out, stem, result.seed, k, suffix))
+                writer.write(written[-1], pieces)
+    finally:
         with timed(result.timings, "write_photos"):
-            written.append(outputs.sample_path(out, stem, result.seed, k))
-            write_png_streamed(written[-1], canvas, level)
-        if moments is not None:
-            with timed(result.timings, "summary"):
-                moments.add(canvas)
+            writer.close()
     if moments is not None:
         with timed(result.timings, "summary"):
             result.summary = whole = moments.summary()
             for path, pixels in zip(outputs.summary_paths(out, stem, result.seed),
                                     (whole.mean_pixels(), whole.std_pixels())):
                 written.append(path)
-                write_png_streamed(path, pixels, level)
+                write_png_streamed(path, pixels, result.png_level)
     return written

@@ -53,6 +53,7 @@ class DecodedImage:
     name: str                   # the file name, or what the image was, for messages
     alpha: np.ndarray | None = None  # [H, W] uint8, upright: the image's transparency, when it had any
     grey: bool = False          # the image was grey (its pixels are R = G = B)
+    format: str | None = None   # the file format it was read from (one of ``FORMATS``), when known
 
 
 def source_name(source: ImageSource) -> str:
@@ -111,7 +112,7 @@ def _decode_opened(img: Any, max_pixels: int, check: Callable[[Any], None] | Non
         raise
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt file fails only while decoding
         raise InputError(f"{name}: unreadable or truncated image ({error_reason(err)})") from None
-    return DecodedImage(pixels, converted, name, alpha, upright.mode in GREY)
+    return DecodedImage(pixels, converted, name, alpha, upright.mode in GREY, img.format)
 
 
 def _alpha(img: Any) -> np.ndarray | None:

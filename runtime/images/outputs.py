@@ -20,8 +20,8 @@ GRID_COLUMNS = 8
 PAD = 4
 
 
-def sample_path(out: Path, stem: str, seed: int, k: int) -> Path:
-    return out / f"{stem}_s{seed}_{k:02d}.png"
+def sample_path(out: Path, stem: str, seed: int, k: int, suffix: str = ".png") -> Path:
+    return out / f"{stem}_s{seed}_{k:02d}{suffix}"
 
 
 def grid_path(out: Path, stem: str, seed: int) -> Path:

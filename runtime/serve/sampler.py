@@ -31,6 +31,7 @@ from cvdvae.errors import CVDVAEError, InputError, NonFiniteSamples
 from ..faces.paste import output_shape
 from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
 from ..images.outputs import png_bytes
+from ..images.photo_format import PhotoFormat
 from ..images.png import encode_png
 from ..images.summary import FrameMoments
 from ..pipeline import LRInput, Pipeline
@@ -145,14 +146,11 @@ class Sampler:
         record = {**self._record(request), **output.record(pipe.shape.hr_size)}
         del record["timings_s"]
         yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches, None, face_spreads)
-        canvases = output.composites()
-        moments = FrameMoments(canvases.regions) if request.summary else None
+        moments = FrameMoments(output.composites().regions) if request.summary else None
+        photos = output.encoded(PhotoFormat("png"), moments)  # the background's bands encoded once
 
         def next_photo() -> bytes:
-            canvas = next(canvases)
-            if moments is not None:
-                moments.add(canvas)
-            return encode_png(canvas, output.png_level)
+            return b"".join(next(photos))
 
         for _ in range(request.n):
             yield await self._step(deadline, next_photo)
