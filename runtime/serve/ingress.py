@@ -9,9 +9,9 @@ It does what a request needs before and after the model, and nothing slow on its
   request from another web origin is refused (403) unless that origin is allowed, so no web
   page can spend the service's compute through its visitors' browsers;
 - **a budget per request**: the body must arrive within ``body_timeout_s`` (408) and fit
-  ``max_body_bytes`` (413), and the bodies held at once ``max_bytes_in_flight`` (else 503 with
-  ``Retry-After``, before the body is read); the whole request, from its first byte to its last, within
-  ``timeout_s`` (504, and the model replica's work is cancelled); a full queue is 503 with
+  ``max_body_bytes`` (413), and the bodies held at once ``max_bytes_in_flight`` (else 503
+  with ``Retry-After``, before the body is read); the whole request, from its first byte to its
+  last, within ``timeout_s`` (504, and the model replica's work is cancelled); a full queue is 503 with
   ``Retry-After``;
 - **only the host's own names**: a ``Host`` that is no name of this service is refused (403),
   so a page whose name was re-pointed at the service (DNS rebinding) cannot use it
@@ -57,8 +57,8 @@ from starlette.requests import ClientDisconnect
 from .answers import Failure, Head, JsonAnswer, Spread, ZipAnswer, fingerprint
 from .hosts import HostRule
 from .metrics import Metrics
-from .replicas import lost_from_outside
 from .options import ServeOptions
+from .replicas import lost_from_outside
 from .requests import RequestError, SampleRequest, bad, parse_request, timed_out
 
 STATIC = Path(__file__).parent / "static"
