@@ -10,6 +10,7 @@ Each test starts its worker nodes and removes them; the cluster is shared by the
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
 
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
+    from test_serve import PROXY_READY
 
+    os.environ.setdefault(*PROXY_READY)
     head = Cluster(initialize_head=True, connect=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False, "resources": {"head": 1, "replica_slot": 1},
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})

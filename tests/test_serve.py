@@ -43,6 +43,9 @@ TOKEN_ENV = "CVDVAE_TEST_SERVE_TOKEN"
 ALLOWED_ORIGIN = "https://allowed.example"
 ALLOWED_HOST = "served.example"
 FLAKY_STATE = Path()  # set by the service fixture
+# Ray Serve kills an HTTP proxy not ready within 5 s, which a loaded CI machine can miss; Ray's
+# processes read this from the environment they inherit.
+PROXY_READY = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
 
 def serve_precision() -> str:
@@ -182,8 +185,20 @@ def service(demo, tmp_path_factory):
     FLAKY_STATE = tmp_path_factory.mktemp("flaky")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.environ[TOKEN_ENV] = TOKEN  # before Ray starts: its processes inherit it
+    os.environ.setdefault(*PROXY_READY)
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield from started_service(demo, port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    with pytest.raises(OSError):  # clean shutdown: nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def started_service(demo, port):
+    """The applications of ``service`` on the Ray this process started; yields the URL."""
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     small = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_photo_pixels=1_000_000, max_n=8,
                    timeout_s=60, body_timeout_s=2, max_response_pixels=40_000_000)
@@ -209,10 +224,6 @@ def service(demo, tmp_path_factory):
     for route, _ in apps.values():
         wait_ready(url + route.rstrip("/") + "/readyz")
     yield url
-    serve.shutdown()
-    ray.shutdown()
-    with pytest.raises(OSError):  # clean shutdown: nothing listens any more
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def wait_ready(url, seconds=120):
