@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -284,7 +285,8 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
     good_seeds = list(range(args.good * 16))
     expected = {seed: [png_bytes(s) for s in pipe(face_png(seed, size), GOOD_N, seed).samples[0]]
                 for seed in good_seeds}
-    limits = Limits(body_timeout_s=SLOW_BODY_TIMEOUT_S, max_body_bytes=2**20, timeout_s=60)
+    limits = Limits(body_timeout_s=SLOW_BODY_TIMEOUT_S, max_body_bytes=2**20, timeout_s=60,
+                    max_bytes_in_flight=4 * 2**20)
     port = args.port or free_port()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -327,7 +329,7 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
     latencies = [seconds for _, status, correct, seconds in good_rows if correct]
     wrong_bad = [row for row in bad_rows if (row[1], row[2]) != (row[3], row[4])]
     return {
-        "seconds": args.seconds, "killed_replica": killed, "retries": retries,
+        "seconds": args.seconds, "limits": dataclasses.asdict(limits), "killed_replica": killed, "retries": retries,
         "good": {"clients": args.good, "sent": len(good_rows), "answered_correctly": len(latencies),
                  "lost": sum(1 for row in good_rows if row[1] != 200),
                  "wrong": sum(1 for row in good_rows if row[1] == 200 and not row[2]),
@@ -344,6 +346,14 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
         "peak_rss_mib": serving,
         "worst_request": worst,
     }
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector flags (``/proc/cpuinfo``): what the engines' kernels can use."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
+    return []
 
 
 def main() -> int:
@@ -364,9 +374,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cvdvae-soak-") as tmp:
         engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)
         report = soak(args, engine_dir, locate(engine_dir).lr_size)
-    result = {"date": today(),
-              "environment": environment(os.cpu_count()), "model": str(args.engine_dir or "demo (tiny-x4)"),
-              **report}
+    result = {"date": today(), "flags": sys.argv[1:],
+              "environment": {**environment(os.cpu_count()), "cpu_flags": cpu_flags()},
+              "model": str(args.engine_dir or "demo (tiny-x4)"), **report}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -58,23 +58,27 @@ def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
 
 
 def test_a_run_stopped_midway_keeps_what_it_measured(tmp_path):
-    """The JSON is written after each backend: killed (with its worker) during the second, the
-    first's rows are there."""
+    """The JSON is written after each backend: frozen (SIGSTOP) as soon as the first backend's JSON is
+    there, then killed with its worker, the run keeps the rows it wrote and names the backends left."""
     import signal
     import time
 
     out = tmp_path / "bench.json"
+    backends = ["torch", "onnxruntime", "openvino"]
     proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "1", "--warmup",
-                             "0", "--iters", "1", "--backends", "torch,onnxruntime,openvino", "--json", str(out)],
+                             "0", "--iters", "1", "--backends", ",".join(backends), "--json", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not out.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    deadline = time.monotonic() + 300
+    while not out.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no backend's JSON was written"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGSTOP)  # the file is written whole (atomically): nothing more happens now
+    assert proc.poll() is None, "the run ended before it could be stopped midway"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     results = json.loads(out.read_text())
-    assert [row["backend"] for row in results["results"]][:1] == ["torch"]
-    assert results["backends_left"] and "openvino" in results["backends_left"]
+    measured = [row["backend"] for row in results["results"]]
+    assert measured[:1] == ["torch"] and measured + results["backends_left"] == backends, results
     check_rows(results["results"])
 
 

@@ -221,23 +221,77 @@ def test_samples_with_nan_or_inf_are_not_written_and_exit_1(local_ray, tmp_path)
 
 def test_the_ledger_reads_journals_torn_lines_other_keys_and_missing_outputs(tmp_path):
     """Written by hand here: a journal with a done input, one only started, one under another key,
-    and a line torn by a kill."""
+    one whose outputs are gone, one done for other content under the same name, and a line torn
+    by a kill."""
     from runtime.cluster.ledger import FOLDER, Ledger
 
     (tmp_path / FOLDER).mkdir()
-    for name in ("a_s0_00.png", "c_s0_00.png", "mine_s0_00.png"):
+    for name in ("a_s0_00.png", "c_s0_00.png", "e_s0_00.png", "mine_s0_00.png"):
         (tmp_path / name).write_bytes(b"png")
-    lines = [{"event": "done", "key": "k", "stem": "a", "preexisting": [], "outputs": [str(tmp_path / "a_s0_00.png")]},
-             {"event": "started", "key": "k", "stem": "b", "preexisting": []},
-             {"event": "done", "key": "other", "stem": "c", "preexisting": [], "outputs": [str(tmp_path / "c_s0_00.png")]},
-             {"event": "done", "key": "k", "stem": "d", "preexisting": [], "outputs": [str(tmp_path / "gone.png")]}]
+    lines = [{"event": "done", "key": "k", "stem": "a", "input": "1", "preexisting": [],
+              "outputs": [str(tmp_path / "a_s0_00.png")]},
+             {"event": "started", "key": "k", "stem": "b", "input": "1", "preexisting": []},
+             {"event": "done", "key": "other", "stem": "c", "input": "1", "preexisting": [],
+              "outputs": [str(tmp_path / "c_s0_00.png")]},
+             {"event": "done", "key": "k", "stem": "d", "input": "1", "preexisting": [],
+              "outputs": [str(tmp_path / "gone.png")]},
+             {"event": "done", "key": "k", "stem": "e", "input": "2", "preexisting": [],
+              "outputs": [str(tmp_path / "e_s0_00.png")]}]
     (tmp_path / FOLDER / "journal-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines)
                                                        + '{"event": "done", "key": "k", "ste')
-    ledger = Ledger(tmp_path, "k")
-    assert [ledger.complete(stem) for stem in "abcd"] == [True, False, False, False]
+    ledger = Ledger(tmp_path, "k", 0)
+    assert [ledger.complete(stem, "1") for stem in "abcde"] == [True, False, False, False, False]
+    assert ledger.complete("e", "2")
     (tmp_path / ".b_s0_00.png.x1.tmp").write_bytes(b"half")  # what a killed write of b left
-    assert ledger.start("b", [tmp_path / "b_s0_00.png"]) == set() and not (tmp_path / ".b_s0_00.png.x1.tmp").exists()
-    assert ledger.start("mine", [tmp_path / "mine_s0_00.png"]) == {tmp_path / "mine_s0_00.png"}  # not this run's
+    assert ledger.start("b", "1", [tmp_path / "b_s0_00.png"]) == set()
+    assert not (tmp_path / ".b_s0_00.png.x1.tmp").exists()
+    assert ledger.start("mine", "1", [tmp_path / "mine_s0_00.png"]) == {tmp_path / "mine_s0_00.png"}  # not this run's
+    # e under other content: its outputs are someone else's
+    assert ledger.start("e", "1", [tmp_path / "e_s0_00.png"]) == {tmp_path / "e_s0_00.png"}
+
+
+def test_the_ledger_touches_only_an_inputs_exact_names(tmp_path):
+    """Retrying photo ``a`` removes its own temporary files, never those of ``a_smile`` or of another
+    seed, and takes only its own names as its outputs."""
+    from runtime.cluster.ledger import FOLDER, Ledger
+
+    (tmp_path / FOLDER).mkdir()
+    (tmp_path / FOLDER / "journal-1.jsonl").write_text(json.dumps(
+        {"event": "started", "key": "k", "stem": "a", "input": "1", "preexisting": []}) + "\n")
+    theirs = [".a_smile_s0_00.png.k2j3h4.tmp", "a_smile_s0_00.png", ".a_s1_00.png.zz.tmp", ".a_s0_00.png.zz"]
+    mine = [".a_s0_00.png.k2j3h4.tmp", ".a_face1_s0_mean.png.q_9.tmp"]
+    for name in theirs + mine:
+        (tmp_path / name).write_bytes(b"x")
+    ledger = Ledger(tmp_path, "k", 0)
+    assert ledger.start("a", "1") == set()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(theirs)
+    (tmp_path / "a_face0_s0_00.png").write_bytes(b"x")
+    assert Ledger(tmp_path, "k", 0).start("a", "2") == {tmp_path / "a_face0_s0_00.png"}  # a_smile's is not a's
+
+
+def test_other_images_under_the_same_names_are_not_taken_for_done(local_ray, demo, tmp_path, capsys):
+    """A second run into the same folder with other images of the same names: their outputs are not
+    kept as done (they are someone else's: refused without --overwrite, redone with it), and
+    --overwrite redoes even inputs that are complete."""
+    first, second = faces(tmp_path / "first", 3), tmp_path / "second"
+    second.mkdir()
+    for i, path in enumerate(sorted(first.iterdir())):  # the same names, other pixels
+        Image.fromarray(np.random.default_rng(100 + i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            second / path.name)
+    out = tmp_path / "ray"
+    assert on_ray(demo, first, out, "--n", "2") == 0
+    old = files(out)
+    capsys.readouterr()
+    assert run_main([str(demo), "--input", str(second), "--out", str(out), "--ray", "--n", "2", "--json"]) == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["skipped"], summary["done"], summary["failed"]) == (0, 0, 3), summary
+    assert files(out) == old
+    assert on_ray(demo, second, out, "--n", "2", "--overwrite") == 0
+    assert files(out) == plain(demo, second, tmp_path / "plain", "--n", "2")
+    capsys.readouterr()
+    assert run_main([str(demo), "--input", str(second), "--out", str(out), "--ray", "--n", "2", "--json",
+                     "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 3
 
 
 def test_ray_flags_need_ray_and_an_export(demo, tmp_path, capsys):

@@ -38,7 +38,8 @@ def th_bytes(cfg, seed=0):
 
 class Server:
     """Serves files by path, with Range; ``/cut/...`` cuts its first answer halfway, ``/truncated/...``
-    cuts every answer, ``/slow/...`` stalls halfway through its first answer, ``/status/N`` answers N."""
+    cuts every answer, ``/slow/...`` stalls halfway through its first answer, ``/long/...`` cuts its first
+    answer and sends 4 kB more than the file's size when resumed, ``/status/N`` answers N."""
 
     def __init__(self, files):
         self.files, self.requests, self.answered = files, [], set()
@@ -59,14 +60,15 @@ class Server:
                 start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
                 first = self.path not in server.answered
                 server.answered.add(self.path)
+                extra = b"\0" * 4096 if mode == "long" and start else b""
                 self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Content-Length", str(len(data) - start + len(extra)))
                 self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest()[:16] + '"')
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 body, half = data[start:], len(data) // 2
-                if mode == "truncated" or (mode == "cut" and first):
+                if mode == "truncated" or (mode in ("cut", "long") and first):
                     self.wfile.write(body[:half - start] if half > start else body[:len(body) // 2])
                     return  # the connection closes with bytes missing
                 if mode == "slow" and first:
@@ -74,7 +76,7 @@ class Server:
                     self.wfile.flush()
                     server.release.wait(60)
                     return
-                self.wfile.write(body)
+                self.wfile.write(body + extra)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -163,6 +165,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_call_resumes(server, home, f
     ("status/500", 1, "answered 500"),
     ("truncated/good.th", 1, "gave up after 1 retries"),
     ("plain/wrong.th", 2, "does not match the model config"),
+    ("long/good.th", 1, "more than the"),
 ])
 def test_a_failed_fetch_is_one_line_and_leaves_nothing(server, home, capsys, path, code, message):
     assert fetch("--url", server.url(path)) == code

@@ -5,7 +5,8 @@
   size and the server's validator (ETag or Last-Modified), so a later call resumes with
   ``Range`` and ``If-Range`` (a server that ignores them, or whose file changed, starts over).
 - A body cut short, a reset or a timeout resumes at once with ``Range``, up to ``retries``
-  times, and so does a 5xx answer; a 4xx answer is final.
+  times, and so does a 5xx answer; a 4xx answer is final, and so is a body longer than the size
+  the server declared (nothing past it is written).
 - Ctrl-C keeps the partial file, so running the same command again resumes; any other
   failure removes it.
 - ``verify`` runs on the complete file before it is moved into place.
@@ -143,6 +144,8 @@ def _stream(url: str, part: Path, state_file: Path, start: int, validator: str |
             received = start
             try:
                 while chunk := response.read1(CHUNK):
+                    if size is not None and received + len(chunk) > size:
+                        raise DownloadFailed(f"{url}: the server sent more than the {size:,} bytes it declared")
                     f.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))

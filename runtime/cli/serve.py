@@ -66,6 +66,10 @@ def serve_command(
                                                                   "call the API; repeat for more, '*' for any "
                                                                   "(default: the service's own only)",
                                                              show_default=False)] = None,
+    allowed_host: Annotated[Optional[List[str]], typer.Option(help="a host name clients may reach the service by, "
+                                                                   "besides its address and this machine's names "
+                                                                   "(repeat for more; '*' for any: no DNS-rebinding "
+                                                                   "guard)", show_default=False)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="join this Ray cluster (default: start Ray here)")] = None,
     num_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of the local Ray (default: all)")] = None,
     config_out: Annotated[Optional[Path], typer.Option(help="write the Ray Serve config for `serve deploy` and "
@@ -83,7 +87,8 @@ def serve_command(
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_response_pixels=int(max_response_mp * 1e6),
                     max_n=max_n, timeout_s=timeout, body_timeout_s=body_timeout, max_queued=max_queued)
     options = ServeOptions(str(model.resolve()), backend, max_batch_size, batch_wait_ms / 1000, max_batch, None,
-                           threads, TOKEN_ENV if token else None, tuple(cors_origin or ()), limits, precision)
+                           threads, TOKEN_ENV if token else None, tuple(cors_origin or ()), host,
+                           tuple(allowed_host or ()), limits, precision)
     if config_out is not None:
         write_config(config_out, options, host, port, replicas, cpus_per_replica, gpus_per_replica)
         print(f"wrote {config_out}: `serve deploy {config_out}` on a Ray cluster"
@@ -91,7 +96,8 @@ def serve_command(
         return EXIT_OK
     if token:
         os.environ[TOKEN_ENV] = token  # the processes Ray starts here inherit it; no config holds it
-    return run_locally(options, host, port, replicas, cpus_per_replica, gpus_per_replica, ray_address, num_cpus)
+    return run_locally(options, host, port, replicas, cpus_per_replica, gpus_per_replica, ray_address, num_cpus,
+                       insecure_no_token)
 
 
 def is_loopback(host: str) -> bool:
@@ -108,8 +114,38 @@ def http_options(options, host: str, port: int) -> dict:
     return {"host": host, "port": port, "request_timeout_s": options.limits.timeout_s + PROXY_GRACE_S}
 
 
+def live_proxy() -> tuple[str, int] | None:
+    """(host, port) of the HTTP proxy Ray Serve already runs on the connected cluster (None: none).
+    Its settings are the cluster's: ``serve.start`` on a running Serve keeps them, whatever it asks."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    config = ray.get(client._controller.get_http_config.remote())
+    return config.host, config.port
+
+
+def check_live_proxy(options, port: int, insecure_no_token: bool):
+    """``options`` with the host the application will really be reached at, and its port: a Serve
+    already running on the cluster keeps its proxy, and a proxy beyond this machine needs a token
+    (or the flag)."""
+    from dataclasses import replace
+
+    live = live_proxy()
+    if live is None:
+        return options, port
+    live_host, live_port = live
+    if options.token_env is None and not is_loopback(live_host) and not insecure_no_token:
+        raise typer.BadParameter(f"Ray Serve on that cluster already listens on {live_host}:{live_port}, reachable from "
+                                 f"other machines: set a token (${TOKEN_ENV} or --token), or pass --insecure-no-token",
+                                 param_hint="'--ray-address'")
+    return replace(options, host=live_host), live_port
+
+
 def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus: float, ray_address: str | None,
-                num_cpus: int | None) -> int:
+                num_cpus: int | None, insecure_no_token: bool = False) -> int:
     """Start Ray (or join it), run the application, print the URL, and serve until SIGINT/SIGTERM."""
     import ray
     from ray import serve
@@ -128,9 +164,10 @@ def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus:
     ray.init(address=ray_address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
+        options, port = check_live_proxy(options, port, insecure_no_token)
         serve.start(http_options=http_options(options, host, port))
         serve.run(build_app(options, replicas, cpus, gpus), name="cvdvae", route_prefix="/", blocking=False)
-        print(f"serving {options.model} at http://{host}:{port}/ (API: POST /v1/samples, docs: /docs"
+        print(f"serving {options.model} at http://{options.host}:{port}/ (API: POST /v1/samples, docs: /docs"
               f"{'; token required' if options.token_env else ''}); Ctrl-C stops", flush=True)
         stop.wait()
     finally:

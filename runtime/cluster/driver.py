@@ -4,7 +4,8 @@ each hold one engine (``worker.InputWriter``), one row per input back to this pr
 Nothing here schedules: Ray Data makes the blocks (``block_inputs`` inputs each, so a million
 small files are not a million tasks), hands batches of ``batch_inputs`` to the actors as they
 free up, restarts an actor that dies and runs its batch again. Inputs the ledger holds as
-complete are skipped before the data set is made; bad inputs go to the run's record (said as
+complete (the same content under the same settings) are skipped before the data set is made,
+unless the run overwrites: then every input is done again; bad inputs go to the run's record (said as
 they come back, and listed in ``OUT/failures_s{seed}.txt``), and the rest go on.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from cvdvae.fileio import sha256_file
 
 from ..run_files import RunRecord, RunSettings, Spell
 from .ledger import Ledger
@@ -66,14 +69,23 @@ def actor_shape(options: ClusterOptions) -> ActorShape:
                       threads)
 
 
+def input_digest(path: Path) -> str:
+    """The input's content's sha256 ("" when it cannot be read: the actor that reads it says why)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
+
+
 def run_on_ray(engine: EngineChoice, paths: list[Path], settings: RunSettings, key: str, options: ClusterOptions,
                spell: Spell, record: RunRecord, progress: bool = True) -> None:
     """Every input of ``paths`` not complete in the ledger written by the actors, into ``record``."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    ledger = Ledger(settings.out, key)
-    todo = [path for path in paths if not ledger.complete(path.stem)]
+    ledger = Ledger(settings.out, key, settings.seed)
+    digests = {path: input_digest(path) for path in paths}
+    todo = [path for path in paths if settings.overwrite or not ledger.complete(path.stem, digests[path])]
     record.skipped += len(paths) - len(todo)
     if not todo:
         return
@@ -81,7 +93,7 @@ def run_on_ray(engine: EngineChoice, paths: list[Path], settings: RunSettings, k
     DataContext.get_current().enable_progress_bars = progress
     shape = actor_shape(options)
     record.cluster = {"actors": shape.actors, "cpus_per_actor": shape.cpus, "gpus_per_actor": shape.gpus}
-    inputs = ray.data.from_items([{"path": str(path)} for path in todo],
+    inputs = ray.data.from_items([{"path": str(path), "sha256": digests[path]} for path in todo],
                                  override_num_blocks=max(1, math.ceil(len(todo) / options.block_inputs)))
     written = inputs.map_batches(InputWriter, fn_constructor_args=(replace(engine, threads=shape.threads), settings,
                                                                    key, spell),

@@ -42,31 +42,32 @@ class EngineChoice:
 
 
 class InputWriter:
-    """``map_batches`` callable: ``{"path": [...]}`` in, one row out: ``{"record": [the batch's RunRecord as JSON]}``."""
+    """``map_batches`` callable: ``{"path": [...], "sha256": [...]}`` in, one row out: ``{"record": [the batch's RunRecord as JSON]}``."""
 
     def __init__(self, engine: EngineChoice, settings: RunSettings, key: str, spell: Spell):
         self.pipe = engine.open()
         if settings.search is not None:
             self.pipe.detector  # noqa: B018 - loaded before the first photo
         self.settings, self.spell = settings, spell
-        self.ledger = Ledger(settings.out, key)
+        self.ledger = Ledger(settings.out, key, settings.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
-        paths = [Path(str(p)) for p in batch["path"]]
+        inputs = {Path(str(p)): str(digest) for p, digest in zip(batch["path"], batch["sha256"])}
         record, noise = RunRecord(), self.pipe.backend.timings.noise
         if self.settings.search is not None:
-            self._photos(paths, record)
+            self._photos(inputs, record)
         else:
-            self._lr_inputs(paths, record)
+            self._lr_inputs(inputs, record)
         record.engine = {**engine_record(self.pipe.backend), "noise_s": self.pipe.backend.timings.noise - noise}
         return {"record": [json.dumps({name: getattr(record, name) for name in SHIPPED})]}
 
-    def _lr_inputs(self, paths: list[Path], record: RunRecord) -> None:
+    def _lr_inputs(self, inputs: dict[Path, str], record: RunRecord) -> None:
+        """``inputs``: path -> its content's sha256."""
         settings = self.settings
         claimed: dict[Path, tuple[list[Path], set[Path]]] = {}  # input -> its outputs, the files there before
-        for path in paths:
+        for path, digest in inputs.items():
             planned = settings.planned(path.stem)
-            preexisting = self.ledger.start(path.stem, planned)
+            preexisting = self.ledger.start(path.stem, digest, planned)
             try:
                 refuse_existing(path, planned, lambda p: settings.overwrite or p not in preexisting)
             except InputError as err:
@@ -77,15 +78,15 @@ class InputWriter:
         failed = {item["input"] for item in record.failed}
         for path, (planned, preexisting) in claimed.items():
             if str(path) not in failed:
-                self.ledger.finish(path.stem, [str(p) for p in planned], preexisting)
+                self.ledger.finish(path.stem, inputs[path], [str(p) for p in planned], preexisting)
 
-    def _photos(self, paths: list[Path], record: RunRecord) -> None:
-        for path in paths:
-            preexisting = self.ledger.start(path.stem)
+    def _photos(self, inputs: dict[Path, str], record: RunRecord) -> None:
+        for path, digest in inputs.items():
+            preexisting = self.ledger.start(path.stem, digest)
             written = write_photo_input(self.pipe, path, self.settings, record, self.spell,
                                         lambda p: self.settings.overwrite or p not in preexisting)
             if written is not None:
-                self.ledger.finish(path.stem, written, preexisting)
+                self.ledger.finish(path.stem, digest, written, preexisting)
 
 
 def record_of(row: dict[str, Any]) -> RunRecord:

@@ -15,6 +15,7 @@ being sent. Both end with the request's wall time.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -49,6 +50,27 @@ class Head:
     batches: list[tuple[int, float]]  # per job: the jobs in its engine batch, its share of the engine time
     spread: Spread | None = None      # LR faces with ``summary``: the samples' spread
     face_spreads: list[Spread] = field(default_factory=list)  # a photo with ``summary``: per face
+
+
+def fingerprint(message: Head | Failure | Spread | bytes) -> bytes:
+    """What identifies a message's content (a ``Head``'s engine batches and timings aside): a
+    request run again must give the same fingerprints."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(message, Head):
+        digest.update(json.dumps([message.record, message.photos, message.count], sort_keys=True).encode())
+        parts = [*message.samples, *(png for pngs in message.face_samples for png in pngs),
+                 *(half for spread in [message.spread, *message.face_spreads] if spread for half in (spread.mean,
+                                                                                                      spread.std))]
+    elif isinstance(message, Spread):
+        parts = [b"spread", message.mean, message.std]
+    elif isinstance(message, Failure):
+        parts = [b"failure", repr(message).encode()]
+    else:
+        parts = [message]
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return type(message).__name__.encode() + digest.digest()
 
 
 def base64_text(png: bytes) -> bytes:

@@ -9,12 +9,18 @@ It does what a request needs before and after the model, and nothing slow on its
   request from another web origin is refused (403) unless that origin is allowed, so no web
   page can spend the service's compute through its visitors' browsers;
 - **a budget per request**: the body must arrive within ``body_timeout_s`` (408) and fit
-  ``max_body_bytes`` (413); the whole request, from its first byte to its last, within
-  ``timeout_s`` (504, and the model replica's work is cancelled); a full queue is 503 with
+  ``max_body_bytes`` (413), and the bodies held at once ``max_bytes_in_flight`` (else 503
+  with ``Retry-After``, before the body is read); the whole request, from its first byte to its
+  last, within ``timeout_s`` (504, and the model replica's work is cancelled); a full queue is 503 with
   ``Retry-After``;
-- **nothing lost**: the request is sent to a model replica, and if that replica dies it is
-  sent once more to another (a seeded request is idempotent: the answer is the same bytes;
-  a streamed answer skips the parts already sent);
+- **only the host's own names**: a ``Host`` that is no name of this service is refused (403),
+  so a page whose name was re-pointed at the service (DNS rebinding) cannot use it
+  (``runtime.serve.hosts``);
+- **nothing lost, nothing mixed**: the request is sent to a model replica, and if that replica
+  is lost from outside (its node, or killed) it is sent once more to another (a seeded request
+  is idempotent: the answer is the same bytes; a streamed answer checks the parts already sent
+  and skips them, or is cut off if they differ); a request whose replica died of its own while
+  holding it is answered 500 and not handed to the next;
 - the answer is streamed as JSON or zip (``runtime.serve.answers``), its base64 and zip
   entries made on worker threads;
 - every client mistake is a 4xx ``{"error", "kind"}``; anything else is logged here with its
@@ -48,14 +54,17 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
-from .answers import Failure, Head, JsonAnswer, Spread, ZipAnswer
+from .answers import Failure, Head, JsonAnswer, Spread, ZipAnswer, fingerprint
+from .hosts import HostRule
 from .metrics import Metrics
 from .options import ServeOptions
+from .replicas import lost_from_outside
 from .requests import FIELD_SCHEMAS, RequestError, SampleRequest, bad, parse_request, timed_out
 
 STATIC = Path(__file__).parent / "static"
 PIECE_BYTES = 1 << 20   # the answer goes out in pieces of at most this
 READY_TIMEOUT_S = 5.0
+READY_CACHE_S = 1.0  # /readyz reports a replica's answer this long without asking again
 RETRY_KINDS = ("busy", "unavailable")  # 503s worth trying again: they carry Retry-After
 # The request's fields for the schema (the parser in runtime.serve.requests refuses any other): the same
 # fields in a form, where the image is a file, and in JSON, where it is base64.
@@ -89,6 +98,28 @@ def same_origin(origin: str, host: str | None) -> bool:
     return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
+class BodyBudget:
+    """The bytes of the request bodies the ingress holds at once (one event loop: no lock)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def _changed(request_id: str, how: str) -> RequestError:
+    """A retried answer that is not the one whose start was sent: the connection is cut."""
+    log.error("request %s: run again, its answer %s from what was sent", request_id, how)
+    return RequestError(502, "changed", "the answer changed when run again")
+
+
 def _pieces(data: bytes) -> list[bytes]:
     return [data[i:i + PIECE_BYTES] for i in range(0, len(data), PIECE_BYTES)] or [b""]
 
@@ -101,6 +132,9 @@ class Ingress:
         self.describe = sampler.describe
         self.options, self.limits = options, options.limits
         self.token = read_token(options.token_env)
+        self.hosts = HostRule(options.host, options.allowed_hosts)
+        self.bodies = BodyBudget(self.limits.max_bytes_in_flight)
+        self.ready_at = -READY_CACHE_S  # when a replica last answered /readyz
         self.metrics = Metrics()
         self.workers = ThreadPoolExecutor(max_workers=self.limits.image_threads, thread_name_prefix="cvdvae-answers")
         self.model: dict[str, Any] | None = None  # the model replicas' description, once one has answered
@@ -115,8 +149,10 @@ class Ingress:
         self.metrics.in_flight.inc()
         cors: dict[str, str] = {}
         messages: AsyncIterator[Any] | None = None
+        reserved = 0  # bytes of the budget this request holds, until its answer ends
         try:
             cors = self._guard(request)
+            reserved = self._reserve(request)
             body = await self._body(request)
             model = await self._model()
             sample = await self._off_loop(parse_request, request.headers.get("content-type"), body,
@@ -131,17 +167,21 @@ class Ingress:
             headers = dict(cors)
             if isinstance(writer, ZipAnswer):
                 headers["content-disposition"] = f'attachment; filename="{writer.filename(sample.seed)}"'
-            stream = self._stream(writer, head, messages, start, request_id)
-            messages = None  # the stream owns it now
+            stream = self._stream(writer, head, messages, start, request_id, reserved)
+            messages, reserved = None, 0  # the stream owns them now
             return StreamingResponse(stream, media_type=writer.media_type, headers=headers)
         except RequestError as err:
             return self._refuse(err, start, cors)
+        except asyncio.CancelledError:  # the client went away, or the proxy gave up on it
+            self._count(499, start, kind="disconnected")
+            raise
         except Exception:  # noqa: BLE001 - a bug or an engine failure: logged whole here, one generic line there
             log.exception("request %s failed", request_id)
             self._count(500, start, kind="internal")
             return JSONResponse({"error": f"internal error; the server's log has the details (request {request_id})",
                                  "kind": "internal", "request_id": request_id}, status_code=500, headers=cors)
         finally:
+            self._release(reserved)
             if messages is not None:
                 await messages.aclose()
 
@@ -157,18 +197,22 @@ class Ingress:
                                                   "access-control-max-age": "600"})
 
     @api.get("/healthz", summary="the service's front is up")
-    async def healthz(self) -> dict:
-        return {"status": "ok"}
+    async def healthz(self, request: Request) -> Response:
+        return self._wrong_host(request) or JSONResponse({"status": "ok"})
 
     @api.get("/readyz", summary="a model replica answers: what the model takes and gives")
-    async def readyz(self) -> Response:
-        try:
-            model = await asyncio.wait_for(self.describe.remote(), READY_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - not ready, whatever the reason; the replicas' logs say why
-            return JSONResponse({"ready": False, "error": "no model replica answers yet", "kind": "not_ready"},
-                                status_code=503)
-        self.model = model
-        return JSONResponse({"ready": True, **model, "max_n": self.limits.max_n, "max_faces": self.limits.max_faces})
+    async def readyz(self, request: Request) -> Response:
+        if refused := self._wrong_host(request):
+            return refused
+        if self.model is None or time.monotonic() - self.ready_at > READY_CACHE_S:
+            try:
+                self.model = await asyncio.wait_for(self.describe.remote(), READY_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - not ready, whatever the reason; the replicas' logs say why
+                return JSONResponse({"ready": False, "error": "no model replica answers yet", "kind": "not_ready"},
+                                    status_code=503)
+            self.ready_at = time.monotonic()
+        return JSONResponse({"ready": True, **self.model, "max_n": self.limits.max_n,
+                             "max_faces": self.limits.max_faces})
 
     @api.get("/metrics", summary="Prometheus text format: the whole service's counters")
     async def metrics_text(self, request: Request) -> Response:
@@ -197,11 +241,13 @@ class Ingress:
         return FileResponse(Path(swagger_ui_path) / name, media_type=SWAGGER_ASSETS[name])
 
     @api.get("/", include_in_schema=False)
-    async def page(self) -> Response:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    async def page(self, request: Request) -> Response:
+        return self._wrong_host(request) or FileResponse(STATIC / "index.html", media_type="text/html")
 
     @api.get("/static/{name}", include_in_schema=False)
-    async def static(self, name: str) -> Response:
+    async def static(self, request: Request, name: str) -> Response:
+        if refused := self._wrong_host(request):
+            return refused
         path = STATIC / name
         if "/" in name or name.startswith(".") or not path.is_file():
             return JSONResponse({"error": "no such file", "kind": "not_found"}, status_code=404)
@@ -225,7 +271,23 @@ class Ingress:
             return self._refuse(err, time.monotonic(), {}, count=False)
         return None
 
+    def _wrong_host(self, request: Request) -> Response | None:
+        """The refusal of a request whose ``Host`` is no name of this service (None: it is)."""
+        try:
+            self._check_host(request)
+        except RequestError as err:
+            return self._refuse(err, time.monotonic(), {}, count=False)
+        return None
+
+    def _check_host(self, request: Request) -> None:
+        """``Host`` against ``runtime.serve.hosts``: a page whose name was re-pointed here (DNS rebinding)
+        is refused, whatever its ``Origin`` says."""
+        if not self.hosts.allows(request.headers.get("host")):
+            raise RequestError(403, "forbidden_host", "this service does not answer to that host name (its "
+                                                      "operator can allow it)")
+
     def _cors(self, request: Request) -> dict[str, str]:
+        self._check_host(request)
         origin = request.headers.get("origin")
         if origin is None or same_origin(origin, request.headers.get("host")):
             return {}  # not a browser, or the service's own page
@@ -236,19 +298,41 @@ class Ingress:
         raise RequestError(403, "forbidden_origin", "this service does not take requests from web pages of other "
                                                     "origins (its operator can allow some)")
 
-    async def _body(self, request: Request) -> bytes:
-        """The body, never more than ``max_body_bytes``, never slower than ``body_timeout_s``."""
+    def _reserve(self, request: Request) -> int:
+        """The bytes of the body about to be read, taken from the ingress's budget of bytes in flight
+        (a body of unknown length: the most it may be); 503 when they do not fit now."""
+        declared = request.headers.get("content-length")
+        size = int(declared) if declared is not None and declared.isdigit() else self.limits.max_body_bytes
+        if size > self.limits.max_body_bytes:
+            return 0  # refused as too large (413) before anything is read
+        if not self.bodies.take(size):
+            raise RequestError(503, "busy", "the service holds as many request bytes as it takes at once; try "
+                                            "again shortly")
+        self.metrics.body_bytes.set(self.bodies.held)
+        return size
+
+    def _release(self, size: int) -> None:
+        self.bodies.give(size)
+        self.metrics.body_bytes.set(self.bodies.held)
+
+    async def _body(self, request: Request) -> bytearray:
+        """The body, never more than ``max_body_bytes``, never slower than ``body_timeout_s``; of a
+        declared length, read into one buffer of that size (no copy grows it)."""
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise bad(f"request body of {declared} bytes is more than the {limit} taken", "too_large", 413)
-        body = bytearray()
+        body = bytearray(int(declared)) if declared is not None and declared.isdigit() else bytearray()
+        filled = [0]
 
         async def read() -> None:
             async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > limit:
+                end = filled[0] + len(chunk)
+                if end > limit:
                     raise bad(f"request body is more than the {limit} bytes taken", "too_large", 413)
+                body[filled[0]:end] = chunk
+                filled[0] = end
+            del body[filled[0]:]
 
         seconds = min(self.limits.body_timeout_s, self.limits.timeout_s)
         try:
@@ -257,7 +341,7 @@ class Ingress:
             raise RequestError(408, "slow_body", f"the request body did not arrive within {seconds:g} s") from None
         except ClientDisconnect:
             raise RequestError(499, "disconnected", "the client went away") from None
-        return bytes(body)
+        return body
 
     async def _model(self) -> dict[str, Any]:
         if self.model is None:
@@ -269,9 +353,12 @@ class Ingress:
         return self.model
 
     async def _messages(self, sample: SampleRequest, deadline: float, request_id: str) -> AsyncIterator[Any]:
-        """The model replica's answer, message by message; run once more on another replica if this
-        one dies (the parts already passed on are skipped: the same seed gives the same bytes)."""
-        passed = 0
+        """The model replica's answer, message by message. If the replica is lost from outside (its
+        node, or killed: ``runtime.serve.replicas``) the request runs once more on another; the
+        messages already passed on must come again, the same (a seeded request gives the same
+        bytes), and are then skipped; if they do not, the answer is cut off. A replica that died of
+        its own while it held this request is not given another: the client gets a 500."""
+        passed: list[bytes] = []  # the fingerprints of the messages passed on
         for attempt in (1, 2):
             stream = self.sampler.answer.remote(sample, deadline - time.monotonic())
             try:
@@ -280,11 +367,15 @@ class Ingress:
                     try:
                         message = await asyncio.wait_for(anext(stream), max(deadline - time.monotonic(), 0.0))
                     except StopAsyncIteration:
+                        if received < len(passed):
+                            raise _changed(request_id, "ended early") from None
                         return
                     received += 1
-                    if received > passed:
-                        passed += 1
+                    if attempt == 1 or received > len(passed):
+                        passed.append(await self._off_loop(fingerprint, message))
                         yield message
+                    elif await self._off_loop(fingerprint, message) != passed[received - 1]:
+                        raise _changed(request_id, f"message {received} differs")
             except asyncio.TimeoutError:
                 raise timed_out(self.limits.timeout_s) from None
             except (BackPressureError, DeploymentUnavailableError):
@@ -294,8 +385,12 @@ class Ingress:
                 if attempt == 2:
                     raise RequestError(503, "unavailable", "the model replicas stopped while answering; try "
                                                            "again shortly") from None
-                log.warning("request %s: its model replica stopped (%s); running it on another", request_id,
-                            type(err).__name__)
+                lost, cause = await self._off_loop(lost_from_outside, err, max(deadline - time.monotonic(), 0.0))
+                if not lost:
+                    log.error("request %s: its model replica died while answering it (%s); it is not run again",
+                              request_id, cause)
+                    raise
+                log.warning("request %s: its model replica was lost (%s); running it on another", request_id, cause)
                 self.metrics.retries.inc()
             finally:
                 # Cancelling a request that never reached a replica re-raises why (back-pressure, a
@@ -304,7 +399,7 @@ class Ingress:
                     stream.cancel()
 
     async def _stream(self, writer: JsonAnswer | ZipAnswer, head: Head, messages: AsyncIterator[Any], start: float,
-                      request_id: str) -> AsyncIterator[bytes]:
+                      request_id: str, reserved: int) -> AsyncIterator[bytes]:
         """The answer's bytes. A failure once it has started can only close the connection early
         (the client sees a truncated body), and is logged."""
         status, kind = 499, "disconnected"  # unless it ends otherwise
@@ -329,6 +424,7 @@ class Ingress:
             log.exception("request %s failed after its answer had started: the connection is closed", request_id)
             raise
         finally:
+            self._release(reserved)
             await messages.aclose()
             self._count(status, start, samples=head.count if status == 200 else 0, kind=kind)
 

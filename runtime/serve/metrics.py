@@ -24,6 +24,8 @@ class Metrics:
         self.samples = Counter("cvdvae_samples", "Samples returned (a photo's: its faces x n).", registry=registry)
         self.in_flight = Gauge("cvdvae_queue_depth", "Requests being read, waiting for a model replica or in one.",
                                registry=registry)
+        self.body_bytes = Gauge("cvdvae_body_bytes_in_flight", "Bytes of request bodies held (reserved when "
+                                "their reading starts, given back when their answers end).", registry=registry)
         self.engine = Counter("cvdvae_engine_busy_seconds", "Wall time spent in engine calls.", registry=registry)
         self.batches = Histogram("cvdvae_batch_size", "Jobs (one image's samples) in the engine batch each job "
                                  "ran in, observed per job.", buckets=BATCH_BUCKETS, registry=registry)

@@ -26,7 +26,8 @@ class Limits(ImageLimits):
     body_timeout_s: float = 30.0             # reading the body: a slow client gets 408 and frees its slot
     max_queued: int = 64                     # requests waiting for a model replica; beyond: 503
     retry_after_s: int = 5                   # how long a 503 asks the client to wait
-    max_requests: int = 256                  # requests the ingress holds at once (each up to max_body_bytes)
+    max_requests: int = 256                  # requests the ingress holds at once
+    max_bytes_in_flight: int = 128 * 2**20   # their bodies together (a body of unknown length: max_body_bytes)
     photos_at_once: int = 2                  # photos a model replica works on together (each ~0.9 GB at most)
     image_threads: int = 4                   # worker threads per replica: decoding, alignment, paste, encoding
 
@@ -42,14 +43,17 @@ class ServeOptions:
     threads: int = 0                # engine threads (0: the backend's default)
     token_env: str | None = None    # the environment variable that holds the bearer token (None: no token)
     cors_origins: tuple[str, ...] = ()  # web origins besides the service's own that may call it ("*": any)
+    host: str = "127.0.0.1"         # the address the service listens on (its name answers; ``runtime.serve.hosts``)
+    allowed_hosts: tuple[str, ...] = ()  # more names clients may reach it by ("*": any)
     limits: Limits = field(default_factory=Limits)
     precision: str = "auto"         # what the engine computes in (runtime.backends.PRECISION_CHOICES)
 
     def to_args(self) -> dict[str, Any]:
         """JSON-able, for ``serve deploy``'s config (``app_builder`` reads it back)."""
-        return {**asdict(self), "cors_origins": list(self.cors_origins)}
+        return {**asdict(self), "cors_origins": list(self.cors_origins), "allowed_hosts": list(self.allowed_hosts)}
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "ServeOptions":
         return cls(**{**args, "cors_origins": tuple(args.get("cors_origins", ())),
+                      "allowed_hosts": tuple(args.get("allowed_hosts", ())),
                       "limits": Limits(**args.get("limits", {}))})

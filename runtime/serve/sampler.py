@@ -6,9 +6,11 @@ the ingress has read and checked.
 bicubic, detection and alignment, the consistency projection, paste-back, PNG encoding)
 runs on a bounded pool of worker threads, so the replica's event loop only schedules: its
 batch timer and every other request go on while a large photo is decoded. Sampling goes
-through ``run_batch``, which Ray Serve's ``@serve.batch`` calls with the jobs that arrived
-together and which runs them on the replica's one engine thread through the one sampling
-path; so a request gives the pixels ``cvdvae run`` and the Python API give.
+through ``run_batch``, which Ray Serve's ``@serve.batch`` calls with the requests (each its
+jobs, together) that arrived together and which runs them on the replica's one engine thread
+through the one sampling path (``sample_requests``: on engines whose rows are not independent,
+each request in calls of its own); so a request gives the pixels ``cvdvae run`` and the Python
+API give, and the same bytes when it is run again.
 
 A request carries its remaining time: no step starts after it is spent (and the ingress
 cancels the request then). A photo's answer is checked against the response budget from its
@@ -19,7 +21,9 @@ header, before its pixels are decoded, and again once its faces are counted; at 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable
@@ -28,6 +32,8 @@ from ray import serve
 
 from cvdvae.errors import CVDVAEError, InputError, NonFiniteSamples
 
+from ..backends import Backend
+from ..backends.interface import Sampled
 from ..faces.paste import output_shape
 from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
 from ..images.outputs import png_bytes
@@ -60,6 +66,18 @@ def library_call(work: Callable[..., Any], *args: Any) -> Any:
         raise request_error(err) from None
 
 
+def sample_requests(backend: Backend, requests: list[list[Job]]) -> list[list[Sampled]]:
+    """Each request's samples, its jobs' in order. Where the backend's rows are independent every
+    job may share a call with any other; where they are not, a request's rows never share a call
+    with another request's (same-seed rows would, in ``runtime.sampling``), so its bytes are what
+    it gives alone, however requests arrive (and when it is run again)."""
+    if backend.rows_independent:
+        flat = sample_jobs(backend, [job for jobs in requests for job in jobs])
+        bounds = list(itertools.accumulate(map(len, requests), initial=0))
+        return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [sample_jobs(backend, jobs) for jobs in requests]
+
+
 @serve.deployment(name="Sampler")
 class Sampler:
     def __init__(self, options: ServeOptions):
@@ -70,7 +88,8 @@ class Sampler:
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
         self.workers = ThreadPoolExecutor(max_workers=limits.image_threads, thread_name_prefix="cvdvae-images")
         self.photo_slots = asyncio.Semaphore(limits.photos_at_once)
-        self.answering = self.steps = 0  # requests in progress, worker steps started (``activity``)
+        self.answering = self.steps = self.working = 0  # requests in progress, worker steps started and running
+        self.count_lock = threading.Lock()
         self.run_batch.set_max_batch_size(options.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(options.batch_wait_s)
 
@@ -83,10 +102,10 @@ class Sampler:
                 "levels": shape.levels.resolutions if shape.levels is not None else []}
 
     async def activity(self) -> dict[str, Any]:
-        """This replica's Ray actor name, its requests in progress and the worker steps started so
-        far (a cancelled request's work stops)."""
+        """This replica's Ray actor name, its requests in progress, the worker steps started so far
+        and those running now (a cancelled request's work stops)."""
         return {"replica": serve.get_replica_context().replica_id.to_full_id_str(), "answering": self.answering,
-                "steps": self.steps}
+                "steps": self.steps, "working": self.working}
 
     async def answer(self, request: SampleRequest, budget_s: float) -> AsyncIterator[Head | Failure | bytes]:
         """The request's answer (``runtime.serve.answers``), within ``budget_s`` seconds from now."""
@@ -106,12 +125,15 @@ class Sampler:
 
     # ---------------------------------------------------------------- batching
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def run_batch(self, jobs: list[Job]) -> list[tuple[Any, int, float]]:
-        """Each job's samples, with the size of the batch and its share of the engine time."""
+    async def run_batch(self, requests: list[list[Job]]) -> list[tuple[list[Any], int, float]]:
+        """Each request's samples (its jobs'), with the jobs in the batch and each one's share of the
+        engine time."""
         start = time.perf_counter()
-        results = await asyncio.get_running_loop().run_in_executor(self.engine, sample_jobs, self.pipe.backend, jobs)
-        share = (time.perf_counter() - start) / len(jobs)
-        return [(result, len(jobs), share) for result in results]
+        results = await asyncio.get_running_loop().run_in_executor(self.engine, sample_requests, self.pipe.backend,
+                                                                   requests)
+        jobs = sum(map(len, requests))
+        share = (time.perf_counter() - start) / jobs
+        return [(result, jobs, share) for result in results]
 
     # ---------------------------------------------------------------- the two kinds of request
     async def _lr_faces(self, request: SampleRequest, deadline: float) -> Head:
@@ -139,13 +161,14 @@ class Sampler:
         found: PhotoFaces = await self._step(
             deadline, pipe.detect_faces, request.image, FaceSearch(max_faces=request.max_faces), None, "photo",
             "photo", lambda header: self._check_photo_answer(request, header.width, header.height, 0))
-        self._check_photo_answer(request, found.photo.shape[1], found.photo.shape[0], len(found.faces))
+        library_call(self._check_photo_answer, request, found.photo.shape[1], found.photo.shape[0], len(found.faces))
         noise = library_call(lambda: pipe.recipe(request.seed, request.n, **request.variation))
         results, batches = await self._sampled(pipe.face_jobs(found, noise, request.temperature), deadline)
         output, face_pngs, face_spreads = await self._step(deadline, self._face_pngs, found, results, request)
         record = {**self._record(request), **output.record(pipe.shape.hr_size)}
         del record["timings_s"]
         yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches, None, face_spreads)
+        await self._step(deadline, lambda: output.background)  # it upscales the photo: not on the loop
         moments = FrameMoments(output.composites().regions) if request.summary else None
         photos = output.encoded(PhotoFormat("png"), moments)  # the background's bands encoded once
 
@@ -199,13 +222,24 @@ class Sampler:
         if time.monotonic() > deadline:
             raise timed_out(self.options.limits.timeout_s)
         self.steps += 1
-        return await asyncio.get_running_loop().run_in_executor(self.workers, library_call, work, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.workers, self._working, work, *args)
+
+    def _working(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``library_call`` on a worker thread, counted while it runs (a cancelled request's step
+        still runs to its end: ``activity`` says when it has)."""
+        with self.count_lock:
+            self.working += 1
+        try:
+            return library_call(work, *args)
+        finally:
+            with self.count_lock:
+                self.working -= 1
 
     async def _sampled(self, jobs: list[Job], deadline: float) -> tuple[list[Any], list[tuple[int, float]]]:
-        """The jobs' samples through the batcher, and per job its batch's size and engine-time share."""
+        """The jobs' samples through the batcher (the request's jobs go together), and per job its
+        batch's size and engine-time share."""
         try:
-            answers = await asyncio.wait_for(asyncio.gather(*(self.run_batch(job) for job in jobs)),
-                                             max(deadline - time.monotonic(), 0.0))
+            results, size, share = await asyncio.wait_for(self.run_batch(jobs), max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:
             raise timed_out(self.options.limits.timeout_s) from None
-        return [result for result, _, _ in answers], [(size, share) for _, size, share in answers]
+        return results, [(size, share)] * len(jobs)
