@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,52 @@ CUSTOM = dict(
 
 def custom_config(**changes) -> CVDVAEConfig:
     return config_from_mapping({**CUSTOM, **changes})[0]
+
+
+def pytest_configure(config):
+    """Under xdist each worker's PyTorch, and the processes it starts, get the worker's share of the
+    cores: two workers each running PyTorch on both cores of a 2-core machine make its small
+    operations many times slower (its threads wait for cores the other worker holds)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1 and torch.get_num_threads() > share:
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
+
+# Modules whose module-scoped set-up (a Ray cluster, a running service, a training run) is too
+# dear to make twice: under xdist each runs whole on one worker, and the other tests go one by
+# one to whichever worker is free.
+ONE_WORKER_MODULES = ("test_cluster", "test_non_finite", "test_prior", "test_serve", "test_train", "test_web_page")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "load":  # another --dist asked for: xdist's own
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        """A work unit is a test, or a whole module of ONE_WORKER_MODULES (those go first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).stem in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModules(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trace_each_graph_once(request, tmp_path_factory):
+    """Exports share their traces (tests/trace_memo.py), across the xdist workers too."""
+    from export import graph
+    from trace_memo import memoised
+
+    root = tmp_path_factory.getbasetemp()  # an xdist worker's is a folder in the session's own
+    shared = root.parent if hasattr(request.config, "workerinput") else root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(graph, "trace_to_onnx", memoised(graph.trace_to_onnx, shared / "traced-graphs"))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +186,30 @@ def demo_export(tmp_path_factory):
     export_folder(ExportSpec(ModelChoice(demo=True), validate=False, out=folder, engine=False),
                   log=lambda message: None, warn=lambda message: None)
     return folder
+
+
+def command(main, *args, env=None) -> subprocess.CompletedProcess:
+    """A verb's ``main`` run in this process as its command line runs it, with ``env`` set for the
+    call: its exit status and output, for tests a fresh process adds nothing to."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        code = main([str(arg) for arg in args])
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def latency_benchmark(*args) -> int:
+    """benchmarks/latency.py run in this process, so that its export shares the session's traces
+    (tests/trace_memo.py); each backend still runs in a worker process of its own, as always."""
+    import importlib.util
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "benchmarks"))  # its sibling modules, as when run as a script
+        spec = importlib.util.spec_from_file_location("latency_benchmark", REPO / "benchmarks" / "latency.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main([str(arg) for arg in args])
 
 
 def copy_export(folder, to):

@@ -7,15 +7,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, latency_benchmark
 
 
-def test_latency_benchmark_smoke(tmp_path):
+def test_latency_benchmark_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "1,2",
-                        "--warmup", "0", "--iters", "1", "--backends", "torch,onnxruntime", "--json", str(out)],
-                       capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert r.returncode == 0, r.stderr
+    assert latency_benchmark("--demo", "--n", "1,2", "--warmup", "0", "--iters", "1", "--backends",
+                             "torch,onnxruntime", "--json", out) == 0
     results = json.loads(out.read_text())
     env = results["environment"]
     assert {"cpu", "cpu_count", "threads", "torch", "onnxruntime", "openvino", "tensorrt", "python"} <= env.keys()
@@ -26,7 +24,8 @@ def test_latency_benchmark_smoke(tmp_path):
     check_rows(rows)
     assert rows[2]["provider"] == "CPUExecutionProvider"
     assert rows[2]["max_abs_away_from_flips"] <= 1e-4  # ONNX Runtime and PyTorch agree on the same noise
-    assert "backend" in r.stdout and "matmul peak" in r.stdout
+    printed = capsys.readouterr().out
+    assert "backend" in printed and "matmul peak" in printed
 
 
 def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
@@ -39,10 +38,8 @@ def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
     if not bf16:
         print(f"openvino-bf16 not measured: {bf16_missing_here()}")
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "2", "--warmup",
-                        "1", "--iters", "1", "--backends", ",".join(backends), "--json", str(out)],
-                       capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert r.returncode == 0, r.stderr
+    assert latency_benchmark("--demo", "--n", "2", "--warmup", "1", "--iters", "1", "--backends", ",".join(backends),
+                             "--json", out) == 0
     results = json.loads(out.read_text())
     rows = {row["backend"]: row for row in results["results"]}
     assert set(rows) == set(backends), rows
@@ -57,7 +54,7 @@ def test_the_cpu_peers_openvino_and_torch_compile(tmp_path):
     assert rows["torch-compile"]["max_abs"] <= 1e-4
 
 
-def test_a_run_stopped_midway_keeps_what_it_measured(tmp_path):
+def test_a_run_stopped_midway_keeps_what_it_measured(tmp_path, demo_export):
     """The JSON is written after each backend: frozen (SIGSTOP) as soon as the first backend's JSON is
     there, then killed with its worker, the run keeps the rows it wrote and names the backends left."""
     import signal
@@ -66,7 +63,8 @@ def test_a_run_stopped_midway_keeps_what_it_measured(tmp_path):
     out = tmp_path / "bench.json"
     backends = ["torch", "onnxruntime", "openvino"]
     proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--demo", "--n", "1", "--warmup",
-                             "0", "--iters", "1", "--backends", ",".join(backends), "--json", str(out)],
+                             "0", "--iters", "1", "--backends", ",".join(backends), "--json", str(out),
+                             "--engine-dir", str(demo_export)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not out.exists():

@@ -1,13 +1,11 @@
 """cvdvae-eval: each score against an independent computation, and the command end to end."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, nan_model
+from conftest import command, nan_model
 from test_train import faces
 
 from runtime.evaluation.scores import score
@@ -48,8 +46,9 @@ def test_identical_samples_have_no_diversity():
 
 
 def eval_cli(*args):
-    return subprocess.run([sys.executable, "-m", "runtime.cli.eval", *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO)
+    from runtime.cli.eval import main
+
+    return command(main, *args)
 
 
 @pytest.fixture(scope="module")

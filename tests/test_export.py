@@ -164,7 +164,7 @@ def test_reduced_precision_graphs(tmp_path, precision, min_psnr):
     assert meta["precision"] == precision and meta["validation"]["passed"]
 
 
-def test_fp16_overflow_the_onnxruntime_cpu_fallback_hides_is_caught(tmp_path):
+def test_fp16_overflow_the_onnxruntime_cpu_fallback_hides_is_caught(tmp_path, capsys):
     """Activations above 65504 in one decoder block: real float16 arithmetic overflows to
     NaN/Inf, while ONNX Runtime's CPU provider (float32 kernels around float16 tensors)
     returns finite samples. The export must fail on it and write nothing."""
@@ -176,9 +176,10 @@ def test_fp16_overflow_the_onnxruntime_cpu_fallback_hides_is_caught(tmp_path):
         block.c2.weight.mul_(1000)
     weights = tmp_path / "hot.safetensors"
     save_safetensors(weights, model.state_dict(), cfg)
-    r = run_cli("--checkpoint", weights, "--fp16", "--out", tmp_path / "x", "--onnx-only")
-    assert r.returncode == 1 and "validation FAILED" in r.stderr, r.stderr
-    assert "pytorch-fp16" in r.stderr and "NaN/Inf" in r.stderr and not (tmp_path / "x").exists()
+    assert export("--checkpoint", weights, "--fp16", "--out", tmp_path / "x", "--onnx-only") == 1
+    err = capsys.readouterr().err
+    assert "validation FAILED" in err and "pytorch-fp16" in err and "NaN/Inf" in err, err
+    assert not (tmp_path / "x").exists()
     # The oracle for "the CPU fallback cannot show it": the same graph through ONNX Runtime.
     assert export("--checkpoint", weights, "--fp16", "--out", tmp_path / "y", "--onnx-only", "--no-validate") == 0
     inputs = validation_inputs(load_model(weights), 1, 2)
@@ -268,13 +269,12 @@ def test_consistent_graph_bakes_the_projection(tmp_path):
     assert np.abs(got - want).max() <= 1e-4
 
 
-def test_no_engine_is_one_line_and_exit_0(tmp_path):
+def test_no_engine_is_one_line_and_exit_0(tmp_path, capsys):
     reason = unavailable_reason()
     if reason is None:
         pytest.skip("TensorRT and a GPU are present: the engine test below covers this machine")
-    r = run_cli("--demo", "--out", tmp_path / "x", "--no-validate")
-    assert r.returncode == 0, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.startswith("no engine built:")]
+    assert export_main(["--demo", "--out", str(tmp_path / "x"), "--no-validate"]) == 0
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("no engine built:")]
     assert len(lines) == 1 and "--engine-only" in lines[0]
     r = run_cli("--demo", "--out", tmp_path / "y", "--no-validate", "--require-engine")
     assert r.returncode == 2 and "no TensorRT engine can be built here" in r.stderr

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, nan_model
+from conftest import REPO, latency_benchmark, nan_model
 from PIL import Image
 from test_weights import official_state, write_ckpt
 
@@ -133,10 +133,8 @@ def test_the_benchmark_flags_every_row_of_a_broken_model(broken, tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(CONFIG.to_json())
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "latency.py"), "--checkpoint", str(broken["nan weights"]),
-                        "--config", str(config), "--backends", "openvino,onnxruntime", "--n", "2", "--warmup", "0",
-                        "--iters", "1", "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert r.returncode == 0, r.stderr
+    assert latency_benchmark("--checkpoint", broken["nan weights"], "--config", config, "--backends",
+                             "openvino,onnxruntime", "--n", "2", "--warmup", "0", "--iters", "1", "--json", out) == 0
     rows = {row["backend"]: row for row in json.loads(out.read_text())["results"]}
     assert set(rows) == {"torch", "openvino", "onnxruntime"}
     # Every sample of every call, warm-up included, counts: at least the 2 of the timed call.

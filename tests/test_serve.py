@@ -7,6 +7,7 @@ event loop that large photos do not hold. The batching core is also checked with
 import asyncio
 import base64
 import concurrent.futures
+import functools
 import io
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_export, nan_model
+from conftest import command, copy_export, nan_model
 from PIL import Image
 
 from runtime.backends import open_backend
@@ -218,8 +219,7 @@ def started_service(demo, port):
                                                                           max_bytes_in_flight=350_000)),
                                       sampler=FlakySampler.options(num_replicas=2).bind(str(FLAKY_STATE)))),
     }
-    for name, (route, app) in apps.items():
-        serve.run(app, name=name, route_prefix=route, blocking=False)
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=route) for name, (route, app) in apps.items()])
     url = f"http://127.0.0.1:{port}"
     for route, _ in apps.values():
         wait_ready(url + route.rstrip("/") + "/readyz")
@@ -286,11 +286,17 @@ def assert_clean_error(status, body, expected_status, kind):
     assert answer["error"] and "\n" not in answer["error"] and not LEAKS.search(answer["error"]), answer
 
 
+@functools.cache
+def local_backend(demo):
+    """The engine ``cvdvae run`` picks for the demo model, opened once for the module."""
+    return open_backend(locate(demo), "auto")
+
+
 def local_samples(demo, seed, n, temperature=0.8):
     """What ``cvdvae run`` computes for this face, as PNG bytes: the oracle for the service."""
     from runtime.images.outputs import to_uint8
 
-    backend = open_backend(locate(demo), "auto")
+    backend = local_backend(demo)
     lr = np.asarray(Image.open(io.BytesIO(face_png(seed))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
     out = backend.sample(lr[None], seed, 0, np.full(n, temperature, np.float32)).samples[0]
     return [png_bytes(to_uint8(s)) for s in out]
@@ -420,7 +426,7 @@ def test_consistent_samples_are_the_models_projection(service, demo):
 
     status, body = sample_json(service, image=b64(face_png(6)), n=2, seed=6, consistent=True, temperature=[0.5, 1.0])
     assert status == 200 and body["consistent"] is True
-    backend = open_backend(locate(demo), "auto")
+    backend = local_backend(demo)
     lr = np.asarray(Image.open(io.BytesIO(face_png(6))).convert("RGB")).transpose(2, 0, 1).astype(np.float32)
     plain = torch.from_numpy(backend.sample(lr[None], 6, 0, np.array([0.5, 1.0], np.float32)).samples[0]).double()
     projected = bicubic_degradation(32, 4).project(plain * 255, torch.from_numpy(lr).double()) / 255
@@ -837,13 +843,14 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(servic
     (tmp_path / "two.jpg").write_bytes(photo)
     assert run_main([str(demo), "--input", str(photo_path), str(tmp_path / "two.jpg"), "--faces", "--n", "2",
                      "--seed", "3", "--summary", "--format", "png", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    pipe = Pipeline.from_pretrained(demo)
     for name, data in (("astronaut", photo_path.read_bytes()), ("two", photo)):
         before = metric(metrics_text(service), "cvdvae_samples_total")
         form, kind = multipart({"n": "2", "seed": "3", "faces": "true", "summary": "true"}, data)
         status, content_type, body = post(service + "/v1/samples", form, kind)
         assert status == 200, body[:300]
         answer = json.loads(body)
-        api = Pipeline.from_pretrained(demo).faces(data, n=2, seed=3)
+        api = pipe.faces(data, n=2, seed=3)
         assert answer["n"] == 2 and len(answer["faces"]) == len(api.faces) == (1 if name == "astronaut" else 2)
         assert metric(metrics_text(service), "cvdvae_samples_total") == before + 2 * len(api.faces)
         status, content_type, zipped = post(service + "/v1/samples", form, kind, accept="application/zip")
@@ -913,10 +920,9 @@ def test_a_broken_model_answers_500_non_finite_and_no_image(service):
 
 
 def serve_cli(*args, env=None):
-    import subprocess
+    from runtime.cli.serve import main
 
-    return subprocess.run([sys.executable, "-m", "runtime.cli.serve", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})})
+    return command(main, *args, env=env)
 
 
 def test_the_config_for_serve_deploy_is_valid_and_names_only_the_tokens_variable(demo, tmp_path):

@@ -1,14 +1,13 @@
 """cvdvae-train on a tiny model and synthetic faces: objective, learning, frozen prior, resume."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, command
 from PIL import Image
 
 from cvdvae.config import preset
@@ -140,9 +139,7 @@ def test_interrupt_saves_a_resumable_checkpoint(trained, tmp_path, monkeypatch):
 
 def test_refusals(trained, tmp_path):
     root, data = trained
-    env = {**os.environ, "CVDVAE_HOME": str(tmp_path / "home")}  # no fetched prior there
-    run = lambda *a: subprocess.run([sys.executable, "-m", "runtime.cli.train", *map(str, a)], capture_output=True,
-                                    text=True, cwd=REPO, env=env)
+    run = lambda *a: command(train_main, *a, env={"CVDVAE_HOME": str(tmp_path / "home")})  # no fetched prior there
     r = run("--data", data, "--out", root / "run", *COMMON)
     assert r.returncode == 2 and "exists; a new run needs a new folder" in r.stderr
     r = run("--data", data, "--out", tmp_path / "x", "--preset", "tiny-x4")
