@@ -45,7 +45,8 @@ def pytest_configure(config):
 # Modules whose module-scoped set-up (a Ray cluster, a running service, a training run) is too
 # dear to make twice: under xdist each runs whole on one worker, and the other tests go one by
 # one to whichever worker is free.
-ONE_WORKER_MODULES = ("test_cluster", "test_non_finite", "test_prior", "test_serve", "test_train", "test_web_page")
+ONE_WORKER_MODULES = ("test_cluster", "test_nodes", "test_non_finite", "test_prior", "test_serve", "test_train",
+                      "test_web_page")
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -531,6 +531,27 @@ def test_a_temperature_beyond_float32_or_the_maximum_or_a_boolean_is_a_400(servi
     assert "temperature" in json.loads(answer)["error"]
 
 
+def test_a_photo_comes_back_in_its_own_format_as_cvdvae_run_writes_it(service, demo, tmp_path):
+    """Without ``format`` a JPEG photo's whole photos are JPEGs, byte for byte the files ``cvdvae run
+    --faces`` writes by default; ``format``/``quality`` choose as ``--format``/``--quality`` do."""
+    from runtime.cli.run import main as run_main
+
+    need_detector()
+    (tmp_path / "two.jpg").write_bytes(photo_jpeg(600, 400, faces=((20, 20, 300), (350, 60, 220))))
+    for fields, flags, suffix in (({}, [], ".jpg"), ({"format": "webp", "quality": "80"},
+                                                     ["--format", "webp", "--quality", "80"], ".webp")):
+        out = tmp_path / suffix[1:]
+        assert run_main([str(demo), "--input", str(tmp_path / "two.jpg"), "--faces", "--n", "2", "--seed", "3",
+                         *flags, "--out", str(out), "--quiet"]) == 0
+        form, kind = multipart({"n": "2", "seed": "3", "faces": "true", **fields}, (tmp_path / "two.jpg").read_bytes())
+        status, _, zipped = post(service + "/v1/samples", form, kind, accept="application/zip")
+        assert status == 200, zipped[:300]
+        archive = zipfile.ZipFile(io.BytesIO(zipped))
+        assert json.loads(archive.read("request.json"))["photo_format"] == {".jpg": "jpeg", ".webp": "webp"}[suffix]
+        for k in range(2):
+            assert archive.read(f"photo_s3_{k:02d}{suffix}") == (out / f"two_s3_{k:02d}{suffix}").read_bytes()
+
+
 def test_body_and_pixel_limits(service):
     status, _, body = post(service + "/v1/samples", b"{" + b" " * 300_000 + b"}")
     assert_clean_error(status, body, 413, "too_large")
@@ -846,7 +867,7 @@ def test_a_photo_gives_the_whole_photos_cvdvae_run_faces_and_the_api_make(servic
     pipe = Pipeline.from_pretrained(demo)
     for name, data in (("astronaut", photo_path.read_bytes()), ("two", photo)):
         before = metric(metrics_text(service), "cvdvae_samples_total")
-        form, kind = multipart({"n": "2", "seed": "3", "faces": "true", "summary": "true"}, data)
+        form, kind = multipart({"n": "2", "seed": "3", "faces": "true", "summary": "true", "format": "png"}, data)
         status, content_type, body = post(service + "/v1/samples", form, kind)
         assert status == 200, body[:300]
         answer = json.loads(body)

@@ -97,3 +97,27 @@ def test_parsing_an_8_mb_json_body_on_a_thread_leaves_the_gil_to_the_loop():
         gaps.append(now - last)
         last = now
     assert max(gaps) < 0.2, f"the loop's thread was held {max(gaps):.2f} s"
+
+
+@pytest.mark.parametrize("fields, status, words", [
+    ({"faces": True, "format": "tiff"}, 400, 'format: "tiff" is not one of png, jpeg, webp'),
+    ({"faces": True, "format": "png", "quality": 90}, 400, "PNG is lossless"),
+    ({"faces": True, "format": "jpeg", "quality": 101}, 400, "quality: 101 is not an integer in 1..100"),
+    ({"format": "jpeg"}, 400, "they need faces: true"),
+])
+def test_a_photo_format_the_request_cannot_have_is_a_400(fields, status, words):
+    from runtime.serve.requests import RequestError
+
+    body = json.dumps({"image": base64.b64encode(b"any").decode(), **fields}).encode()
+    with pytest.raises(RequestError) as caught:
+        parse_request("application/json", body, True, Limits())
+    assert caught.value.status == status and words in str(caught.value), caught.value
+
+
+def test_a_photo_format_the_request_names_is_the_one_it_gets():
+    from runtime.images.photo_format import PhotoFormat
+
+    body = json.dumps({"image": base64.b64encode(b"any").decode(), "faces": True, "format": "webp", "quality": 80})
+    assert parse_request("application/json", body.encode(), True, Limits()).photo_format == PhotoFormat("webp", 80)
+    body = json.dumps({"image": base64.b64encode(b"any").decode(), "faces": True})
+    assert parse_request("application/json", body.encode(), True, Limits()).photo_format == PhotoFormat()

@@ -5,9 +5,9 @@ A replica sends first a ``Failure`` (a client mistake or a broken model, found b
 image is returned) or a ``Head``: the record (model, seed, n, temperatures, and a photo's
 size and faces), the samples of LR faces or of a photo's faces (with ``summary``: each one's
 ``Spread``, the mean and standard deviation pictures), and how many whole photos follow; then
-each whole photo as one PNG, as it is made, and with ``summary`` the whole photos' ``Spread``
-after them. ``JsonAnswer`` writes them as one
-JSON object with base64 PNGs, ``ZipAnswer`` as a stored zip (PNGs are compressed already)
+each whole photo as one file (PNG, JPEG or WebP: the record's ``photo_format``), as it is made,
+and with ``summary`` the whole photos' ``Spread`` after them. ``JsonAnswer`` writes them as one
+JSON object with base64 files, ``ZipAnswer`` as a stored zip (the images are compressed already)
 written to an unseekable stream; either way no answer is ever whole in memory, only the photo
 being sent. Both end with the request's wall time.
 """
@@ -20,6 +20,8 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..images.photo_format import SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class _Sink:
 
 class ZipAnswer:
     """``face{j}_s{seed}_{k:02d}.png`` per face of a photo, ``sample_s{seed}_{k:02d}.png`` (LR faces)
-    or ``photo_s{seed}_{k:02d}.png`` (whole photos), with ``summary`` ``{stem}_s{seed}_mean.png`` and
+    or ``photo_s{seed}_{k:02d}.{png,jpg,webp}`` (whole photos, in the record's ``photo_format``), with ``summary`` ``{stem}_s{seed}_mean.png`` and
     ``_std.png`` beside each, then ``request.json``: the record."""
 
     media_type = "application/zip"
@@ -146,6 +148,7 @@ class ZipAnswer:
         self.archive = zipfile.ZipFile(self.sink, "w", zipfile.ZIP_STORED)
         self.record: dict[str, Any] = {}
         self.stem = "sample"
+        self.suffix = ".png"
         self.written = 0
 
     @staticmethod
@@ -155,6 +158,7 @@ class ZipAnswer:
     def head(self, head: Head) -> bytes:
         self.record, seed = head.record, head.record["seed"]
         self.stem = "photo" if head.photos else "sample"
+        self.suffix = SUFFIXES[head.record.get("photo_format") or "png"]
         for j, pngs in enumerate(head.face_samples):
             for k, png in enumerate(pngs):
                 self.archive.writestr(f"face{j}_s{seed}_{k:02d}.png", png)
@@ -165,7 +169,7 @@ class ZipAnswer:
         return self.sink.take() + b"".join(self.sample(png) for png in head.samples)
 
     def sample(self, png: bytes) -> bytes:
-        self.archive.writestr(f"{self.stem}_s{self.record['seed']}_{self.written:02d}.png", png)
+        self.archive.writestr(f"{self.stem}_s{self.record['seed']}_{self.written:02d}{self.suffix}", png)
         self.written += 1
         return self.sink.take()
 

@@ -21,6 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from cvdvae.errors import CVDVAEError, InputError
 from cvdvae.seeding import MAX_SEED
 
+from ..images.photo_format import FORMATS, PhotoFormat
 from ..pipeline import DEFAULT_TEMPERATURE, MAX_TEMPERATURE, check_temperatures
 from .options import Limits
 
@@ -42,6 +43,11 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
               "description": "the image is a photo: its faces are found, sampled and pasted back"},
     "max_faces": {"type": "integer", "minimum": 1, "description": "with faces: the most confident faces kept"},
     "summary": {"type": "boolean", "default": False, "description": "the samples' mean and standard deviation map too"},
+    "format": {"type": "string", "enum": list(FORMATS),
+               "description": "with faces: the whole photos' file format (default: the photo's own; face samples "
+                              "stay PNG)"},
+    "quality": {"type": "integer", "minimum": 1, "maximum": 100,
+                "description": "with faces: JPEG or WebP quality (default 95 for JPEG, 90 for WebP)"},
     "like": {"type": "integer", "minimum": 0,
              "description": "with vary_from: the sample whose coarse levels every sample keeps (it appears among them)"},
     "like_seed": {"type": "integer", "minimum": 0, "description": "the seed of the like sample (default: seed)"},
@@ -78,6 +84,7 @@ class SampleRequest:
     max_faces: int = 16
     summary: bool = False          # the samples' mean and standard deviation map too
     variation: dict[str, Any] = field(default_factory=dict)  # like, like_seed, vary_from, temperature_at (Pipeline)
+    photo_format: PhotoFormat = PhotoFormat()  # faces: the whole photos' (the input's own unless named)
 
     @property
     def n(self) -> int:
@@ -253,7 +260,10 @@ def parse_fields(fields: Mapping[str, Any], image: bytes | None, conditional: bo
         if from_hr or consistent:
             raise bad("faces: a photo's faces are aligned and degraded as they need; drop from_hr and consistent")
         max_faces = _integer(fields, "max_faces", limits.max_faces, 1, limits.max_faces)
-        return SampleRequest(image, seed, temperature, False, False, True, max_faces, summary, variation)
+        return SampleRequest(image, seed, temperature, False, False, True, max_faces, summary, variation,
+                             _photo_format(fields))
+    if fields.get("format") is not None or fields.get("quality") is not None:
+        raise bad("format and quality choose the whole photos' file format: they need faces: true")
     return SampleRequest(image, seed, temperature, consistent, from_hr, summary=summary, variation=variation)
 
 
@@ -285,6 +295,17 @@ def _shown(value: Any) -> str:
     """A client's value in a message: short, and never an object's repr."""
     text = json.dumps(value) if isinstance(value, (int, float, str, bool, list, type(None))) else type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _photo_format(fields: Mapping[str, Any]) -> PhotoFormat:
+    name = fields.get("format")
+    if name is not None and name not in FORMATS:
+        raise bad(f"format: {_shown(name)} is not one of {', '.join(FORMATS)}")
+    quality = _integer(fields, "quality", 0, 1, 100) if fields.get("quality") not in (None, "") else None
+    try:
+        return PhotoFormat(name, quality)
+    except CVDVAEError as err:
+        raise bad(str(err)) from None
 
 
 def _integer(fields: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:

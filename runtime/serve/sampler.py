@@ -37,7 +37,7 @@ from ..backends.interface import Sampled
 from ..faces.paste import output_shape
 from ..faces.photos import FaceSearch, FacesOutput, PhotoFaces
 from ..images.outputs import png_bytes
-from ..images.photo_format import PhotoFormat
+from ..images.photo_format import PhotoFormat, check_webp_size
 from ..images.png import encode_png
 from ..images.summary import FrameMoments
 from ..pipeline import LRInput, Pipeline
@@ -165,12 +165,13 @@ class Sampler:
         noise = library_call(lambda: pipe.recipe(request.seed, request.n, **request.variation))
         results, batches = await self._sampled(pipe.face_jobs(found, noise, request.temperature), deadline)
         output, face_pngs, face_spreads = await self._step(deadline, self._face_pngs, found, results, request)
-        record = {**self._record(request), **output.record(pipe.shape.hr_size)}
+        photo_format = library_call(self._photo_format, output, request)
+        record = {**self._record(request), **output.record(pipe.shape.hr_size), "photo_format": photo_format.name}
         del record["timings_s"]
         yield Head(record, [], face_pngs, request.n, len(found.faces) * request.n, batches, None, face_spreads)
         await self._step(deadline, lambda: output.background)  # it upscales the photo: not on the loop
         moments = FrameMoments(output.composites().regions) if request.summary else None
-        photos = output.encoded(PhotoFormat("png"), moments)  # the background's bands encoded once
+        photos = output.encoded(photo_format, moments)  # the background's bands encoded once
 
         def next_photo() -> bytes:
             return b"".join(next(photos))
@@ -180,6 +181,16 @@ class Sampler:
         if moments is not None:
             yield await self._step(deadline, lambda: spread_pngs(moments.summary(),
                                                                  lambda pixels: encode_png(pixels, output.png_level)))
+
+    @staticmethod
+    def _photo_format(output: FacesOutput, request: SampleRequest) -> PhotoFormat:
+        """The whole photos' format decided (the photo's own unless the request names one), refused
+        here, before any is made, when the photos cannot be in it."""
+        chosen = output.photo_format(request.photo_format)
+        if chosen.name == "webp":
+            height, width = output_shape(output.photo.shape[:2], output.upscale)
+            check_webp_size(height, width)
+        return chosen
 
     def _face_pngs(self, found: PhotoFaces, results: list[Any], request: SampleRequest) \
             -> tuple[FacesOutput, list[list[bytes]], list[Spread]]:

@@ -162,11 +162,12 @@ function formFields(seed) {
   return data;
 }
 
-// One downloadable image: a figure with the PNG, its file name (the zip's) and a caption.
-function sampleFigure(png, name, alt, caption) {
+// One downloadable image: a figure with the image (base64; PNG unless `type` says), its file name
+// (the zip's) and a caption.
+function sampleFigure(png, name, alt, caption, type = "image/png") {
   const img = document.createElement("img");
   img.className = "sample";
-  img.src = `data:image/png;base64,${png}`;
+  img.src = `data:${type};base64,${png}`;
   img.alt = alt;
   const link = document.createElement("a");
   link.href = img.src;
@@ -199,7 +200,7 @@ function view(index) {
   const k = Math.min(Math.max(index, 0), viewed.length - 1);
   const item = viewed[k];
   const img = $("viewer-image");
-  img.src = `data:image/png;base64,${item.png}`;
+  img.src = `data:${item.type || "image/png"};base64,${item.png}`;
   img.alt = item.alt;
   $("viewer-slider").max = viewed.length;
   $("viewer-slider").value = k + 1;
@@ -255,14 +256,17 @@ function showSamples(result, seed, file) {
   const photo = Boolean(result.faces);
   const stem = photo ? "photo" : "sample";
   const what = photo ? "Photo sample" : "Sample";
+  // Whole photos come back in the photo's own format (result.photo_format), samples as PNG.
+  const [type, suffix] = { jpeg: ["image/jpeg", "jpg"], webp: ["image/webp", "webp"] }[result.photo_format]
+    || ["image/png", "png"];
   viewed = result.samples.map((png, k) => ({
-    png, name: `${stem}_s${seed}_${numbered(k)}.png`,
+    png, type, name: `${stem}_s${seed}_${numbered(k)}.${suffix}`,
     alt: `${what} ${k + 1} of ${result.n}, seed ${seed}, temperature ${result.temperatures[k]}`,
     caption: `#${k + 1}  t = ${result.temperatures[k]}`,
   }));
   samplesShown = photo ? 0 : result.samples.length;
   const grid = $("samples");
-  grid.replaceChildren(...viewed.map((item) => sampleFigure(item.png, item.name, item.alt, item.caption)));
+  grid.replaceChildren(...viewed.map((item) => sampleFigure(item.png, item.name, item.alt, item.caption, item.type)));
   const spread = $("spread");
   spread.replaceChildren(...(result.mean ? spreadFigures(result, stem, seed, result.n, photo ? "The photo" : "The face")
     : []));
