@@ -42,21 +42,26 @@ PARTS = ("help", "start", "gap")
 
 
 def run_child(command: list[str], code: Path) -> dict:
-    """Wall seconds, peak RSS (GiB, the child's own: ``wait4``) and output of one process, which must
-    succeed; it runs in ``code``, whose packages come first on its path."""
+    """Wall seconds, peak RSS (GiB) and output of one process, which must succeed; it runs in
+    ``code``, whose packages come first on its path. The peak is GNU time's (``%M``): a child forked
+    from this large process would report this process's size (Linux keeps the high-water mark
+    across ``execve``), while one that time starts reports its own; None without GNU time."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    gnu_time = shutil.which("time")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        wrapped = [gnu_time, "-f", "%M", "-o", rss.name, *command] if gnu_time else command
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=code)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(wrapped, stdout=out, stderr=err, env=env, cwd=code)
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
+        peak_kib = rss.read().split()[-1] if gnu_time else None
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return {"wall_s": wall, "peak_rss_gib": usage.ru_maxrss / 2**20, "stdout": stdout, "stderr": stderr}
+    return {"wall_s": wall, "peak_rss_gib": int(peak_kib) / 2**20 if peak_kib else None, "stdout": stdout,
+            "stderr": stderr}
 
 
 def cvdvae_command() -> list[str]:
@@ -71,8 +76,13 @@ def measure_help(repeats: int, code: Path) -> dict:
         runs = [run_child(cvdvae_command() + args, code) for _ in range(repeats)]
         results["cvdvae " + " ".join(args)] = {"best_s": round(min(r["wall_s"] for r in runs), 3),
                                                "walls_s": rounded([r["wall_s"] for r in runs]),
-                                               "peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs), 3)}
+                                               "peak_rss_gib": peak(runs)}
     return results
+
+
+def peak(runs: list[dict]) -> float | None:
+    peaks = [r["peak_rss_gib"] for r in runs if r["peak_rss_gib"] is not None]
+    return round(max(peaks), 3) if peaks else None
 
 
 def measure_start(model: Path, backend: str, runs_of: dict[str, int], code: Path) -> dict:
@@ -89,7 +99,7 @@ def measure_start(model: Path, backend: str, runs_of: dict[str, int], code: Path
                 if kind == "cold":
                     shutil.rmtree(model / "cache", ignore_errors=True)
                 done = run_child(command, code)
-                runs[kind].append({"wall_s": round(done["wall_s"], 3), "peak_rss_gib": round(done["peak_rss_gib"], 3),
+                runs[kind].append({"wall_s": round(done["wall_s"], 3), "peak_rss_gib": peak([done]),
                                    "notes": [line for line in done["stderr"].splitlines() if line.startswith("note:")]})
         sampling = worker(code, ["--worker", "sampling", "--model", str(model), "--backend", backend])
     best = {kind: min(r["wall_s"] for r in done_runs) for kind, done_runs in runs.items() if done_runs}
