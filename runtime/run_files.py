@@ -18,9 +18,10 @@ a photo that fails leaves none of its outputs behind.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -272,14 +273,39 @@ def finish_input(pipe: Pipeline, item: LRInput, samples: PassingSamples, setting
 
 
 # ---------------------------------------------------------------- photos
+def write_photo_inputs(pipe: Pipeline, paths: list[Path], settings: RunSettings, record: RunRecord, spell: Spell,
+                       done: Callable[[], None] = lambda: None) -> None:
+    """Each photo's files (``write_photo_input``), ``done()`` after each; photo k+1 is read, its
+    faces found and aligned on a thread while photo k is sampled and written, so the engine waits
+    for no detection but the first. One photo ahead at most: memory holds two decoded photos."""
+    for path, found in found_ahead(pipe, paths, settings):
+        write_photo_input(pipe, path, settings, record, spell, detected=found)
+        done()
+
+
+def found_ahead(pipe: Pipeline, paths: list[Path], settings: RunSettings) -> Iterator[tuple[Path, Callable]]:
+    """(path, a call giving its ``PhotoFaces`` or raising as ``detect_faces`` does) for each photo,
+    the next photo's detection started as this one is handed out."""
+    def detect(path: Path) -> PhotoFaces:
+        return pipe.detect_faces(path, settings.search, settings.upscale, settings.paste)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cvdvae-detect") as pool:
+        ahead: Future | None = pool.submit(detect, paths[0]) if paths else None
+        for i, path in enumerate(paths):
+            current, ahead = ahead, pool.submit(detect, paths[i + 1]) if i + 1 < len(paths) else None
+            yield path, current.result
+
+
 def write_photo_input(pipe: Pipeline, path: Path, settings: RunSettings, record: RunRecord, spell: Spell,
-                      replaceable: Replaceable | None = None) -> list[str] | None:
+                      replaceable: Replaceable | None = None,
+                      detected: Callable[[], PhotoFaces] | None = None) -> list[str] | None:
     """The photo's files, or None when it failed (one line in ``record``, none of its outputs
     left behind). An output that exists already is refused unless ``replaceable(path)`` (default:
-    ``settings.overwrite``)."""
+    ``settings.overwrite``). ``detected``: the photo's faces found elsewhere (``found_ahead``)."""
     planned: list[Path] = []
     try:
-        found = pipe.detect_faces(path, settings.search, settings.upscale, settings.paste)
+        found = detected() if detected is not None else pipe.detect_faces(path, settings.search, settings.upscale,
+                                                                          settings.paste)
         planned = check_photo_outputs(path, found, settings, replaceable)
         noise = pipe.recipe(settings.seed, settings.n, **settings.variation)
         result = pipe.sample_faces(found, noise, settings.temperatures, settings.upscale, settings.paste)

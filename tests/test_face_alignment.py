@@ -195,12 +195,12 @@ def ramps_sample(size):
 
 
 @pytest.mark.parametrize("factor, side, degrees", [(4, 100, 0), (2, 130, 23), (1, 102.4, 0), (0.5, 150, -31),
-                                                   (1, 40, 12)])
+                                                   (1, 40, 12), (4, 260, 17), (8, 250, -8)])
 def test_the_paste_puts_each_sample_pixel_where_the_square_says(factor, side, degrees):
     """A 256-pixel ramp sample pasted with factor f: the output pixel at (u, v) across the square
     (worked out in the test, ``square_coordinates``) is the sample at j = (u + 1) / 2 * 256 - 0.5,
-    whether it is enlarged (bicubic), kept, or shrunk to 0.4x or less (area-averaged): on a
-    ramp all three are exact. Inside the full-weight mask, a paste shifted by one output pixel
+    whether it is enlarged (bicubic; 4x or more: turned at 2x, then resized), kept, or shrunk to
+    0.4x or less (area-averaged): on a ramp all are exact. Inside the full-weight mask, a paste shifted by one output pixel
     moves the mean error by 0.8 * 256 / (side * f) levels or more; the bound is 0.15."""
     photo = np.zeros((260, 260, 3), np.uint8)
     x = rotate([[side / 2, 0]], degrees, (0, 0))[0]
@@ -285,7 +285,8 @@ def test_the_banded_upscale_is_one_lanczos_resize(factor):
     np.testing.assert_array_equal(upscale(photo, factor), whole)
 
 
-def test_blending_in_bands_is_blending_at_once(monkeypatch):
+@pytest.mark.parametrize("factor", [2, 5])  # the sample enlarged 1.9x (read through the map) and 4.7x (two steps)
+def test_blending_in_bands_is_blending_at_once(monkeypatch, factor):
     from runtime.faces import paste
 
     rng = np.random.default_rng(3)
@@ -295,8 +296,8 @@ def test_blending_in_bands_is_blending_at_once(monkeypatch):
     results = []
     for rows in (1000, 7):
         monkeypatch.setattr(paste, "BLEND_ROWS", rows)
-        canvas = upscale(photo, 2)
-        blend(canvas, place(square, to_output(2, 2), 64, canvas.shape[:2]), sample)
+        canvas = upscale(photo, factor)
+        blend(canvas, place(square, to_output(factor, factor), 64, canvas.shape[:2]), sample)
         results.append(canvas)
     np.testing.assert_array_equal(*results)
 

@@ -351,3 +351,52 @@ def test_a_jpeg_photo_gives_upright_srgb_jpegs_and_png_or_webp_on_request(demo, 
         else:
             profile = ImageCms.ImageCmsProfile(io.BytesIO(written.info["icc_profile"]))
             assert "srgb" in ImageCms.getProfileDescription(profile).lower()
+
+
+def test_the_next_photo_is_found_while_this_one_is_sampled(monkeypatch, tmp_path):
+    """A recording fake pipeline: sampling photo k waits (deadline 10 s) until the detection of
+    photo k + 1 has started, and records whether it had. Run one photo at a time, the wait would
+    time out; with one photo found ahead, detect k + 1 starts before sample k ends, never k + 2."""
+    import threading
+
+    from runtime import run_files
+    from runtime.run_files import RunRecord, write_photo_inputs
+
+    paths = [tmp_path / f"p{k}.jpg" for k in range(3)]
+    events, started = [], {path: threading.Event() for path in paths}
+    lock = threading.Lock()
+
+    def note(event):
+        with lock:
+            events.append(event)
+
+    class Result:
+        faces: list = []
+
+        def record(self, hr_size):
+            return {}
+
+    class Pipe:
+        shape = type("Shape", (), {"hr_size": 256, "scale": 4})
+
+        def detect_faces(self, path, *args):
+            note(("detect", path.name))
+            started[path].set()
+            return path
+
+        def sample_faces(self, found, *args):
+            k = paths.index(found)
+            ahead = started[paths[k + 1]].wait(10) if k + 1 < len(paths) else True
+            note(("sampled", found.name, ahead))
+            return Result()
+
+    monkeypatch.setattr(run_files, "check_photo_outputs", lambda *args: [])
+    monkeypatch.setattr(run_files, "write_photo", lambda result, *args: [])
+    settings = run_files.RunSettings(out=tmp_path, seed=0, temperatures=np.ones(1, np.float32), grid=False)
+    record = RunRecord.__new__(RunRecord)
+    record.written, record.photos, record.samples, record.done, failures = [], [], 0, 0, []
+    record.fail = lambda *args, **kwargs: failures.append(args)
+    write_photo_inputs(Pipe(), paths, settings, record, None, lambda: note(("done",)))
+    assert not failures and record.done == 3, failures
+    assert [e for e in events if e[0] == "sampled"] == [("sampled", p.name, True) for p in paths]
+    assert events.index(("detect", "p2.jpg")) > events.index(("sampled", "p0.jpg", True))  # one photo ahead only

@@ -30,7 +30,7 @@ from ..limits import MAX_FACES
 from ..model_files import ModelFiles, ModelShape, locate
 from ..pipeline import Pipeline
 from ..run_files import (CONVERTED_NOTE, RunRecord, RunSettings, engine_record, refuse_existing, write_lr_inputs,
-                         write_photo_input)
+                         write_photo_inputs)
 from .command import command_app, examples, flag_for, run_app
 from .common import (Json, Like, LikeSeed, Overwrite, Precision, Quiet, Samples, Seed, TemperatureAt, Temperatures,
                      VaryFrom, check_choice, parse_temperature_at, parse_temperatures)
@@ -303,9 +303,7 @@ def run_photos(pipe: Pipeline, paths: list[Path], settings: RunSettings, record:
     or while it is worked on (a decoder's error, alignment, memory, the disk), is one line naming
     it, leaves none of its outputs behind, and does not stop the others."""
     with ProgressBar(len(paths), "photos", disable=quiet or not paths) as progress:
-        for path in paths:
-            write_photo_input(pipe, path, settings, record, flag_for)
-            progress.update(1)
+        write_photo_inputs(pipe, paths, settings, record, flag_for, lambda: progress.update(1))
 
 
 def say_converted(record: RunRecord, quiet: bool) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,7 +29,11 @@ from .align import FaceSquare, warp
 FEATHER = 1 / 8   # ramp width, in sample sides
 ERODE = 1 / 8     # the ramp's midpoint, this far inside the sample's edge (>= FEATHER / 2: zero at the edge)
 UPSCALE_ROWS, UPSCALE_MARGIN = 64, 4  # photo rows per resized band, and the overlap Lanczos (3 px) needs
-BLEND_ROWS = 128  # output rows blended at a time: float temporaries stay small for a face of any size
+BLEND_ROWS = 128  # output rows blended at a time: temporaries stay small for a face of any size
+TWO_STEP, STEP = 4.0, 2  # enlarged 4x or more, a sample is turned at 2x its resolution, then resized (_Source)
+_MARGIN = 2              # pixels around the turned sample: the bicubic resize's reach
+_WORKERS = os.cpu_count() or 1
+_POOL = ThreadPoolExecutor(_WORKERS, thread_name_prefix="cvdvae-paste")
 
 
 @dataclass(frozen=True)
@@ -125,52 +129,130 @@ def feather_mask(to_sample: np.ndarray, shape: tuple[int, int], size: int) -> np
     return (ramp(to_sample[0]) * ramp(to_sample[1]))[..., None]
 
 
-def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
-    """Blend ``sample`` (HWC uint8, ``placement.size`` square) into ``canvas`` (HWC uint8, RGB or
-    RGBA: the alpha is the photo's and stays) in place."""
-    for rows, cols, warped, mask in _bands(placement, sample):
-        region = canvas[rows, cols, :3]
-        mixed = region.astype(np.float32)
-        warped -= mixed
-        warped *= mask
-        mixed += warped  # region + (sample - region) * mask
-        region[...] = np.rint(mixed, out=mixed)
+@dataclass(frozen=True)
+class MaskBand:
+    """One band of rows of a placement's region, cut to the columns its mask reaches (outside them
+    the output is the background: nothing to warp), and the mask over it in 1/255 steps."""
+
+    rows: slice
+    cols: slice
+    weights: np.ndarray  # [h, w] uint8
 
 
-def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray) -> None:
-    """Composite ``sample`` over ``canvas`` (HWC uint8 RGBA, straight alpha) in place, the mask as
-    its alpha: the faces alone, to layer over a background made elsewhere."""
-    for rows, cols, warped, a in _bands(placement, sample):
-        region = canvas[rows, cols]
-        below = region[..., 3:] / np.float32(255)
-        alpha = a + below * (1 - a)
-        rgb = (warped * a + region[..., :3] * below * (1 - a)) / np.maximum(alpha, 1e-6)
-        region[..., :3] = np.rint(rgb).astype(np.uint8)
-        region[..., 3:] = np.rint(alpha * 255).astype(np.uint8)
-
-
-def _bands(placement: Placement, sample: np.ndarray) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
-    """The placement's region in bands of rows: (canvas rows, canvas columns, the sample warped
-    onto them (float32), the mask over them), each band cut to the columns its mask reaches
-    (outside them the output is the background: nothing to warp). Each band's mask and warp are
-    made for it alone, so memory stays a few bands' worth however large the face."""
+def mask_bands(placement: Placement) -> Iterator[MaskBand]:
+    """The placement's region in bands of ``BLEND_ROWS`` rows, each made when it is asked for, so
+    memory stays a few bands' worth however large the face. Every sample of a face shares them:
+    ``list`` them once to paste many."""
     start, stop = placement.rows.start, placement.rows.stop
     width = placement.cols.stop - placement.cols.start
     for top in range(start, stop, BLEND_ROWS):
         rows = slice(top, min(top + BLEND_ROWS, stop))
         offset = np.eye(3)
         offset[1, 2] = top - start
-        to_sample = placement.to_sample @ offset
-        mask = feather_mask(to_sample, (rows.stop - rows.start, width), placement.size)
-        reached = np.flatnonzero(mask.any(axis=(0, 2)))
-        if reached.size == 0:
-            continue
-        left, right = int(reached[0]), int(reached[-1]) + 1
+        mask = feather_mask(placement.to_sample @ offset, (rows.stop - rows.start, width), placement.size)[..., 0]
+        reached = np.flatnonzero(mask.any(axis=0))
+        if reached.size:
+            left, right = int(reached[0]), int(reached[-1]) + 1
+            weights = np.rint(mask[:, left:right] * 255).astype(np.uint8)
+            yield MaskBand(rows, slice(placement.cols.start + left, placement.cols.start + right), weights)
+
+
+def blend(canvas: np.ndarray, placement: Placement, sample: np.ndarray,
+          masks: Iterable[MaskBand] | None = None) -> None:
+    """Blend ``sample`` (HWC uint8, ``placement.size`` square) into ``canvas`` (HWC uint8, RGB or
+    RGBA: the alpha is the photo's and stays) in place, through ``masks`` (``mask_bands``, made
+    here when not given). Bands are blended on every core in Pillow's C code (8-bit, rounded):
+    it lets go of the GIL."""
+    from PIL import Image
+
+    source = _Source(placement, sample)
+
+    def blend_band(band: MaskBand) -> None:
+        region = canvas[band.rows, band.cols, :3]
+        mixed = Image.fromarray(np.ascontiguousarray(region))
+        mixed.paste(source.band(band), (0, 0), Image.fromarray(band.weights))
+        region[...] = np.asarray(mixed)
+
+    _each_band(blend_band, mask_bands(placement) if masks is None else masks)
+
+
+def blend_over(canvas: np.ndarray, placement: Placement, sample: np.ndarray,
+               masks: Iterable[MaskBand] | None = None) -> None:
+    """Composite ``sample`` over ``canvas`` (HWC uint8 RGBA, straight alpha) in place, the mask as
+    its alpha: the faces alone, to layer over a background made elsewhere."""
+    source = _Source(placement, sample)
+
+    def blend_band(band: MaskBand) -> None:
+        region = canvas[band.rows, band.cols]
+        warped = np.asarray(source.band(band), np.float32)
+        a = band.weights[..., None] / np.float32(255)
+        below = region[..., 3:] / np.float32(255)
+        alpha = a + below * (1 - a)
+        rgb = (warped * a + region[..., :3] * below * (1 - a)) / np.maximum(alpha, 1e-6)
+        region[..., :3] = np.rint(rgb).astype(np.uint8)
+        region[..., 3:] = np.rint(alpha * 255).astype(np.uint8)
+
+    _each_band(blend_band, mask_bands(placement) if masks is None else masks)
+
+
+def _each_band(work: Callable[[MaskBand], None], bands: Iterable[MaskBand]) -> None:
+    """``work`` on each band, on every core, with a few bands in flight (``bands`` may be made lazily)."""
+    pending: list = []
+    for band in bands:
+        pending.append(_POOL.submit(work, band))
+        if len(pending) >= 2 * _WORKERS:
+            pending.pop(0).result()
+    for future in pending:
+        future.result()
+
+
+class _Source:
+    """One sample, ready to be read onto any band of its placement's region as 8-bit RGB.
+
+    Enlarged ``TWO_STEP`` times or more, it is read in two steps: turned onto the output's axes
+    at ``STEP`` x its own resolution (bicubic, once per sample, small), then enlarged the rest of
+    the way band by band with Pillow's separable bicubic resize, which costs a few times less per
+    output pixel than a bicubic read through the affine map and rounds where an 8-bit affine read
+    truncates. Otherwise each band is read through the map directly (``_warp``)."""
+
+    def __init__(self, placement: Placement, sample: np.ndarray):
+        from PIL import Image
+
+        self.placement, self.sample = placement, sample
+        span = float(np.linalg.norm(placement.to_sample[:2, :2], ord=2))
+        # Turned-sample pixels per output pixel, a multiple of 1 / 1024: a band's coordinates in the
+        # turned sample are then exact, so bands of any shape resize to the same pixels.
+        self.scale = round(span * STEP * 1024) / 1024
+        self.turned = None
+        if placement.supersample == 1 and 1 / span >= TWO_STEP:
+            rows = placement.rows.stop - placement.rows.start
+            cols = placement.cols.stop - placement.cols.start
+            k, m = 1 / self.scale, _MARGIN
+            to_region = np.array([[k, 0, (0.5 - m) * k - 0.5], [0, k, (0.5 - m) * k - 0.5], [0, 0, 1]])
+            size = (int(np.ceil(cols * self.scale)) + 2 * m, int(np.ceil(rows * self.scale)) + 2 * m)
+            turned = warp(sample, placement.to_sample @ to_region, size, "bicubic")
+            self.turned = Image.fromarray(np.clip(np.rint(turned), 0, 255).astype(np.uint8))
+
+    def band(self, band: MaskBand):
+        """The sample over ``band`` (a Pillow RGB image of the band's size)."""
+        from PIL import Image
+
+        p = self.placement
+        top, left = band.rows.start - p.rows.start, band.cols.start - p.cols.start
+        h, w = band.weights.shape
+        if self.turned is not None:
+            # Across, then down, each its own resize: left to choose, Pillow orders its two passes
+            # by cost, so a band's pixels would depend on the band's shape (overshoots clip between).
+            s, m = self.scale, _MARGIN
+            first, last = top * s + m, (top + h) * s + m
+            y0, y1 = max(int(first) - 3, 0), min(int(np.ceil(last)) + 3, self.turned.height)
+            across = self.turned.crop((0, y0, self.turned.width, y1)).resize(
+                (w, y1 - y0), Image.BICUBIC, box=(left * s + m, 0, (left + w) * s + m, y1 - y0))
+            return across.resize((w, h), Image.BICUBIC, box=(0, first - y0, w, last - y0))
         offset = np.eye(3)
-        offset[0, 2] = left
-        cols = slice(placement.cols.start + left, placement.cols.start + right)
-        yield (rows, cols, _warp(sample, to_sample @ offset, (rows.stop - rows.start, right - left),
-                                 placement.supersample), mask[:, left:right])
+        offset[:2, 2] = left, top
+        warped = _warp(self.sample, p.to_sample @ offset, (h, w), p.supersample)
+        return Image.fromarray(np.clip(np.rint(warped), 0, 255).astype(np.uint8))
 
 
 def _warp(sample: np.ndarray, to_sample: np.ndarray, shape: tuple[int, int], supersample: int) -> np.ndarray:

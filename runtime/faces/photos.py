@@ -39,7 +39,8 @@ from ..limits import MAX_FACES
 from ..timings import timed
 from .align import FaceSquare, crop
 from .detector import DetectedFace, FaceDetector
-from .paste import Placement, blend, blend_over, canvas_map, output_shape, paste_order, place, upscale
+from .paste import (MaskBand, Placement, blend, blend_over, canvas_map, mask_bands, output_shape, paste_order,
+                    place, upscale)
 
 PASTE_MODES = ("photo", "transparent", "none")  # on the upscaled photo; the faces alone (RGBA); no photos
 
@@ -152,14 +153,22 @@ class Composites:
         a band at a time)."""
         canvas = self.canvas
         pristine = [canvas[p.rows, p.cols].copy() for _, p in self.placements]
+        masks = self.masks
         for k in range(len(self.faces[0].samples)):
             try:
-                for j, placement in self.placements:
-                    (blend if self.paste == "photo" else blend_over)(canvas, placement, self.faces[j].samples[k])
+                for (j, placement), face_masks in zip(self.placements, masks):
+                    (blend if self.paste == "photo" else blend_over)(canvas, placement, self.faces[j].samples[k],
+                                                                     face_masks)
                 yield canvas
             finally:
                 for (_, placement), original in zip(self.placements, pristine):
                     canvas[placement.rows, placement.cols] = original
+
+    @cached_property
+    def masks(self) -> list[list[MaskBand]]:
+        """Each placed face's mask, in bands (``paste.mask_bands``): made once, shared by every sample
+        (one byte per pixel of the face's region)."""
+        return [list(mask_bands(placement)) for _, placement in self.placements]
 
     def pixels(self, keep_alpha: bool = True) -> Pixels:
         """``frame, rows -> pixels``: a frame's rows as the whole photo's (``photo_files.output_pixels``)."""
