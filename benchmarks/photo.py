@@ -20,7 +20,6 @@ weights (or ``--engine-dir``): speed does not depend on the weights.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
