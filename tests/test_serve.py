@@ -658,7 +658,8 @@ def test_a_large_photo_does_not_hold_the_event_loop(service, demo):
     thread.join(120)
     finished, status, body = done["photo"]
     assert status == 200, body[:300]
-    assert zipfile.ZipFile(io.BytesIO(body)).namelist()[-3:] == ["photo_s0_00.png", "photo_s0_01.png", "request.json"]
+    # a JPEG photo's whole photos come back as JPEGs (its own format)
+    assert zipfile.ZipFile(io.BytesIO(body)).namelist()[-3:] == ["photo_s0_00.jpg", "photo_s0_01.jpg", "request.json"]
     small_finished, small_status, small_body = done["small"]
     assert small_status == 200 and [base64.b64decode(s) for s in small_body["samples"]] == local_samples(demo, 3, 2)
     assert small_finished < finished
@@ -1119,12 +1120,19 @@ def test_joining_a_cluster_whose_serve_listens_beyond_this_machine_needs_a_token
 
 def test_large_json_bodies_do_not_hold_the_ingress(service):
     """Four 8 MB JSON bodies (a 6 MB image in base64, not a picture: 400 once read) in flight at once,
-    round after round: /healthz answers with a median under 100 ms. (Their bracket check once ran a
-    regular expression over each body, holding the ingress's GIL for seconds: tests/test_serve_costs.py
-    measures that hold directly; here the proxy's own work on a busy machine makes single answers
-    slow too, so only the median is asserted.)"""
+    round after round: /healthz's median is under 100 ms more than its median without them, measured
+    just before (on a machine whose cores another test process keeps busy, even an idle /healthz can
+    take tens of milliseconds). Their bracket check once ran a regular expression over each body,
+    holding the ingress's GIL for seconds: tests/test_serve_costs.py measures that hold directly;
+    here the proxy's own work on a busy machine makes single answers slow too, so only the median
+    is asserted."""
     body = json.dumps({"image": b64(np.random.default_rng(0).bytes(6_000_000)), "n": 1}).encode()
     assert len(body) <= Limits().max_body_bytes
+    idle = []
+    for _ in range(20):
+        start = time.monotonic()
+        assert call(service + "/big/healthz", timeout=30)[0] == 200
+        idle.append(time.monotonic() - start)
     health, statuses = [], []
     with ThreadPoolExecutor(4) as pool:
         while len(health) < 20:
@@ -1135,7 +1143,7 @@ def test_large_json_bodies_do_not_hold_the_ingress(service):
                 health.append(time.monotonic() - start)
             statuses += [f.result()[0] for f in sent]
     assert set(statuses) == {400}, statuses
-    assert np.median(health) < 0.1, health
+    assert np.median(health) < 0.1 + np.median(idle), (health, idle)
 
 
 def test_the_bytes_in_flight_are_capped_not_only_the_requests(service):
