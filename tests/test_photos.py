@@ -384,6 +384,9 @@ def test_the_next_photo_is_found_while_this_one_is_sampled(monkeypatch, tmp_path
             started[path].set()
             return path
 
+        def recipe(self, seed, n, **variation):
+            return seed  # no variation: the seed itself, as Pipeline.recipe gives it
+
         def sample_faces(self, found, *args):
             k = paths.index(found)
             ahead = started[paths[k + 1]].wait(10) if k + 1 < len(paths) else True
