@@ -23,6 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import environment  # noqa: E402
 
+from runtime.backends.cpu_features import cpu_flags  # noqa: E402
+
 ENLARGE = 4
 SERIES = (("apd_mse", "APD (MSE)", (31, 119, 180)), ("apd_lpips", "APD (LPIPS)", (255, 127, 14)),
           ("mean_std", "mean std", (44, 160, 44)))
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     machine = environment(threads=0)
     record = {"what": "where the diversity lives: per level L, sample 0's groups below L kept, the rest drawn afresh",
               "model": "demo (random weights)" if args.demo else str(model), "date": time.strftime("%Y-%m-%d"),
-              "machine": machine, "cpu_flags": cpu_flags(), "n": args.n, "temperature": args.temperature,
+              "machine": machine, "cpu_flags": " ".join(sorted(cpu_flags() or [])) or None, "n": args.n,
+              "temperature": args.temperature,
               "inputs": results["protocol"]["inputs"], "levels": results["levels"], "wall_s": round(wall, 1)}
     args.results.mkdir(parents=True, exist_ok=True)
     name = "-".join(machine["cpu"].lower().replace("(r)", "").split()[:3])
@@ -78,16 +81,6 @@ def lpips_if_fetched():
     from cvdvae.hub.lpips import default_weights_path, load_lpips
 
     return load_lpips(default_weights_path()) if default_weights_path().is_file() else None
-
-
-def cpu_flags() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def write_plot(path: Path, rows: dict[str, dict]) -> None:

@@ -37,6 +37,16 @@ def environment(threads: int) -> dict[str, Any]:
     return env
 
 
+VECTOR_PREFIXES = ("sse", "ssse", "avx", "amx", "fma", "bmi", "sha", "aes", "f16c")
+
+
+def vector_flags() -> list[str]:
+    """The CPU's vector-instruction flags: what the engines' kernels, codecs and resamplers can use."""
+    from runtime.backends.cpu_features import cpu_flags
+
+    return sorted(f for f in cpu_flags() or () if f.startswith(VECTOR_PREFIXES))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -35,17 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment, today  # noqa: E402
+from machine import environment, today, vector_flags  # noqa: E402
 
 SIZES = {1: (1024, 1024), 12: (4000, 3000), 24: (6000, 4000)}  # megapixels -> (width, height)
 PHOTO_STAGES = ("enlarge", "paste", "encode", "write_photos")  # the whole photos' own work
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's vector-instruction flags (what the codecs and resamplers can use)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("sse", "ssse", "avx", "fma", "bmi", "sha", "aes", "f16c")))
 
 
 def codecs() -> dict:
@@ -283,7 +276,7 @@ def main() -> int:
         if args.facexlib:
             model += "; facexlib 0.3.0's paste_faces_to_input_image steps (use_parse=False) run in OpenCV, not ours"
         result = {"date": today(),
-                  "environment": {**environment(os.cpu_count()), "cpu_flags": cpu_flags(), **codecs()},
+                  "environment": {**environment(os.cpu_count()), "cpu_flags": vector_flags(), **codecs()},
                   "model": model, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from latency import export_for  # noqa: E402 - after the path set-up
-from machine import environment, today  # noqa: E402
+from machine import environment, today, vector_flags  # noqa: E402
 
 GOOD_N = 4
 SLOW_BODY_TIMEOUT_S = 2.0
@@ -348,14 +348,6 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
     }
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's vector flags (``/proc/cpuinfo``): what the engines' kernels can use."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
-    return []
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine-dir", type=Path, help="an export folder (default: export the demo model)")
@@ -375,7 +367,7 @@ def main() -> int:
         engine_dir = args.engine_dir or export_for(Path(tmp), demo=True)
         report = soak(args, engine_dir, locate(engine_dir).lr_size)
     result = {"date": today(), "flags": sys.argv[1:],
-              "environment": {**environment(os.cpu_count()), "cpu_flags": cpu_flags()},
+              "environment": {**environment(os.cpu_count()), "cpu_flags": vector_flags()},
               "model": str(args.engine_dir or "demo (tiny-x4)"), **report}
     print(json.dumps(result, indent=2))
     if args.json:
