@@ -44,6 +44,7 @@ TOKEN_ENV = "CVDVAE_TEST_SERVE_TOKEN"
 ALLOWED_ORIGIN = "https://allowed.example"
 ALLOWED_HOST = "served.example"
 FLAKY_STATE = Path()  # set by the service fixture
+SERVE_LOGS = Path()  # this Ray's own serve log folder, set by the service fixture; another test's Ray moves session_latest
 # Ray Serve kills an HTTP proxy not ready within 5 s, which a loaded CI machine can miss; Ray's
 # processes read this from the environment they inherit.
 PROXY_READY = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
@@ -182,13 +183,14 @@ def service(demo, tmp_path_factory):
     - ``/broken``: a model whose samples are NaN/Inf for t >= 1;
     - ``/fake``: the ingress before ``FakeSampler`` (one request at a time, one queued);
     - ``/flaky``: the ingress before two ``FlakySampler`` replicas, 350 kB of bodies at once."""
-    global FLAKY_STATE
+    global FLAKY_STATE, SERVE_LOGS
     FLAKY_STATE = tmp_path_factory.mktemp("flaky")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.environ[TOKEN_ENV] = TOKEN  # before Ray starts: its processes inherit it
     os.environ.setdefault(*PROXY_READY)
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    SERVE_LOGS = Path(context.address_info["session_dir"]) / "logs" / "serve"
     try:
         yield from started_service(demo, port)
     finally:
@@ -693,16 +695,17 @@ def test_an_internal_error_is_logged_with_its_traceback_and_the_client_gets_only
     assert_clean_error(status, body, 500, "internal")
     request_id = body["request_id"]
     assert request_id in body["error"]
-    logs = [path for path in Path("/tmp/ray").glob("session_*/logs/serve/*.log")
-            if request_id in path.read_text(errors="replace")]
     deadline = time.monotonic() + 10
-    while not logs and time.monotonic() < deadline:
-        time.sleep(0.5)
-        logs = [path for path in Path("/tmp/ray").glob("session_*/logs/serve/*.log")
-                if request_id in path.read_text(errors="replace")]
-    assert logs, "the request id is in no replica log"
-    text = "".join(path.read_text(errors="replace") for path in logs)
+    while not (text := logs_naming(request_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert text, "the request id is in no replica log"
     assert "Traceback" in text and "private.bin" in text  # the operator sees it all
+
+
+def logs_naming(request_id: str) -> str:
+    """The text of every serve log of this Ray that names ``request_id``."""
+    texts = (path.read_text(errors="replace") for path in SERVE_LOGS.glob("*.log"))
+    return "".join(text for text in texts if request_id in text)
 
 
 def test_the_token_guards_the_api_metrics_and_docs_but_not_health(service):
