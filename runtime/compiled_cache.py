@@ -73,11 +73,12 @@ def rebuilt_note(what: str, entry: Path, why: str | None, kept: str | None, agai
     return kept and f"{what} {kept}"
 
 
-def read_entry(path: Path, key: dict[str, str], buffer: Callable[[int], np.ndarray] | None = None
-               ) -> tuple[bytes | np.ndarray | None, str | None]:
+def read_entry(path: Path, key: dict[str, str], mapped: bool = False) -> tuple[bytes | np.ndarray | None, str | None]:
     """The entry's payload when it is whole and was made for ``key``, else None and why not (None
-    too when there is no entry at all). As bytes, or read into ``buffer(size)`` (a uint8 array:
-    memory an engine may keep)."""
+    too when there is no entry at all). As bytes, or ``mapped``: a private copy-on-write mapping of
+    the file (a uint8 array) whose pages are read when first used (bytes where the file system
+    cannot map it). A mapping outlives the entry's replacement: entries are replaced by renaming,
+    never rewritten in place."""
     try:
         with open(path, "rb") as f:
             before = os.fstat(f.fileno())
@@ -93,7 +94,7 @@ def read_entry(path: Path, key: dict[str, str], buffer: Callable[[int], np.ndarr
                 return None, (f"is {'truncated' if size < header['size'] else 'longer than its header says'} "
                               f"({size:,} bytes where its header says {header['size']:,})")
             f.seek(offset)
-            payload = f.read(size) if buffer is None else _read_into(f, buffer(size))
+            payload = _mapped(f, offset, size) if mapped else f.read(size)
             if len(payload) != size or _stamp(os.fstat(f.fileno())) != _stamp(before):
                 return None, "changed while it was read"
     except FileNotFoundError:
@@ -106,12 +107,12 @@ def read_entry(path: Path, key: dict[str, str], buffer: Callable[[int], np.ndarr
     return payload, None
 
 
-def _read_into(f: Any, payload: np.ndarray) -> np.ndarray:
-    """``payload`` filled from ``f``; shorter when the file ends first."""
-    view, done = memoryview(payload).cast("B"), 0
-    while done < len(view) and (got := f.readinto(view[done:])):
-        done += got
-    return payload[:done]
+def _mapped(f: Any, offset: int, size: int) -> bytes | np.ndarray:
+    try:
+        return np.memmap(f, np.uint8, "c", offset=offset, shape=(size,)) if size else np.zeros(0, np.uint8)
+    except (OSError, ValueError):  # a file system without mmap
+        f.seek(offset)
+        return f.read(size)
 
 
 def _header(head: bytes) -> tuple[dict[str, Any] | None, int]:

@@ -18,11 +18,11 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 
 
 def alias(verb):
-    """The ``main`` the installed ``cvdvae-<verb>`` script runs (pyproject.toml's entry point)."""
+    """What the installed ``cvdvae-<verb>`` script runs (pyproject.toml's entry point), in this process."""
     import importlib
 
     module, function = SCRIPTS[f"cvdvae-{verb}"].split(":")
-    return getattr(importlib.import_module(module), function)
+    return getattr(importlib.import_module(module), function).run
 
 
 @pytest.mark.parametrize("verb", list(VERBS))
@@ -175,6 +175,33 @@ def test_the_installed_commands_exist():
     assert r.returncode == 0 and r.stdout.startswith("cvdvae ")
 
 
+def test_a_script_process_ends_after_its_threads_and_exit_handlers_without_freeing_objects(tmp_path):
+    """What the installed scripts run: Python's exit as usual (threads joined, exit handlers run, output
+    flushed), the command's status, and no object freed one at a time (no ``__del__`` runs)."""
+    code = f"""
+import atexit, pathlib, sys, threading, time
+from runtime.cli.command import Script
+out = pathlib.Path({str(tmp_path)!r})
+
+class Engine:
+    def __del__(self):
+        (out / "freed").touch()
+
+def command(argv):
+    global engine
+    engine = Engine()
+    atexit.register(lambda: (out / "handler").touch())
+    threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").touch())).start()
+    sys.stdout.write("no newline")
+    return 3
+
+sys.exit(Script(command)())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "no newline", "")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["handler", "thread"]
+
+
 def test_a_typer_exit_keeps_its_status():
     app = command_app("test")
 
@@ -244,7 +271,7 @@ def test_an_alias_without_its_extra_says_which_to_install():
 import sys
 sys.modules["torch"] = None
 from runtime.cli.app import export_main
-sys.exit(export_main(["--demo"]))
+sys.exit(export_main.run(["--demo"]))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2

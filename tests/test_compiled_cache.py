@@ -66,6 +66,45 @@ def test_the_second_start_imports_the_compiled_model(demo, compiles, expected):
         assert np.array_equal(backend.sample(LR, 3, 0, T).samples, expected)
 
 
+def test_a_kept_model_is_imported_while_the_caller_goes_on(demo, compiles, expected, monkeypatch):
+    """The open returns while OpenVINO imports; the first call waits for it. An entry that cannot be
+    imported after all is compiled again on that thread, with one note."""
+    import threading
+
+    open_backend(locate(demo), "openvino")
+    release, importing = threading.Event(), []
+    import_model = ov.Core.import_model
+
+    def held(self, *args, **kwargs):
+        importing.append(threading.current_thread())
+        assert release.wait(timeout=60), "the test never let the import go on"
+        if len(importing) == 2:
+            raise RuntimeError("blob\nfrom another build")
+        return import_model(self, *args, **kwargs)
+
+    monkeypatch.setattr(ov.Core, "import_model", held)
+    for expected_note in (None, "could not be imported (blob)"):
+        backend = open_backend(locate(demo), "openvino")  # returns with the import held
+        assert importing[-1] is not threading.main_thread() and backend.note is None
+        release.set()
+        assert np.array_equal(backend.sample(LR, 3, 0, T).samples, expected)
+        assert backend.timings.load > 0 and (backend.note is None) == (expected_note is None)
+        assert expected_note is None or (expected_note in backend.note and "compiled again" in backend.note)
+        release.clear()
+    assert len(compiles) == 2
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_an_entry_is_its_payload_read_or_mapped_and_a_mapping_outlives_its_replacement(tmp_path, mapped):
+    payload = np.random.default_rng(0).integers(0, 256, 10_007, np.uint8).tobytes()
+    entry, key = tmp_path / "x.entry", {"model.onnx": "a" * 64}
+    assert compiled_cache.write_entry(entry, key, payload) is None
+    read, why = compiled_cache.read_entry(entry, key, mapped)
+    assert why is None and isinstance(read, np.memmap) == mapped and bytes(read) == payload
+    assert compiled_cache.write_entry(entry, key, b"another payload") is None  # replaced, as entries are
+    assert bytes(read) == payload
+
+
 def test_threads_given_at_import_are_honoured_and_share_the_entry(demo, compiles):
     open_backend(locate(demo), "openvino", threads=2)
     one = open_backend(locate(demo), "openvino", threads=1)
@@ -116,8 +155,8 @@ def damage(entry: Path, how: str) -> None:
 @pytest.mark.parametrize("how,why", [("truncated", "is truncated"), ("flipped", "is damaged (its sha256")])
 def test_a_damaged_entry_is_said_once_and_compiled_again(demo, compiles, expected, monkeypatch, how, why):
     monkeypatch.setattr(compiled_cache, "SETTLED_S", 0.0)  # remember hashes at once (the entries are seconds old)
-    open_backend(locate(demo), "openvino")
-    open_backend(locate(demo), "openvino")  # the entry verified, its hash remembered
+    open_backend(locate(demo), "openvino").wait_ready()
+    open_backend(locate(demo), "openvino").wait_ready()  # the entry verified, its hash remembered; let go of
     [entry] = entries(demo / "cache")
     assert (entry.parent / f"{entry.name}.sha256.json").is_file()
     damage(entry, how)

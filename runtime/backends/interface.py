@@ -52,6 +52,10 @@ class Backend(Protocol):
         [0, 1] and their NaN/Inf counts [B, n]."""
         ...
 
+    def wait_ready(self) -> None:
+        """Return once the engine can run: an engine may finish opening while its caller goes on
+        (OpenVINO imports a kept model on a thread of its own), and its first call waits for it."""
+
     def sample(self, lr: np.ndarray | None, seed: Noise, first_sample: int, temperature: np.ndarray) -> Sampled:
         """Every row with one seed and the temperatures ``temperature`` [n]."""
         batch = 1 if lr is None else len(lr)

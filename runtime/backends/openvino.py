@@ -15,15 +15,22 @@ float32 groups, the latency hint). Threads and performance counters are given at
 honours them, so they do not split the cache. A kept model that does not fit is said in ``note``
 and compiled again. OpenVINO's own ``CACHE_DIR`` is not used: it rebuilds a damaged blob without a
 word (measured with 2026.4), and it cannot fall back to ``$CVDVAE_HOME`` for a read-only folder.
+
+A kept model is checked whole and mapped, not read (``compiled_cache.read_entry``), then imported
+on a thread of its own (``Opening``): OpenVINO lets go of the GIL while it imports, so the caller's
+first noise and inputs are made meanwhile, and the first call (or ``wait_ready``) waits for what is
+left of it. One that cannot be imported after all is compiled again on that thread, its note set
+when it is done.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,7 +46,6 @@ from .interface import Backend, Sampled
 from .openvino_precision import REQUIRES, SHIPPED_FP32_GROUPS, classify, pin_to_fp32
 
 PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
-PRECISION_NAMES = {value: key for key, value in PRECISIONS.items()}
 # OpenVINO gains a little per sample with bigger calls while memory grows with them: four
 # FFHQ-256 samples per call (docs/benchmarks/index.md: the call sizes measured).
 CALL_BUDGET = int(4.5 * 2**30)
@@ -72,7 +78,7 @@ class OpenVINOBackend(Backend):
 
     def __post_init__(self) -> None:
         ov = import_openvino()
-        start = time.perf_counter()
+        self._start = time.perf_counter()
         path = verify_onnx(self.files)
         core = ov.Core()
         if self.inference_precision == "bf16":
@@ -80,15 +86,29 @@ class OpenVINOBackend(Backend):
             self.fp32_groups = SHIPPED_FP32_GROUPS if self.fp32_groups is None else tuple(self.fp32_groups)
         else:
             self.fp32_groups = ()
-        self.compiled = self._cached_or_compiled(ov, core, path)
-        self.request = self.compiled.create_infer_request()
-        ran = PRECISION_NAMES.get(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), "fp32")
-        self.precision = self.files.precision if ran == "fp32" else ran
+        self._opening = self._cached_or_compiled(ov, core, path)
+        # What OpenVINO is asked for is what it computes in: bf16 only where require_bf16 found it.
+        self.precision = self.files.precision if self.inference_precision == "fp32" else self.inference_precision
         self.max_n, self.max_batch = activation_limited_samples(self.files, self.max_n, self.max_batch, CALL_BUDGET)
         self._calls = HostCalls(self.files, self.run, self.timings)
-        self.timings.load = time.perf_counter() - start
 
-    def _cached_or_compiled(self, ov: Any, core: Any, path: Path) -> Any:
+    @property
+    def compiled(self) -> Any:
+        return self._ready().compiled
+
+    @property
+    def request(self) -> Any:
+        return self._ready().request
+
+    def wait_ready(self) -> None:
+        self._ready()
+
+    def _ready(self) -> "Opening":
+        self._opening.wait()
+        self.timings.load = self._opening.done_at - self._start
+        return self._opening
+
+    def _cached_or_compiled(self, ov: Any, core: Any, path: Path) -> "Opening":
         """The compiled model: imported from the cache when an entry made for this key is there,
         else compiled and kept for the next start."""
         config = compile_config(self.inference_precision, self.threads, self.profile)
@@ -96,22 +116,38 @@ class OpenVINOBackend(Backend):
         graph = self.files.meta.get("onnx_sha256") or remembered_sha256(path, folder)  # verified by verify_onnx
         key = cache_key(ov, core, graph, config, self.fp32_groups)
         entry = None if folder is None else entry_path(folder, "openvino", key)
-        why = None
-        if entry is not None:
-            at_import = {name: value for name, value in config.items() if name in IMPORT_SETTINGS}
-            compiled, why = _imported(ov, core, entry, key, at_import)
-            if compiled is not None:
-                return compiled
+        if entry is None:
+            self.note = (f"the compiled OpenVINO model cannot be kept (neither {self.files.folder} nor $CVDVAE_HOME "
+                         "is writable): it is compiled at every start")
+            return Opening(lambda: self._compiled(ov, core, path, config))
+        payload, why = read_entry(entry, key, mapped=True)
+        if payload is None:
+            return Opening(lambda: self._compiled_and_kept(ov, core, path, config, entry, key, why))
+        at_import = {name: value for name, value in config.items() if name in IMPORT_SETTINGS}
+        weights = np.frombuffer(payload, np.uint8) if isinstance(payload, bytes) else payload
+
+        def imported() -> Any:
+            try:
+                return core.import_model(ov.Tensor(weights, shared_memory=True), "CPU", at_import)
+            except RuntimeError as err:
+                why = f"could not be imported ({_first_line(err)})"
+                return self._compiled_and_kept(ov, core, path, config, entry, key, why)
+
+        return Opening(imported, weights=weights, background=True)
+
+    def _compiled(self, ov: Any, core: Any, path: Path, config: dict[str, Any]) -> Any:
         start = time.perf_counter()
         try:
             compiled = core.compile_model(load_model(ov, core, path, self.fp32_groups), "CPU", config)
         except RuntimeError as err:
             raise CVDVAEError(f"OpenVINO cannot load {path}: {_first_line(err)}") from None
         self.timings.compile = time.perf_counter() - start
-        if entry is None:
-            self.note = (f"the compiled OpenVINO model cannot be kept (neither {self.files.folder} nor $CVDVAE_HOME "
-                         "is writable): it is compiled at every start")
-            return compiled
+        return compiled
+
+    def _compiled_and_kept(self, ov: Any, core: Any, path: Path, config: dict[str, Any], entry: Path,
+                           key: dict[str, str], why: str | None) -> Any:
+        """Compiled afresh, and kept at ``entry`` for the next start; ``note`` says why, when an entry was there."""
+        compiled = self._compiled(ov, core, path, config)
         exported = io.BytesIO()
         compiled.export_model(exported)
         kept = write_entry(entry, key, exported.getbuffer())
@@ -154,23 +190,45 @@ def cache_key(ov: Any, core: Any, graph_sha256: str, config: dict[str, Any],
             "fp32 groups": ",".join(fp32_groups)}
 
 
-def _imported(ov: Any, core: Any, entry: Path, key: dict[str, str], config: dict[str, Any]) -> tuple[Any, str | None]:
-    """The model kept at ``entry``, imported with ``config``; else None and why not (None when there is none)."""
-    tensors: list[Any] = []
+class Opening:
+    """A compiled model being made: at once (compiling; its errors raised here), or on a thread of its
+    own (importing a kept one). ``weights``: the memory an imported model reads its weights from (the
+    mapped entry), which it does not keep alive itself: let go of after the model and its request."""
 
-    def openvino_memory(size: int) -> np.ndarray:
-        # The imported model reads its weights from the bytes it was given, and keeps them alive only
-        # when they are OpenVINO's own (a numpy array's memory it would not keep).
-        tensors.append(ov.Tensor(ov.Type.u8, [size]))
-        return tensors[-1].data
+    def __init__(self, make: Callable[[], Any], weights: np.ndarray | None = None, background: bool = False):
+        self.weights, self.done_at = weights, 0.0
+        self._made: Any = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._make, args=(make,), name="openvino-import")
+            self._thread.start()
+        else:
+            self._make(make)
+            self.wait()
 
-    payload, why = read_entry(entry, key, openvino_memory)
-    if payload is None:
-        return None, why
-    try:
-        return core.import_model(tensors[-1], "CPU", config), None
-    except RuntimeError as err:
-        return None, f"could not be imported ({_first_line(err)})"
+    def _make(self, make: Callable[[], Any]) -> None:
+        try:
+            self._made = make()
+        except BaseException as err:  # raised to whoever waits
+            self._error = err
+        self.done_at = time.perf_counter()
+
+    def wait(self) -> None:
+        """Once the model is ready (``compiled``, ``request``); raises what making it raised."""
+        if "compiled" in self.__dict__:
+            return
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self.compiled = self._made
+        self.request = self.compiled.create_infer_request()
+        self._made = None
+
+    def __del__(self) -> None:  # never while importing: the thread holds this object until it ends
+        for name in ("request", "compiled", "_made"):
+            self.__dict__.pop(name, None)
 
 
 def _first_line(err: Exception) -> str:

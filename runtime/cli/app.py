@@ -21,7 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from cvdvae.version import __version__
 
-from .command import as_command, run_app
+from .command import Script, as_command, run_app
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,12 @@ def run_verb(name: str, argv: Sequence[str] | None = None) -> int:
     return run_app(lambda: load_verb(name), argv, prog=f"cvdvae-{name}")
 
 
-# pyproject.toml's ``cvdvae-<verb>`` scripts.
-fetch_main, export_main, run_main, demo_main = (partial(run_verb, verb) for verb in ("fetch", "export", "run", "demo"))
-convert_main, train_main, eval_main, serve_main = (partial(run_verb, verb)
+# pyproject.toml's scripts: ``cvdvae`` and the ``cvdvae-<verb>`` aliases.
+cvdvae_main = Script(main)
+fetch_main, export_main, run_main, demo_main = (Script(partial(run_verb, verb))
+                                                for verb in ("fetch", "export", "run", "demo"))
+convert_main, train_main, eval_main, serve_main = (Script(partial(run_verb, verb))
                                                    for verb in ("convert", "train", "eval", "serve"))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cvdvae_main())

@@ -85,6 +85,7 @@ class Sampler:
         self.pipe = Pipeline.from_pretrained(options.model, options.backend, options.threads or None,
                                              max_batch=options.max_batch, max_n=options.max_n,
                                              precision=options.precision, limits=limits)
+        self.pipe.backend.wait_ready()  # a replica is ready when its engine is
         self.engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvdvae-engine")
         self.workers = ThreadPoolExecutor(max_workers=limits.image_threads, thread_name_prefix="cvdvae-images")
         self.photo_slots = asyncio.Semaphore(limits.photos_at_once)
