@@ -1121,11 +1121,16 @@ def test_joining_a_cluster_whose_serve_listens_beyond_this_machine_needs_a_token
     assert command.check_live_proxy(ServeOptions("model"), 8000, insecure_no_token=True)[0].host == "0.0.0.0"
 
 
+# What the ingress once added to /healthz while it read large bodies: a second and more per body.
+# Well under that, and well over what a busy CI machine adds (the proxy and the ingress share two
+# cores with another test process: 0.15 s measured there, against 0.011 s on a quiet machine).
+HELD_LOOP_S = 0.5
+
+
 def test_large_json_bodies_do_not_hold_the_ingress(service):
     """Four 8 MB JSON bodies (a 6 MB image in base64, not a picture: 400 once read) in flight at once,
-    round after round: /healthz's median is under 100 ms more than its median without them, measured
-    just before (on a machine whose cores another test process keeps busy, even an idle /healthz can
-    take tens of milliseconds). Their bracket check once ran a regular expression over each body,
+    round after round: /healthz's median is less than ``HELD_LOOP_S`` more than its median without
+    them, measured just before. Their bracket check once ran a regular expression over each body,
     holding the ingress's GIL for seconds: tests/test_serve_costs.py measures that hold directly;
     here the proxy's own work on a busy machine makes single answers slow too, so only the median
     is asserted."""
@@ -1146,7 +1151,7 @@ def test_large_json_bodies_do_not_hold_the_ingress(service):
                 health.append(time.monotonic() - start)
             statuses += [f.result()[0] for f in sent]
     assert set(statuses) == {400}, statuses
-    assert np.median(health) < 0.1 + np.median(idle), (health, idle)
+    assert np.median(health) < HELD_LOOP_S + np.median(idle), (health, idle)
 
 
 def test_the_bytes_in_flight_are_capped_not_only_the_requests(service):
