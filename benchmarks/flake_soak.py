@@ -8,7 +8,7 @@ The burner is one process at normal priority multiplying float32 matrices on as 
 the machine has cores (numpy's BLAS lets go of the GIL), started before the first round and
 stopped after the last. Each round is the suite's own command on those files (pytest -n 2, as
 scripts/test.sh runs it), with a time limit; the results record every round's counts, its failed
-test ids and its wall time, the burner's work done, and the machine.
+test ids and their first error lines, its wall time, the burner's work done, and the machine.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def one_round(files: list[str], workers: int, limit_s: int) -> dict:
     counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in COUNTS.findall(summary)}
     failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)))
     return {"status": status, "wall_s": round(time.perf_counter() - start, 1), "counts": counts, "failed": failed,
-            "summary": summary}
+            "why": [line[:400] for line in re.findall(r"^E +.*$", output, re.M)][:20], "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -626,12 +626,20 @@ def test_a_request_past_its_deadline_is_504_and_its_work_abandoned(service):
     assert sampler.describe.remote().result()["model"]
 
 
+# An event loop held by heavy work stalls answers for a second and more. The bounds are well under
+# that and well over what a busy machine adds: the service shares two cores with another test
+# process in CI, or with a CPU burner (benchmarks/flake_soak.py); the figures are in each test.
+HELD_LOOP_S = 0.5  # the median answer, beyond its median with nothing in flight
+STALLED_S = 1.5    # any one answer
+
+
 def test_a_large_photo_does_not_hold_the_event_loop(service, demo):
     """While a 2000x1500 photo is decoded, detected, pasted back at x4 and encoded (48 MP a photo,
-    seconds of work), /healthz answers in under 100 ms, the replica's ``describe`` too, and a
-    small request to the same model replica completes, with its own samples, before the photo does. (Half the health checks under
-    100 ms and none over 1 s: another test may share the two cores; a held loop would stall
-    them for the ~2 s one photo's encoding takes.)"""
+    seconds of work), /healthz and the replica's ``describe`` answer, and a small request to the
+    same model replica completes, with its own samples, before the photo does. A held loop would
+    stall an answer for the ~2 s one photo's encoding takes (more on a busy machine): none may take
+    ``STALLED_S``, half must take under ``HELD_LOOP_S``. Measured: 0.01 s quiet; with another
+    process keeping both cores busy, medians 0.17 and 0.10 s, the slowest 0.55 and 0.89 s."""
     need_detector()
     photo = photo_jpeg(2000, 1500)
     done = {}
@@ -665,8 +673,9 @@ def test_a_large_photo_does_not_hold_the_event_loop(service, demo):
     small_finished, small_status, small_body = done["small"]
     assert small_status == 200 and [base64.b64decode(s) for s in small_body["samples"]] == local_samples(demo, 3, 2)
     assert small_finished < finished
-    assert len(health) >= 5 and np.median(health) < 0.1 and max(health) < 1.0, health
-    assert np.median(described) < 0.1, described  # the replica's own loop: the upscale is on a worker thread
+    assert len(health) >= 5 and np.median(health) < HELD_LOOP_S and max(health) < STALLED_S, health
+    # the replica's own loop: the upscale is on a worker thread
+    assert np.median(described) < HELD_LOOP_S and max(described) < STALLED_S, described
 
 
 def test_a_full_queue_is_503_with_retry_after(service):
@@ -1121,16 +1130,12 @@ def test_joining_a_cluster_whose_serve_listens_beyond_this_machine_needs_a_token
     assert command.check_live_proxy(ServeOptions("model"), 8000, insecure_no_token=True)[0].host == "0.0.0.0"
 
 
-# What the ingress once added to /healthz while it read large bodies: a second and more per body.
-# Well under that, and well over what a busy CI machine adds (the proxy and the ingress share two
-# cores with another test process: 0.15 s measured there, against 0.011 s on a quiet machine).
-HELD_LOOP_S = 0.5
 
 
 def test_large_json_bodies_do_not_hold_the_ingress(service):
     """Four 8 MB JSON bodies (a 6 MB image in base64, not a picture: 400 once read) in flight at once,
     round after round: /healthz's median is less than ``HELD_LOOP_S`` more than its median without
-    them, measured just before. Their bracket check once ran a regular expression over each body,
+    them, measured just before (0.011 s more on a quiet machine, 0.13 s in CI). Their bracket check once ran a regular expression over each body,
     holding the ingress's GIL for seconds: tests/test_serve_costs.py measures that hold directly;
     here the proxy's own work on a busy machine makes single answers slow too, so only the median
     is asserted."""

@@ -200,6 +200,7 @@ class Opening:
         self._made: Any = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._waiting = threading.Lock()  # one request, whichever thread waits first
         if background:
             self._thread = threading.Thread(target=self._make, args=(make,), name="openvino-import")
             self._thread.start()
@@ -216,15 +217,16 @@ class Opening:
 
     def wait(self) -> None:
         """Once the model is ready (``compiled``, ``request``); raises what making it raised."""
-        if "compiled" in self.__dict__:
-            return
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-        self.compiled = self._made
-        self.request = self.compiled.create_infer_request()
-        self._made = None
+        with self._waiting:
+            if "compiled" in self.__dict__:
+                return
+            if self._thread is not None:
+                self._thread.join()
+            if self._error is not None:
+                raise self._error
+            self.compiled = self._made
+            self.request = self.compiled.create_infer_request()
+            self._made = None
 
     def __del__(self) -> None:  # never while importing: the thread holds this object until it ends
         for name in ("request", "compiled", "_made"):
