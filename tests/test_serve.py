@@ -1044,6 +1044,12 @@ def wait_for(condition, seconds, what):
     return value
 
 
+def flaky_replicas_running() -> bool:
+    """Both of ``/flaky``'s sampler replicas up: a test before may have killed one, and until Ray has
+    started its successor (tens of seconds on a busy machine) requests wait for the other."""
+    return serve.status().applications["flaky"].deployments["Sampler"].replica_states.get("RUNNING", 0) == 2
+
+
 def flaky_metric(service, name, **labels):
     status, _, body = call(service + "/flaky/metrics", timeout=10)
     assert status == 200
@@ -1093,6 +1099,7 @@ def test_a_request_that_crashes_its_replica_is_not_run_again(service):
 
 def test_a_request_whose_client_goes_away_leaves_the_queue_depth(service):
     """A client that closes its connection while its request waits: the in-flight gauge goes back."""
+    wait_for(flaky_replicas_running, 120, "both replicas running")
     assert flaky_metric(service, "cvdvae_queue_depth") == 0
     body = json.dumps({"image": b64(face_png(0)), "n": 1, "seed": 3}).encode()
     with socket.create_connection(("127.0.0.1", int(service.rsplit(":", 1)[1])), timeout=30) as sock:
@@ -1168,6 +1175,7 @@ def test_the_bytes_in_flight_are_capped_not_only_the_requests(service):
     large = json.dumps({"image": b64(face_png(5)), "n": 1, "seed": 4, "pad": ""}).encode()
     large = large.replace(b'"pad": ""', b'"pad": "' + b"x" * (199_000 - len(large)) + b'"')
     held = lambda: flaky_metric(service, "cvdvae_body_bytes_in_flight")  # noqa: E731
+    wait_for(flaky_replicas_running, 120, "both replicas running")
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(b"POST /flaky/v1/samples HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 200000\r\n\r\n{")
