@@ -158,8 +158,9 @@ class OpenVINOBackend(Backend):
         """The graph on explicit inputs (noise included): ``sr`` and, where the graph has it, its
         ``non_finite`` count. What ``sample`` calls with seeded noise."""
         # Inputs read in place and outputs copied once (not into OpenVINO's tensors, then out again).
-        results = self.request.infer(feeds, share_inputs=True, share_outputs=True)
-        sr, *count = (results[self.compiled.output(name)].copy() for name in output_names(self.files))
+        opening = self._ready()  # once per call: the compiled model and its request together
+        results = opening.request.infer(feeds, share_inputs=True, share_outputs=True)
+        sr, *count = (results[opening.compiled.output(name)].copy() for name in output_names(self.files))
         return sr, count[0] if count else None
 
     def sample_rows(self, lr: np.ndarray | None, seeds: Sequence[Noise], first_sample: int,
