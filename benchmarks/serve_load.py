@@ -103,6 +103,7 @@ def main() -> int:
     from ray import serve
 
     from runtime.model_files import locate
+    from runtime.ray_session import start_or_join
     from runtime.serve.app import build_app
     from runtime.serve.options import ServeOptions
 
@@ -111,7 +112,7 @@ def main() -> int:
         size = locate(engine_dir).lr_size
         seeds = [1000 * c + r for c in range(args.clients) for r in range(args.requests)]
         expected = expected_samples(engine_dir, seeds, args.n, size)
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_or_join(None, num_cpus=args.num_cpus)
         serve.start(http_options={"host": "127.0.0.1", "port": 8123})
         rows = []
         try:

@@ -278,6 +278,7 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
 
     from runtime.images.outputs import png_bytes
     from runtime.pipeline import Pipeline
+    from runtime.ray_session import start_or_join
     from runtime.serve.app import build_app
     from runtime.serve.options import Limits, ServeOptions
 
@@ -288,7 +289,7 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
     limits = Limits(body_timeout_s=SLOW_BODY_TIMEOUT_S, max_body_bytes=2**20, timeout_s=60,
                     max_bytes_in_flight=4 * 2**20)
     port = args.port or free_port()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_or_join(None, num_cpus=args.num_cpus)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(ServeOptions(str(engine_dir), max_batch_size=8, batch_wait_s=0.01, limits=limits),

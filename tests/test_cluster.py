@@ -31,7 +31,7 @@ ASTRONAUT = Path(pytest.importorskip("skimage").data_dir) / "astronaut.png"
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module; the command finds it running and uses it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -301,3 +301,28 @@ def test_ray_flags_need_ray_and_an_export(demo, tmp_path, capsys):
     weights.write_bytes(b"")
     assert run_main([str(weights), "--input", str(tmp_path / "in"), "--ray"]) == 2
     assert "cvdvae export" in capsys.readouterr().err
+
+
+def test_without_an_address_ray_is_started_here_not_joined_from_a_file_another_process_left(tmp_path, monkeypatch):
+    """Ray's own resolver (the oracle) joins the cluster named in its temp folder's
+    ``ray_current_cluster`` when given no address (``ray.cluster_utils.Cluster`` writes one); given
+    ours, it starts a local Ray, unless ``$RAY_ADDRESS`` or the flag names a cluster."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    from runtime import ray_session
+
+    (tmp_path / "ray_current_cluster").write_text("10.9.8.7:6399")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert canonicalize_bootstrap_address(None, str(tmp_path)) == "10.9.8.7:6399"
+    assert canonicalize_bootstrap_address(ray_session.ray_address(None), str(tmp_path)) is None
+    assert ray_session.ray_address("auto") == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    assert ray_session.ray_address(None) == "10.1.2.3:6379"
+    assert ray_session.ray_address("auto") == "auto"
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS")
+    ray_session.start_or_join(None, num_cpus=3)
+    assert calls == [{"address": "local", "num_cpus": 3, "include_dashboard": False, "log_to_driver": False,
+                      "configure_logging": False}]

@@ -70,7 +70,7 @@ def serve_command(
                                                                    "besides its address and this machine's names "
                                                                    "(repeat for more; '*' for any: no DNS-rebinding "
                                                                    "guard)", show_default=False)] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="join this Ray cluster (default: start Ray here)")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="join this Ray cluster (default: $RAY_ADDRESS, else start Ray here)")] = None,
     num_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of the local Ray (default: all)")] = None,
     config_out: Annotated[Optional[Path], typer.Option(help="write the Ray Serve config for `serve deploy` and "
                                                             "exit")] = None,
@@ -150,6 +150,7 @@ def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus:
     import ray
     from ray import serve
 
+    from ..ray_session import start_or_join
     from ..serve.app import build_app
 
     stop = threading.Event()
@@ -161,8 +162,7 @@ def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus:
 
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
-    ray.init(address=ray_address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    start_or_join(ray_address, num_cpus=num_cpus)
     try:
         options, port = check_live_proxy(options, port, insecure_no_token)
         serve.start(http_options=http_options(options, host, port))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cvdvae.fileio import sha256_file
 
+from ..ray_session import start_or_join
 from ..run_files import RunRecord, RunSettings, Spell
 from .ledger import Ledger
 from .worker import EngineChoice, InputWriter, record_of
@@ -43,8 +44,7 @@ def connect(address: str | None) -> None:
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default; silences its tip
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False,
-                 configure_logging=False)
+        start_or_join(address, logging_level=logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
