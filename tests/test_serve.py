@@ -122,9 +122,9 @@ class FlakySampler:
     """A stand-in for model replicas that die, for the ingress's retry rules; what happened is kept
     in files under ``state`` (each replica is its own process, and outlives none of them):
     - seed 13: the replica's own crash (its process exits) while it holds the request;
-    - seeds 5 and 6: a head and one of two photos, then the replica is killed from outside (as a
-      node lost or an operator's ``ray.kill``); run again, seed 5 starts with a 503 and seed 6
-      sends other bytes;
+    - seeds 5 and 6: a head and one of two photos, then, once the file ``passed-{seed}`` says the
+      client has that photo, the replica is killed from outside (as a node lost or an operator's
+      ``ray.kill``); run again, seed 5 starts with a 503 and seed 6 sends other bytes;
     - seed 3: an answer that takes a minute (a client that gives up first); any other: two photos;
     - ``describe`` calls are counted."""
 
@@ -159,6 +159,9 @@ class FlakySampler:
         yield head
         yield face_png(0 if first else 1)
         if first:
+            deadline = time.monotonic() + 60
+            while not (self.state / f"passed-{request.seed}").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             name = serve.get_replica_context().replica_id.to_full_id_str()
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
             await asyncio.sleep(60)
@@ -1075,14 +1078,51 @@ def read_answer(url, fields):
         return None
 
 
+def parses(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
+
+
+def read_streamed(url, fields, mark: bytes, on_mark) -> tuple[int, bytes, bool]:
+    """(status, body, whether it ended cleanly) of a request whose answer is read as it streams;
+    ``on_mark()`` is called once the body holds ``mark``."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    status, body, marked = 0, b"", False
+    try:
+        connection.request("POST", where.path + "/v1/samples", json.dumps(fields).encode(),
+                           {"content-type": "application/json"})
+        response = connection.getresponse()
+        status = response.status
+        while chunk := response.read1(65536):
+            body += chunk
+            if not marked and mark in body:
+                marked = True
+                on_mark()
+        return status, body, True
+    except (http.client.IncompleteRead, ConnectionError):
+        return status, body, False
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize("seed", [5, 6])
 def test_a_retried_stream_is_the_same_answer_or_none(service, seed):
-    """The replica is killed (as a lost node) after the head and one of two photos; run again, it
-    starts with a 503 (seed 5) or sends other bytes (seed 6). The client never gets an answer that
-    looks whole: the connection is cut."""
-    got = read_answer(service + "/flaky", {"image": b64(face_png(0)), "n": 2, "seed": seed})
+    """The replica is killed (as a lost node) once the client has the head and one of two photos;
+    run again, it starts with a 503 (seed 5) or sends other bytes (seed 6). The client never gets
+    an answer that looks whole: the connection is cut."""
+    first_photo = base64.b64encode(face_png(0))
+    status, body, whole = read_streamed(service + "/flaky", {"image": b64(face_png(0)), "n": 2, "seed": seed},
+                                        first_photo, (FLAKY_STATE / f"passed-{seed}").touch)
+    assert status == 200 and first_photo in body, "the first photo never reached the client"
     assert lines(FLAKY_STATE / f"attempt-{seed}") == 2, "the request was not run again"
-    assert got is None or (got[0] != 200 and "samples" not in got[1]), got
+    assert not (whole and parses(body)), body[-200:]
 
 
 def test_a_request_that_crashes_its_replica_is_not_run_again(service):
