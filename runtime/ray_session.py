@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def ray_address(address: str | None) -> str:
@@ -20,3 +23,23 @@ def start_or_join(address: str | None, **settings) -> None:
 
     ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=False, configure_logging=False,
              **settings)
+
+
+@contextmanager
+def ray_for_a_run(address: str | None, **settings) -> Iterator[None]:
+    """Ray for the block: the one this process already has, else one started or joined here and let
+    go at the end. Within it ``sys.stdout`` is stderr: Ray's driver prints the cluster's error
+    messages (a worker died, workers slow to start) to ``sys.stdout`` whatever ``log_to_driver``
+    says, and a command's stdout holds only its own output (``--json``'s document)."""
+    import ray
+
+    ours, sys.stdout = sys.stdout, sys.stderr
+    started = not ray.is_initialized()
+    try:
+        if started:
+            start_or_join(address, **settings)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+        sys.stdout = ours

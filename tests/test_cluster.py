@@ -200,6 +200,7 @@ def test_a_driver_killed_midway_resumes_to_every_output_once(local_ray, demo, tm
     assert 0 < complete < 24, "the kill must land midway"
     result = subprocess.run([*command[:-3], "--json", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("{"), f"stdout is not --json's document alone: {result.stdout[:500]!r}"
     summary = json.loads(result.stdout)
     assert summary["skipped"] >= complete and summary["skipped"] + summary["done"] == 24
     assert files(out) == expected
@@ -326,3 +327,31 @@ def test_without_an_address_ray_is_started_here_not_joined_from_a_file_another_p
     ray_session.start_or_join(None, num_cpus=3)
     assert calls == [{"address": "local", "num_cpus": 3, "include_dashboard": False, "log_to_driver": False,
                       "configure_logging": False}]
+
+
+def test_rays_messages_stay_off_stdout_and_a_ray_started_for_the_run_is_let_go(monkeypatch, capsys):
+    """Ray's driver prints the cluster's error messages through its own ``print_to_stdstream`` (the
+    oracle of where they land) to ``sys.stdout``, whatever ``log_to_driver`` says: within a run's
+    Ray they reach stderr, never the stdout ``--json`` writes to. A Ray started for the run is
+    shut down at its end; one the process already had is kept."""
+    from ray._private.worker import print_to_stdstream
+
+    from runtime import ray_session
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append("init"))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    capsys.readouterr()
+    with ray_session.ray_for_a_run(None):
+        print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "ip": "127.0.0.1",
+                            "is_err": False}, ignore_prefix=False)
+        assert calls == ["init"]
+    print("ours")
+    out, err = capsys.readouterr()
+    assert out == "ours\n" and "A worker died or was killed" in err, (out, err)
+    assert calls == ["init", "shutdown"]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    with ray_session.ray_for_a_run(None):
+        pass
+    assert calls == ["init", "shutdown"]

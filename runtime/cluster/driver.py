@@ -12,12 +12,14 @@ they come back, and listed in ``OUT/failures_s{seed}.txt``), and the rest go on.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cvdvae.fileio import sha256_file
 
-from ..ray_session import start_or_join
+from ..ray_session import ray_for_a_run
 from ..run_files import RunRecord, RunSettings, Spell
 from .ledger import Ledger
 from .worker import EngineChoice, InputWriter, record_of
@@ -34,18 +36,17 @@ class ClusterOptions:
     block_inputs: int = 256             # inputs per Ray Data block
 
 
-def connect(address: str | None) -> None:
-    """Ray: the cluster at ``address``, or a local one; its own logs stay in its session folder,
-    Ray Data says warnings and draws its progress bars."""
+@contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Ray for the run (``ray_session.ray_for_a_run``): the cluster at ``address``, or a local one;
+    its own logs stay in its session folder, Ray Data says warnings and draws its progress bars."""
     import logging
     import os
 
-    import ray
-
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default; silences its tip
-    if not ray.is_initialized():
-        start_or_join(address, logging_level=logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    with ray_for_a_run(address, logging_level=logging.WARNING):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        yield
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,15 @@ def run_on_ray(engine: EngineChoice, paths: list[Path], settings: RunSettings, k
     record.skipped += len(paths) - len(todo)
     if not todo:
         return
-    connect(options.address)
-    DataContext.get_current().enable_progress_bars = progress
-    shape = actor_shape(options)
-    record.cluster = {"actors": shape.actors, "cpus_per_actor": shape.cpus, "gpus_per_actor": shape.gpus}
-    inputs = ray.data.from_items([{"path": str(path), "sha256": digests[path]} for path in todo],
-                                 override_num_blocks=max(1, math.ceil(len(todo) / options.block_inputs)))
-    written = inputs.map_batches(InputWriter, fn_constructor_args=(replace(engine, threads=shape.threads), settings,
-                                                                   key, spell),
-                                 batch_size=options.batch_inputs, compute=ActorPoolStrategy(size=shape.actors),
-                                 num_cpus=shape.cpus, num_gpus=shape.gpus or None)
-    for row in written.iter_rows():
-        record.merge(record_of(row))
+    with connected(options.address):
+        DataContext.get_current().enable_progress_bars = progress
+        shape = actor_shape(options)
+        record.cluster = {"actors": shape.actors, "cpus_per_actor": shape.cpus, "gpus_per_actor": shape.gpus}
+        inputs = ray.data.from_items([{"path": str(path), "sha256": digests[path]} for path in todo],
+                                     override_num_blocks=max(1, math.ceil(len(todo) / options.block_inputs)))
+        written = inputs.map_batches(InputWriter, fn_constructor_args=(replace(engine, threads=shape.threads),
+                                                                       settings, key, spell),
+                                     batch_size=options.batch_inputs, compute=ActorPoolStrategy(size=shape.actors),
+                                     num_cpus=shape.cpus, num_gpus=shape.gpus or None)
+        for row in written.iter_rows():
+            record.merge(record_of(row))
