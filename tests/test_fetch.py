@@ -141,7 +141,20 @@ def test_a_download_cut_halfway_resumes_where_it_stopped(server, home, files):
     assert ranges[0] is None and ranges[1] == f"bytes={len(files['good.th']) // 2}-"
 
 
-def test_ctrl_c_keeps_the_partial_file_and_the_next_call_resumes(server, home, files):
+@pytest.fixture
+def interruptible():
+    """Ctrl-C reaches the command as it would from a shell. A child inherits an ignored or blocked
+    SIGINT from this process, and an earlier test in the same worker may have left it so (the
+    command then runs on past its 30 s read timeout and finishes). Yields what this process had."""
+    handler = signal.getsignal(signal.SIGINT)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield f"this process had SIGINT {handler}, blocked: {sorted(blocked)}"
+    signal.signal(signal.SIGINT, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_call_resumes(server, home, files, interruptible):
     url = server.url("slow/good.th")
     part = home / OFFICIAL.replace(".th", ".part.th")
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli.fetch", "vdvae-ffhq256", "--url", url, "--quiet"],
@@ -152,7 +165,7 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_call_resumes(server, home, f
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     server.release.set()
-    assert proc.returncode == 130 and "run the same command to resume" in err, err
+    assert proc.returncode == 130 and "run the same command to resume" in err, f"{err} ({interruptible})"
     kept = part.stat().st_size
     assert kept == len(files["good.th"]) // 2 and not (home / OFFICIAL).exists()
     assert fetch("--url", url) == 0
