@@ -192,7 +192,8 @@ def service(demo, tmp_path_factory):
     os.environ[TOKEN_ENV] = TOKEN  # before Ray starts: its processes inherit it
     os.environ.setdefault(*PROXY_READY)
     port = free_port()
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
     SERVE_LOGS = Path(context.address_info["session_dir"]) / "logs" / "serve"
     try:
         yield from started_service(demo, port)

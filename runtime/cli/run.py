@@ -108,7 +108,8 @@ def run_command(
         "run on Ray Data: the inputs as a data set, each actor one engine, the same files; resumable (a second "
         "run skips complete inputs). Needs the cluster extra"))] = False,
     ray_address: Annotated[Optional[str], typer.Option(help=(
-        "--ray: 'auto' or HOST:PORT for a running cluster (default: $RAY_ADDRESS, else a Ray started here for this run)"))] = None,
+        "--ray: 'auto' or HOST:PORT for a running cluster (default: $RAY_ADDRESS, else a Ray started here for "
+        "this run)"))] = None,
     actors_per_node: Annotated[int, typer.Option(min=1, help="--ray: actors per node, each one engine")] = (
         ClusterOptions.actors_per_node),
     cpus_per_actor: Annotated[Optional[float], typer.Option(min=1.0, help=(

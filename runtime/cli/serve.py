@@ -70,7 +70,8 @@ def serve_command(
                                                                    "besides its address and this machine's names "
                                                                    "(repeat for more; '*' for any: no DNS-rebinding "
                                                                    "guard)", show_default=False)] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="join this Ray cluster (default: $RAY_ADDRESS, else start Ray here)")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="join this Ray cluster (default: $RAY_ADDRESS, else "
+                                                                 "start Ray here)")] = None,
     num_cpus: Annotated[Optional[int], typer.Option(min=1, help="CPUs of the local Ray (default: all)")] = None,
     config_out: Annotated[Optional[Path], typer.Option(help="write the Ray Serve config for `serve deploy` and "
                                                             "exit")] = None,
