@@ -8,7 +8,8 @@ The burner is one process at normal priority multiplying float32 matrices on as 
 the machine has cores (numpy's BLAS lets go of the GIL), started before the first round and
 stopped after the last. Each round is the suite's own command on those files (pytest -n 2, as
 scripts/test.sh runs it), with a time limit; the results record every round's counts, its failed
-test ids and their first error lines, its wall time, the burner's work done, and the machine.
+test ids and their first error lines, its wall time and the burner's pace through it (a burner
+that stopped shows), the burner's work done, and the machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,18 +43,29 @@ while True:
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 
-def start_burner(threads: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    return subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True, env=env)
+class Burner:
+    """The burner process, and its progress read as it goes: a pipe nobody read would fill, and
+    the burner would then stop at its next line, leaving later rounds on an idle machine."""
 
+    def __init__(self, threads: int):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+               "MKL_NUM_THREADS": str(threads)}
+        self.process = subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True, env=env)
+        self.progress = (0, 0.0)  # (matmuls done, seconds), from its last line
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-def stop_burner(burner: subprocess.Popen) -> dict:
-    """Stops it; its last progress line (matmuls done, seconds) says it kept working."""
-    burner.terminate()
-    out, _ = burner.communicate(timeout=30)
-    lines = out.split()
-    return {"matmuls": int(lines[-2]), "seconds": round(float(lines[-1]), 1)} if len(lines) >= 2 else {}
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            done, seconds = line.split()
+            self.progress = (int(done), float(seconds))
+
+    def stop(self) -> dict:
+        """Stops it; its work done says it kept working."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return {"matmuls": self.progress[0], "seconds": round(self.progress[1], 1)}
 
 
 def one_round(files: list[str], workers: int, limit_s: int) -> dict:
@@ -89,15 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
 
-    burner = start_burner(args.burner_threads)
+    burner = Burner(args.burner_threads)
     try:
         for number in range(1, args.rounds + 1):
+            before = burner.progress
             results["rounds"].append({"round": number, "load_average": os.getloadavg()[0],
                                       **one_round(args.files, args.workers, args.limit)})
+            done, seconds = (now - then for now, then in zip(burner.progress, before))
+            results["rounds"][-1]["burner_matmuls_per_s"] = round(done / seconds, 1) if seconds else 0.0
             print(json.dumps(results["rounds"][-1]), flush=True)
             save()
     finally:
-        results["burner_work"] = stop_burner(burner)
+        results["burner_work"] = burner.stop()
     rounds = results["rounds"]
     results["clean_rounds"] = sum(r["status"] == 0 for r in rounds)
     results["failures"] = sum(r["counts"].get("failed", 0) + r["counts"].get("error", 0) for r in rounds)

@@ -124,3 +124,26 @@ def test_gpu_parity_runs_its_comparisons_on_the_cpu(tmp_path):
         r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_parity.py"), "--demo"], capture_output=True,
                            text=True, cwd=REPO, timeout=120)
         assert r.returncode == 0 and "no CUDA device" in json.loads(r.stdout)["skipped"]
+
+
+def test_the_soaks_burner_keeps_working_past_what_its_pipe_holds(monkeypatch):
+    """benchmarks/flake_soak.py's burner prints a line of progress now and then, for hours: a stand-in
+    that prints them as fast as it can must get far past the 64 kB a pipe holds (an unread pipe would
+    stop it there, and the rounds after would run on an idle machine)."""
+    import importlib.util
+    import time
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # its sibling modules, as when run as a script
+    spec = importlib.util.spec_from_file_location("flake_soak", REPO / "benchmarks" / "flake_soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    monkeypatch.setattr(soak, "BURNER", "import itertools\nfor n in itertools.count(1): print(n, n / 1000, flush=True)")
+    burner = soak.Burner(1)
+    try:
+        deadline = time.monotonic() + 60
+        while burner.progress[0] < 100_000:  # about 1.2 MB of lines
+            assert time.monotonic() < deadline, f"the burner stopped at {burner.progress}"
+            time.sleep(0.05)
+    finally:
+        work = burner.stop()
+    assert work["matmuls"] >= 100_000 and work["seconds"] == round(work["matmuls"] / 1000, 1)

@@ -1,7 +1,8 @@
 """One request's cost at the ingress, without Ray: an 8 MB body read from the wire in pieces and
 parsed (JSON with the image in base64, and a multipart upload) peaks, as ``tracemalloc`` counts
 it, at no more than 2.5 times the body; parsing it on a worker thread leaves the interpreter
-(the GIL) to the event loop's thread; the bytes in flight are budgeted."""
+(the GIL) to the event loop's thread; the bytes in flight are budgeted, and given back as soon as
+a client goes away mid-answer."""
 
 import asyncio
 import base64
@@ -18,7 +19,7 @@ pytest.importorskip("ray", reason="Ray Serve is not installed (pip install -e '.
 
 from starlette.requests import Request  # noqa: E402
 
-from runtime.serve.ingress import BodyBudget, Ingress  # noqa: E402
+from runtime.serve.ingress import BodyBudget, ClosingStreamingResponse, Ingress  # noqa: E402
 from runtime.serve.options import Limits  # noqa: E402
 from runtime.serve.requests import parse_request  # noqa: E402
 
@@ -97,6 +98,53 @@ def test_parsing_an_8_mb_json_body_on_a_thread_leaves_the_gil_to_the_loop():
         gaps.append(now - last)
         last = now
     assert max(gaps) < 0.2, f"the loop's thread was held {max(gaps):.2f} s"
+
+
+def answer_cut_short(how: str) -> list[str]:
+    """What an answer's body did when its client stopped reading after the first piece and went
+    away: ``"disconnect"``, the server says so; ``"cancel"``, the task serving it is cancelled (as
+    Ray's proxy does). The test keeps its own reference to the body, as a reference cycle would until the
+    garbage collector came: only a response that closes its body runs the body's ``finally``."""
+    events: list[str] = []
+    first_sent = asyncio.Event()
+
+    async def body():
+        try:
+            for piece in (b"head", b"photo", b"end"):
+                yield piece
+                events.append(f"after {piece.decode()}")
+        finally:
+            events.append("released")
+
+    async def receive():
+        await first_sent.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_sent.set()
+            await asyncio.Event().wait()  # a client that reads no more
+
+    async def serve_it():
+        stream = body()
+        response = ClosingStreamingResponse(stream, media_type="application/json")
+        task = asyncio.ensure_future(response({"type": "http"}, receive, send))
+        await first_sent.wait()
+        if how == "cancel":
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        events.append("response ended")
+        del stream
+
+    asyncio.run(serve_it())
+    return events
+
+
+@pytest.mark.parametrize("how", ["disconnect", "cancel"])
+def test_an_answer_cut_short_gives_its_request_back_when_its_response_ends(how):
+    events = answer_cut_short(how)
+    assert "released" in events and events.index("released") < events.index("response ended"), events
+    assert "after photo" not in events, events
 
 
 @pytest.mark.parametrize("fields, status, words", [

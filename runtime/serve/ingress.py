@@ -120,6 +120,20 @@ def _changed(request_id: str, how: str) -> RequestError:
     return RequestError(502, "changed", "the answer changed when run again")
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed answer whose body is closed when the response ends, however it ends. Starlette
+    leaves a body cut short by a client that went away suspended at its ``yield``; its ``finally``
+    (the request's bytes and gauge given back) would then wait for the garbage collector, which may
+    not come for as long as the process is idle."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: the task may be being cancelled, and the body is closed all the same.
+            await asyncio.shield(self.body_iterator.aclose())  # type: ignore[union-attr]
+
+
 def _pieces(data: bytes) -> list[bytes]:
     return [data[i:i + PIECE_BYTES] for i in range(0, len(data), PIECE_BYTES)] or [b""]
 
@@ -169,7 +183,7 @@ class Ingress:
                 headers["content-disposition"] = f'attachment; filename="{writer.filename(sample.seed)}"'
             stream = self._stream(writer, head, messages, start, request_id, reserved)
             messages, reserved = None, 0  # the stream owns them now
-            return StreamingResponse(stream, media_type=writer.media_type, headers=headers)
+            return ClosingStreamingResponse(stream, media_type=writer.media_type, headers=headers)
         except RequestError as err:
             return self._refuse(err, start, cors)
         except asyncio.CancelledError:  # the client went away, or the proxy gave up on it
