@@ -57,8 +57,9 @@ class Burner:
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            done, seconds = line.split()
-            self.progress = (int(done), float(seconds))
+            fields = line.split()
+            if len(fields) == 2:  # a line cut short as it stops is not progress
+                self.progress = (int(fields[0]), float(fields[1]))
 
     def stop(self) -> dict:
         """Stops it; its work done says it kept working."""
