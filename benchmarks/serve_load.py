@@ -104,7 +104,7 @@ def main() -> int:
 
     from runtime.model_files import locate
     from runtime.ray_session import start_or_join
-    from runtime.serve.app import build_app
+    from runtime.serve.app import build_app, start_serve
     from runtime.serve.options import ServeOptions
 
     with tempfile.TemporaryDirectory(prefix="cvdvae-load-") as tmp:
@@ -113,7 +113,7 @@ def main() -> int:
         seeds = [1000 * c + r for c in range(args.clients) for r in range(args.requests)]
         expected = expected_samples(engine_dir, seeds, args.n, size)
         start_or_join(None, num_cpus=args.num_cpus)
-        serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+        start_serve({"host": "127.0.0.1", "port": 8123})
         rows = []
         try:
             for label, batch in (("no batching", 1), ("batching", args.max_batch_size)):

@@ -279,7 +279,7 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
     from runtime.images.outputs import png_bytes
     from runtime.pipeline import Pipeline
     from runtime.ray_session import start_or_join
-    from runtime.serve.app import build_app
+    from runtime.serve.app import build_app, start_serve
     from runtime.serve.options import Limits, ServeOptions
 
     pipe = Pipeline.from_pretrained(engine_dir)
@@ -290,7 +290,7 @@ def soak(args: argparse.Namespace, engine_dir: Path, size: int) -> dict:
                     max_bytes_in_flight=4 * 2**20)
     port = args.port or free_port()
     start_or_join(None, num_cpus=args.num_cpus)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve({"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(ServeOptions(str(engine_dir), max_batch_size=8, batch_wait_s=0.01, limits=limits),
                             replicas=2, cpus_per_replica=args.num_cpus / 4),

@@ -101,6 +101,7 @@ def test_a_replicas_node_removed_under_load_loses_no_good_request(cluster, demo)
     from ray import serve
     from test_serve import b64, face_png, free_port, local_samples, sample_json, wait_ready
 
+    from runtime.serve.app import start_serve
     from runtime.serve.ingress import Ingress
     from runtime.serve.options import ServeOptions
     from runtime.serve.sampler import Sampler
@@ -108,7 +109,7 @@ def test_a_replicas_node_removed_under_load_loses_no_good_request(cluster, demo)
     worker = cluster.add_node(num_cpus=2, resources={"replica_slot": 1})
     cluster.wait_for_nodes()
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    start_serve({"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     options = ServeOptions(str(demo), batch_wait_s=0.02)
     sampler = Sampler.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"replica_slot": 1}},
                               max_ongoing_requests=16).bind(options)

@@ -37,7 +37,7 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install
 from ray import serve  # noqa: E402
 
 from runtime.serve.answers import Failure, Head  # noqa: E402
-from runtime.serve.app import build_app  # noqa: E402
+from runtime.serve.app import build_app, start_serve  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 TOKEN_ENV = "CVDVAE_TEST_SERVE_TOKEN"
@@ -206,7 +206,7 @@ def service(demo, tmp_path_factory):
 
 def started_service(demo, port):
     """The applications of ``service`` on the Ray this process started; yields the URL."""
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve({"host": "127.0.0.1", "port": port})
     small = Limits(max_body_bytes=200_000, max_image_pixels=1_000_000, max_photo_pixels=1_000_000, max_n=8,
                    timeout_s=60, body_timeout_s=2, max_response_pixels=40_000_000)
     apps = {

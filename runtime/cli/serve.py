@@ -152,7 +152,7 @@ def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus:
     from ray import serve
 
     from ..ray_session import start_or_join
-    from ..serve.app import build_app
+    from ..serve.app import build_app, start_serve
 
     stop = threading.Event()
     stopped_by: list[int] = []
@@ -166,7 +166,7 @@ def run_locally(options, host: str, port: int, replicas: int, cpus: float, gpus:
     start_or_join(ray_address, num_cpus=num_cpus)
     try:
         options, port = check_live_proxy(options, port, insecure_no_token)
-        serve.start(http_options=http_options(options, host, port))
+        start_serve(http_options(options, host, port))
         serve.run(build_app(options, replicas, cpus, gpus), name="cvdvae", route_prefix="/", blocking=False)
         print(f"serving {options.model} at http://{options.host}:{port}/ (API: POST /v1/samples, docs: /docs"
               f"{'; token required' if options.token_env else ''}); Ctrl-C stops", flush=True)
