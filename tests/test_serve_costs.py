@@ -103,8 +103,8 @@ def test_parsing_an_8_mb_json_body_on_a_thread_leaves_the_gil_to_the_loop():
 def answer_cut_short(how: str) -> list[str]:
     """What an answer's body did when its client stopped reading after the first piece and went
     away: ``"disconnect"``, the server says so; ``"cancel"``, the task serving it is cancelled (as
-    Ray's proxy does). The test keeps its own reference to the body, as a reference cycle would until the
-    garbage collector came: only a response that closes its body runs the body's ``finally``."""
+    Ray's proxy does). The test keeps its own reference to the body, as a reference cycle would
+    until the garbage collector came: only a response that closes its body runs its ``finally``."""
     events: list[str] = []
     first_sent = asyncio.Event()
 
@@ -117,6 +117,8 @@ def answer_cut_short(how: str) -> list[str]:
             events.append("released")
 
     async def receive():
+        if how == "cancel":
+            await asyncio.Event().wait()  # the server never says: only the cancel ends the response
         await first_sent.wait()
         return {"type": "http.disconnect"}
 
