@@ -121,10 +121,10 @@ class FakeSampler:
 class FlakySampler:
     """A stand-in for model replicas that die, for the ingress's retry rules; what happened is kept
     in files under ``state`` (each replica is its own process, and outlives none of them):
-    - seed 13: the replica's own crash (its process exits) while it holds the request;
-    - seeds 5 and 6: a head and one of two photos, then, once the file ``passed-{seed}`` says the
-      client has that photo, the replica is killed from outside (as a node lost or an operator's
-      ``ray.kill``); run again, seed 5 starts with a 503 and seed 6 sends other bytes;
+    - seeds 5, 6 and 13: a head and one of two photos, then, once the file ``passed-{seed}`` says
+      the client has that photo, the replica is killed from outside (5 and 6: as a node lost or an
+      operator's ``ray.kill``) or crashes of its own (13: its process exits); run again, seed 5
+      starts with a 503 and seed 6 sends other bytes;
     - seed 3: an answer that takes a minute (a client that gives up first); any other: two photos;
     - ``describe`` calls are counted."""
 
@@ -141,12 +141,9 @@ class FlakySampler:
 
     async def answer(self, request, budget_s):
         head = Head({"model": "flaky", "seed": request.seed, "n": 2, "temperatures": [0.8, 0.8]}, [], [], 2, 2, [])
-        if request.seed == 13:
-            self._note("deaths")
-            os._exit(1)
         if request.seed == 3:
             await asyncio.sleep(60)
-        if request.seed not in (5, 6):
+        if request.seed not in (5, 6, 13):
             yield head
             yield face_png(0)
             yield face_png(2)
@@ -162,6 +159,9 @@ class FlakySampler:
             deadline = time.monotonic() + 60
             while not (self.state / f"passed-{request.seed}").exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+            if request.seed == 13:
+                self._note("deaths")
+                os._exit(1)
             name = serve.get_replica_context().replica_id.to_full_id_str()
             ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
             await asyncio.sleep(60)
@@ -1135,13 +1135,18 @@ def test_a_retried_stream_is_the_same_answer_or_none(service, seed):
 
 
 def test_a_request_that_crashes_its_replica_is_not_run_again(service):
-    """Seed 13 makes the replica's process exit: the client gets a 500 with its request id, and the
-    other replica never sees the request (one replica lost, not two)."""
+    """Seed 13 makes the replica's process exit once the client has the head and one of two
+    photos: the connection is cut, and the other replica never sees the request (one replica
+    lost, not two). It exits after its head, not at once: Ray Serve itself sends a request on to
+    another replica when its replica dies before acknowledging it (in a soak under a CPU burner
+    an immediate exit cost three replicas), which is out of the ingress's hands."""
     before = flaky_metric(service, "cvdvae_retries_total")
-    got = read_answer(service + "/flaky", {"image": b64(face_png(0)), "n": 1, "seed": 13})
-    assert got is not None and got[0] == 500 and got[1]["kind"] == "internal", got
-    assert got[1]["request_id"] in got[1]["error"]
-    assert lines(FLAKY_STATE / "deaths") == 1
+    first_photo = base64.b64encode(face_png(0))
+    status, body, whole = read_streamed(service + "/flaky", {"image": b64(face_png(0)), "n": 2, "seed": 13},
+                                        first_photo, (FLAKY_STATE / "passed-13").touch)
+    assert status == 200 and first_photo in body, "the first photo never reached the client"
+    assert not (whole and parses(body)), body[-200:]
+    assert lines(FLAKY_STATE / "attempt-13") == 1 and lines(FLAKY_STATE / "deaths") == 1
     assert flaky_metric(service, "cvdvae_retries_total") == before
     wait_ready(service + "/flaky/readyz")
 

@@ -20,7 +20,8 @@ It does what a request needs before and after the model, and nothing slow on its
   is lost from outside (its node, or killed) it is sent once more to another (a seeded request
   is idempotent: the answer is the same bytes; a streamed answer checks the parts already sent
   and skips them, or is cut off if they differ); a request whose replica died of its own while
-  holding it is answered 500 and not handed to the next;
+  holding it is answered 500 (or cut off, once its answer has started) and not handed to the
+  next;
 - the answer is streamed as JSON or zip (``runtime.serve.answers``), its base64 and zip
   entries made on worker threads;
 - every client mistake is a 4xx ``{"error", "kind"}``; anything else is logged here with its
@@ -371,7 +372,8 @@ class Ingress:
         node, or killed: ``runtime.serve.replicas``) the request runs once more on another; the
         messages already passed on must come again, the same (a seeded request gives the same
         bytes), and are then skipped; if they do not, the answer is cut off. A replica that died of
-        its own while it held this request is not given another: the client gets a 500."""
+        its own while it held this request is not given another: the client gets a 500 (or, once the
+        answer has started, a cut connection)."""
         passed: list[bytes] = []  # the fingerprints of the messages passed on
         for attempt in (1, 2):
             stream = self.sampler.answer.remote(sample, deadline - time.monotonic())
